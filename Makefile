@@ -1,0 +1,39 @@
+# Sluice: `make demo` and `make test` are the whole quick start (see README.md).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint check sandbox-tools clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "Sluice needs Python 3.11 ($(PYTHON) not found). Set PYTHON=/path/to/python3.11."; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+# The strongest sandbox isolation needs bubblewrap; install it when we can (root with apt), else say so.
+sandbox-tools:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing bubblewrap for the sandbox..."; \
+	    (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1)) \
+	      || echo "Could not install bubblewrap; the sandbox falls back to weaker isolation (see 'sluice doctor')."; \
+	  else echo "bubblewrap (bwrap) is not installed; the sandbox uses weaker isolation (see 'sluice doctor')."; fi; }
+
+demo: $(STAMP) sandbox-tools
+	$(BIN)/sluice up --demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: $(STAMP) sandbox-tools lint
+	$(BIN)/pytest -q
+
+bench: $(STAMP) sandbox-tools
+	$(BIN)/pytest -q tests/bench --bench
+
+clean:
+	rm -rf $(VENV) .sluice .pytest_cache .mypy_cache

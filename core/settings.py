@@ -1,0 +1,147 @@
+"""Settings, read once at an entry point from an environment mapping (STYLE.md rule 4).
+
+Every variable has the `SLUICE_` prefix except the conventional `REDIS_URL` and `DATABASE_URL`,
+which are honoured as-is (the prefixed spelling works too). A `.env` file in the working directory
+is read as well. A bad value fails at start with the variable's name and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources import parse_env_vars
+
+from core.errors import ConfigurationError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SLUICE_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    home: Path = Field(default=Path(".sluice"), description="State folder: database, Redis, files.")
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("SLUICE_REDIS_URL", "REDIS_URL")
+    )
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("SLUICE_DATABASE_URL", "DATABASE_URL")
+    )
+
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(default=8700, ge=0, le=65535)
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=8725, ge=0, le=65535, description="Local SMTP outbox port.")
+    mail_from: str = "sluice@localhost"
+
+    # Models. With no key, every task kind goes to the scripted model server.
+    model: str = Field(default="openai/gpt-4o-mini", description="litellm model for planning.")
+    model_api_key: str | None = None
+    model_api_base: str | None = None
+    scripted_model_url: str | None = Field(
+        default=None, description="Base URL of a running scripted model server (set by `up`)."
+    )
+    scripted_scenario: Path | None = None
+    scripted_price_as: str = Field(
+        default="gpt-4o-mini", description="Known model whose prices the scripted model reports."
+    )
+    model_timeout_s: float = Field(default=60.0, gt=0)
+    plan_rounds: int = Field(default=3, ge=1, le=10)
+
+    # Integrations (local defaults).
+    sheets_dir: Path | None = None
+    mailbox_dir: Path | None = None
+
+    # Sandbox limits.
+    sandbox_cpu_s: int = Field(default=300, ge=1)
+    sandbox_wall_s: float = Field(default=3600.0, gt=0)
+    sandbox_memory_mb: int = Field(default=2048, ge=64)
+    sandbox_output_kb: int = Field(default=256, ge=1)
+    sandbox_isolation: str = Field(
+        default="auto", pattern="^(auto|bwrap|unshare|rlimits)$",
+        description="auto picks the strongest available.",
+    )
+
+    worker_poll_delay_s: float = Field(default=0.05, gt=0)
+
+    @property
+    def using_scripted_model(self) -> bool:
+        return not self.model_api_key
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.home / 'sluice.db').resolve()}"
+
+    @property
+    def effective_sheets_dir(self) -> Path:
+        return self.sheets_dir or self.home / "sheets"
+
+    @property
+    def effective_mailbox_dir(self) -> Path:
+        return self.mailbox_dir or self.home / "mailbox"
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise ConfigurationError(
+                "REDIS_URL is not set. Start everything with `sluice up` (it runs an embedded "
+                "Redis), or set REDIS_URL=redis://host:6379/0."
+            )
+        return self.redis_url
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """The environment source, reading a mapping we were handed instead of `os.environ`."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(dict(self._environ), self.case_sensitive, self.env_ignore_empty,
+                              self.env_parse_none_str)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *, env_file: bool = True) -> Settings:
+    """Read settings once from `environ` (default: the process environment) and `.env`.
+
+    Raises:
+        ConfigurationError: naming each bad variable and what it expects.
+    """
+    source_env = os.environ if environ is None else environ
+
+    class _Settings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            mapped = _MappingEnvSource(settings_cls, source_env)
+            return (init_settings, mapped, dotenv_settings) if env_file else (init_settings, mapped)
+
+    try:
+        return _Settings()
+    except ValidationError as exc:
+        raise ConfigurationError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = ["Sluice could not start because of its settings:"]
+    for err in exc.errors():
+        name = "SLUICE_" + "_".join(str(p) for p in err["loc"]).upper()
+        lines.append(f"- {name}: {err['msg']} (got {err.get('input')!r}). Fix it in the "
+                     "environment or in .env.")
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""Domain types that cross a process, queue or network hop (STYLE.md rule 3).
+
+See ARCHITECTURE.md, "The flow": a message on a surface becomes a `Request`; planning makes a
+`Plan` with an `Estimate`; approval makes a `Run`; workers report back with `JobEvent`s.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def new_id(prefix: str) -> str:
+    """A short, sortable-enough, unguessable id such as `run_3f9c1a2b7d4e`."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Button(_Model):
+    """A button under a message. `action` is what a click does; `value` names its target."""
+
+    action: Literal["approve", "run_first", "cancel"]
+    label: str
+    value: str
+    style: Literal["primary", "danger", "default"] = "default"
+
+
+class Attachment(_Model):
+    id: str
+    name: str
+    content_type: str
+    size: int
+
+
+class Request(_Model):
+    """What someone asked for, on any surface."""
+
+    id: str = Field(default_factory=lambda: new_id("req"))
+    thread_id: str
+    surface: Literal["console", "slack", "email", "webhook", "cli"] = "console"
+    user: str
+    text: str = Field(min_length=1, max_length=20_000)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Estimate(_Model):
+    """What a run will take: shown before approval, compared with the actual afterwards."""
+
+    items: int | None = Field(default=None, description="Items the main loop will visit.")
+    model_calls: int = 0
+    tokens: int = 0
+    cost_usd: float | None = Field(default=None, description="None when a price is unknown.")
+    seconds: float = 0.0
+    writes: dict[str, int] = Field(default_factory=dict, description="action -> expected count")
+    notes: list[str] = Field(default_factory=list)
+
+
+class PlanStatus(StrEnum):
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPROVED = "approved"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class Plan(_Model):
+    id: str = Field(default_factory=lambda: new_id("plan"))
+    request_id: str
+    thread_id: str
+    summary: str
+    program: str
+    estimate: Estimate
+    model_calls: int = 0
+    cost_usd: float | None = 0.0
+    status: PlanStatus = PlanStatus.AWAITING_APPROVAL
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING_APPROVAL = "waiting_approval"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Progress(_Model):
+    loop: str = "main"
+    done: int = 0
+    failed: int = 0
+    total: int | None = None
+    elapsed_s: float = 0.0
+    cost_usd: float = 0.0
+
+
+class RunResult(_Model):
+    """What a finished program produced, in numbers a person cares about."""
+
+    summary: str
+    writes: dict[str, int] = Field(default_factory=dict)
+    reads: dict[str, int] = Field(default_factory=dict)
+    model_calls: int = 0
+    cost_usd: float = 0.0
+    seconds: float = 0.0
+    output: str = ""
+    table_csv: str | None = None
+    table_rows: int | None = None
+    failures: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Run(_Model):
+    id: str = Field(default_factory=lambda: new_id("run"))
+    plan_id: str
+    thread_id: str
+    state: RunState = RunState.QUEUED
+    limit_items: int | None = None
+    approved_by: str | None = None
+    isolation: str | None = None
+    progress: Progress = Field(default_factory=Progress)
+    result: RunResult | None = None
+    error: str | None = None
+
+
+class EventKind(StrEnum):
+    PLANNING = "planning"
+    PLAN_READY = "plan_ready"
+    PLAN_FAILED = "plan_failed"
+    RUN_STARTED = "run_started"
+    PROGRESS = "progress"
+    RUN_FINISHED = "run_finished"
+    RUN_FAILED = "run_failed"
+
+
+class JobEvent(_Model):
+    """What workers tell surfaces. Carried on the Redis event stream as JSON."""
+
+    id: str = Field(default_factory=lambda: new_id("evt"))
+    kind: EventKind
+    thread_id: str
+    request_id: str | None = None
+    plan_id: str | None = None
+    run_id: str | None = None
+    text: str = ""
+    progress: Progress | None = None
+    at: datetime = Field(default_factory=utcnow)

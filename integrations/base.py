@@ -1,0 +1,122 @@
+"""The contract every connector follows (ARCHITECTURE.md, "AI-friendly integrations").
+
+An integration is a class whose public async methods marked with `@action` are what generated
+programs may call. Their signatures and docstrings become the typed stubs the model reads, so write
+docstrings for the model. Each action declares whether it reads or writes: in preview mode writes
+are recorded instead of performed, and budgets count them.
+
+Actions may return `Resource` handles (for example `sheets.open("signups")` returns a `Sheet`);
+calls on a handle are dispatched back to its integration with the handle's key. Values that cross
+the sandbox boundary go through `integrations.wire`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, ParamSpec, TypeVar
+
+Effect = Literal["read", "write"]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_ACTION_ATTR = "__sluice_action__"
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """What the runtime needs to know about one action."""
+
+    name: str
+    effect: Effect
+    preview: str = ""  # how a previewed write is described, e.g. "send {n} emails"
+
+
+def action(
+    effect: Effect, *, preview: str = ""
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Mark an async method as an action that generated programs may call."""
+
+    def mark(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"action {fn.__qualname__} must be async")
+        setattr(fn, _ACTION_ATTR, ActionSpec(fn.__name__, effect, preview))
+        return fn
+
+    return mark
+
+
+def actions_of(cls: type) -> dict[str, ActionSpec]:
+    """The actions a class declares, in definition order."""
+    found: dict[str, ActionSpec] = {}
+    for klass in reversed(cls.__mro__):
+        for name, member in vars(klass).items():
+            spec = getattr(member, _ACTION_ATTR, None)
+            if isinstance(spec, ActionSpec):
+                found[name] = spec
+    return found
+
+
+@dataclass(frozen=True)
+class EffectCall:
+    """One call from the sandboxed program, as it arrives at the worker.
+
+    `args`/`kwargs` are still in wire form (see `integrations.wire`); `handle` is
+    `(integration, resource_type, key)` when the call is on a resource handle, else None and
+    `integration` names the integration object the program called.
+    """
+
+    integration: str
+    action: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    handle: tuple[str, str, str] | None = None
+
+
+class Row(dict[str, Any]):
+    """One row of a table, addressed by identity (`row.id`), with values by column header."""
+
+    def __init__(self, row_id: str, values: dict[str, Any] | None = None) -> None:
+        super().__init__(values or {})
+        self.id = row_id
+
+    def __repr__(self) -> str:
+        return f"Row({self.id!r}, {dict(self)!r})"
+
+
+class Resource:
+    """A handle to something inside an integration (a sheet, a mailbox folder, a table).
+
+    Subclasses declare `@action` methods like integrations do. On the worker side a resource is
+    bound to its integration and key; in the sandbox it is a proxy that only holds `key`.
+    """
+
+    def __init__(self, key: str, owner: Integration | None = None) -> None:
+        self.key = key
+        self.owner = owner
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.key!r})"
+
+
+class Integration:
+    """Base class of connectors. `name` is the variable the program sees (`sheets`, `mail`)."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    resources: ClassVar[tuple[type[Resource], ...]] = ()
+
+    async def describe(self) -> dict[str, Any]:
+        """The user-defined schema the model needs (sheet columns, options, row counts)."""
+        return {}
+
+    def bind(self, resource_type: str, key: str) -> Resource:
+        """The resource handle `resource_type(key)` bound to this integration, for dispatch."""
+        for cls in self.resources:
+            if cls.__name__ == resource_type:
+                return cls(key, self)
+        raise KeyError(f"{self.name} has no resource type {resource_type!r}")
+
+    async def aclose(self) -> None:
+        """Release connections; called once when the worker stops."""
