@@ -34,6 +34,7 @@ class Button(_Model):
     label: str
     value: str
     style: Literal["primary", "danger", "default"] = "default"
+    count: int | None = Field(default=None, ge=1, description="N for 'run the first N'.")
 
 
 class Attachment(_Model):
@@ -113,7 +114,7 @@ class RunResult(_Model):
     cost_usd: float = 0.0
     seconds: float = 0.0
     output: str = ""
-    table_csv: str | None = None
+    table: Attachment | None = None
     table_rows: int | None = None
     failures: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -153,3 +154,36 @@ class JobEvent(_Model):
     text: str = ""
     progress: Progress | None = None
     at: datetime = Field(default_factory=utcnow)
+
+
+class Message(_Model):
+    """One message in a thread, as every surface shows it."""
+
+    id: str
+    thread_id: str
+    author: Literal["user", "sluice"]
+    user: str = ""
+    kind: str = "text"
+    text: str = ""
+    buttons: list[Button] = Field(default_factory=list)
+    attachments: list[Attachment] = Field(default_factory=list)
+    meta: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+
+
+class Thread(_Model):
+    id: str
+    surface: str
+    title: str = ""
+    created_at: datetime
+    messages: list[Message] = Field(default_factory=list)
+
+
+class OutboxMail(_Model):
+    message_id: str
+    sender: str
+    recipients: list[str]
+    subject: str
+    body: str
+    received_at: datetime

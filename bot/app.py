@@ -1,0 +1,59 @@
+"""The bot process: surfaces on one aiohttp server, plus the event renderer.
+
+`create_app(settings)` builds the dependencies once (database, Redis) and starts a background
+task that reads the worker event stream and renders each event into its thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from bot.console import DEPS, add_routes, errors_middleware
+from bot.deps import BotDeps
+from bot.render import render
+from core.db import create_engine, migrate
+from core.events import EventReader
+from core.jobs import connect
+from core.settings import Settings
+from core.store import Store
+
+log = logging.getLogger(__name__)
+
+
+async def render_events(deps: BotDeps, reader: EventReader) -> None:
+    """Render events until cancelled; a failing render is logged and retried on restart."""
+    async for entry_id, event in reader.read():
+        try:
+            await render(deps, event)
+        except Exception:
+            log.exception("could not render event %s (%s) for thread %s", event.id, event.kind,
+                          event.thread_id)
+            continue
+        await reader.ack(entry_id)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
+    add_routes(app)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        engine = create_engine(settings.effective_database_url)
+        await migrate(engine)
+        redis = await connect(settings.require_redis_url())
+        deps = BotDeps(settings=settings, store=Store(engine), redis=redis)
+        app[DEPS] = deps
+        task = asyncio.create_task(render_events(deps, EventReader(redis)))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await redis.aclose()
+        await engine.dispose()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,102 @@
+"""What happens when someone writes in a thread or clicks a button, on any surface.
+
+A message becomes a `Request`, stored and acknowledged at once, and a `plan_request` job is
+enqueued by name. A click on Approve creates a `Run` and enqueues `run_program`; a decision is a
+single conditional update, so a double click or a replayed payload does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import NoReturn
+
+from bot.deps import BotDeps
+from core.errors import InvalidInputError, NotFoundError, SluiceError
+from core.jobs import PLAN_REQUEST, RUN_PROGRAM, PlanRequestJob, RunProgramJob, enqueue
+from core.types import Button, Message, PlanStatus, Request, Run, utcnow
+
+log = logging.getLogger(__name__)
+
+ACK_TEXT = "Got it. I'm writing a program for this; the plan and its estimate will follow here."
+
+
+class AlreadyDecidedError(SluiceError):
+    code = "already_decided"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    message_id: str
+    value: str
+    user: str
+    count: int | None = None
+
+
+async def receive_request(deps: BotDeps, request: Request) -> Message:
+    """Store the request with its message, acknowledge it in the thread, enqueue planning."""
+    await deps.store.get_thread(request.thread_id)
+    message = await deps.store.add_user_request(request)
+    await deps.store.add_message(request.thread_id, author="sluice", kind="ack", text=ACK_TEXT,
+                                 meta={"request_id": request.id})
+    await enqueue(deps.redis, PLAN_REQUEST, PlanRequestJob(request_id=request.id),
+                  job_id=f"plan:{request.id}")
+    log.info("request %s in thread %s enqueued for planning", request.id, request.thread_id)
+    return message
+
+
+async def decide(deps: BotDeps, decision: Decision) -> Message:
+    """Apply a button click; returns the message that says what happened."""
+    message = await deps.store.get_message(decision.message_id)
+    if not message.buttons and message.meta.get("plan_id"):
+        await _already_decided(deps, message.meta["plan_id"])
+    button = _find_button(message, decision)
+    plan = await deps.store.get_plan(button.value)
+    status = PlanStatus.CANCELLED if decision.action == "cancel" else PlanStatus.APPROVED
+    if not await deps.store.decide_plan(plan.id, status=status, user=decision.user):
+        await _already_decided(deps, plan.id)
+    verb = "Cancelled" if status == PlanStatus.CANCELLED else "Approved"
+    stamp = f"{verb} by {decision.user} at {utcnow():%H:%M UTC}"
+    await deps.store.update_message(message.id, text=f"{message.text}\n\n{stamp}", buttons=[])
+    if status == PlanStatus.CANCELLED:
+        return await deps.store.add_message(plan.thread_id, author="sluice", kind="decision",
+                                            text="Cancelled. Nothing was run.",
+                                            meta={"plan_id": plan.id})
+    limit = (decision.count or button.count) if decision.action == "run_first" else None
+    return await _start_run(deps, plan.id, plan.thread_id, decision, limit)
+
+
+async def _start_run(deps: BotDeps, plan_id: str, thread_id: str, decision: Decision,
+                     limit: int | None) -> Message:
+    run = Run(plan_id=plan_id, thread_id=thread_id, limit_items=limit, approved_by=decision.user)
+    await deps.store.create_run(run)
+    scope = f"the first {limit} items" if limit else "everything"
+    status = await deps.store.add_message(thread_id, author="sluice", kind="status",
+                                          text=f"Queued: running on {scope}.",
+                                          meta={"run_id": run.id, "plan_id": plan_id})
+    await deps.store.update_run(run.id, status_message_id=status.id)
+    await enqueue(deps.redis, RUN_PROGRAM, RunProgramJob(run_id=run.id), job_id=f"run:{run.id}")
+    log.info("run %s of plan %s enqueued (approved by %s)", run.id, plan_id, decision.user)
+    return status
+
+
+async def _already_decided(deps: BotDeps, plan_id: str) -> NoReturn:
+    plan = await deps.store.get_plan(plan_id)
+    raise AlreadyDecidedError(f"This plan was already {plan.status.replace('_', ' ')}; "
+                              "nothing changed.", plan_id=plan.id)
+
+
+def _find_button(message: Message, decision: Decision) -> Button:
+    for button in message.buttons:
+        if button.action == decision.action and button.value == decision.value:
+            return button
+    if not message.buttons:
+        raise AlreadyDecidedError("This message has no buttons left: it was already decided.")
+    offered = ", ".join(f"{b.action} ({b.value})" for b in message.buttons)
+    raise InvalidInputError(f"This message has no '{decision.action}' button for "
+                            f"{decision.value!r}. Buttons: {offered}.")
+
+
+__all__ = ["ACK_TEXT", "AlreadyDecidedError", "Decision", "NotFoundError", "decide",
+           "receive_request"]

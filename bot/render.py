@@ -1,0 +1,151 @@
+"""Rendering job events as thread messages (ARCHITECTURE.md: bot renders `JobEvent`s).
+
+Rendering is idempotent: an event delivered twice (a reader died before acknowledging it) finds
+its message already there and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bot.deps import BotDeps
+from core.types import Button, Estimate, EventKind, JobEvent, Plan, Progress, Run
+
+log = logging.getLogger(__name__)
+RUN_FIRST_N = 3
+
+
+def estimate_lines(estimate: Estimate) -> list[str]:
+    items = "unknown" if estimate.items is None else f"up to {estimate.items}"
+    cost = "price unknown" if estimate.cost_usd is None else f"~${estimate.cost_usd:.4f}"
+    lines = [f"Estimate: {items} items · {estimate.model_calls} AI calls · {cost} · "
+             f"~{_duration(estimate.seconds)}"]
+    if estimate.writes:
+        writes = ", ".join(f"{key} ×{n}" for key, n in sorted(estimate.writes.items()))
+        lines.append(f"Writes (at most): {writes}")
+    lines += [f"Note: {note}" for note in estimate.notes]
+    return lines
+
+
+def plan_text(plan: Plan) -> str:
+    return "\n".join([f"Plan: {plan.summary}", "", *estimate_lines(plan.estimate), "",
+                      "Approve to run it, or Cancel."])
+
+
+def plan_buttons(plan: Plan) -> list[Button]:
+    buttons = [Button(action="approve", label="Approve", value=plan.id, style="primary")]
+    if plan.estimate.items is None or plan.estimate.items > RUN_FIRST_N:
+        buttons.append(Button(action="run_first", label=f"Run first {RUN_FIRST_N}",
+                              value=plan.id, count=RUN_FIRST_N))
+    buttons.append(Button(action="cancel", label="Cancel", value=plan.id, style="danger"))
+    return buttons
+
+
+def progress_text(progress: Progress, *, finished: bool = False) -> str:
+    total = "?" if progress.total is None else str(progress.total)
+    head = "Finished" if finished else "Running"
+    text = (f"{head}: {progress.done}/{total} done, {progress.failed} failed · "
+            f"{_duration(progress.elapsed_s)} · ${progress.cost_usd:.4f}")
+    eta = _eta(progress)
+    return text + (f" · about {_duration(eta)} left" if eta is not None and not finished else "")
+
+
+def _eta(progress: Progress) -> float | None:
+    finished = progress.done + progress.failed
+    if progress.total is None or finished == 0:
+        return None
+    return progress.elapsed_s / finished * (progress.total - finished)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    return f"{seconds / 60:.0f} min"
+
+
+async def render(deps: BotDeps, event: JobEvent) -> None:
+    """Show one event in its thread."""
+    handler = _HANDLERS.get(event.kind)
+    if handler is not None:
+        await handler(deps, event)
+
+
+async def _plan_ready(deps: BotDeps, event: JobEvent) -> None:
+    assert event.plan_id is not None
+    if await deps.store.plan_message_id(event.plan_id):
+        return
+    plan = await deps.store.get_plan(event.plan_id)
+    message = await deps.store.add_message(
+        plan.thread_id, author="sluice", kind="plan", text=plan_text(plan),
+        buttons=plan_buttons(plan),
+        meta={"plan_id": plan.id, "program": plan.program,
+              "estimate": plan.estimate.model_dump(mode="json")})
+    await deps.store.set_plan_message(plan.id, message.id)
+
+
+async def _plan_failed(deps: BotDeps, event: JobEvent) -> None:
+    thread = await deps.store.get_thread(event.thread_id)
+    if any(m.meta.get("failed_request") == event.request_id for m in thread.messages):
+        return
+    await deps.store.add_message(event.thread_id, author="sluice", kind="error",
+                                 text=f"I could not plan this request. {event.text}",
+                                 meta={"failed_request": event.request_id})
+
+
+async def _progress(deps: BotDeps, event: JobEvent) -> None:
+    run = await _run(deps, event)
+    message_id = await deps.store.run_status_message(run.id)
+    if message_id and event.progress is not None:
+        await deps.store.update_message(message_id, text=progress_text(event.progress))
+
+
+async def _started(deps: BotDeps, event: JobEvent) -> None:
+    run = await _run(deps, event)
+    message_id = await deps.store.run_status_message(run.id)
+    if message_id:
+        await deps.store.update_message(message_id, text="Running: starting the program…")
+
+
+async def _finished(deps: BotDeps, event: JobEvent) -> None:
+    run = await _run(deps, event)
+    message_id = await deps.store.run_status_message(run.id)
+    thread = await deps.store.get_thread(run.thread_id)
+    if any(m.kind in {"result", "error"} and m.meta.get("run_id") == run.id
+           for m in thread.messages):
+        return
+    ok = event.kind == EventKind.RUN_FINISHED
+    if message_id:
+        status = progress_text(run.progress, finished=True) if ok else "Stopped."
+        await deps.store.update_message(message_id, text=status)
+    text = _result_text(run) if ok else (f"The run failed. {event.text}\nNothing more will run; "
+                                         "reply with a changed request to try again.")
+    attachments = [run.result.table] if ok and run.result and run.result.table else []
+    await deps.store.add_message(run.thread_id, author="sluice", kind="result" if ok else "error",
+                                 text=text, attachments=attachments, meta={"run_id": run.id})
+
+
+def _result_text(run: Run) -> str:
+    assert run.result is not None
+    parts = [run.result.summary]
+    for failure in run.result.failures[:10]:
+        parts.append(f"- item {failure.get('index')}: {failure.get('error')}")
+    if run.result.output.strip():
+        parts.append("Output:\n" + run.result.output.strip()[-2000:])
+    if run.result.table is not None:
+        parts.append(f"Table attached: {run.result.table.name} ({run.result.table_rows} rows).")
+    return "\n".join(parts)
+
+
+async def _run(deps: BotDeps, event: JobEvent) -> Run:
+    assert event.run_id is not None
+    return await deps.store.get_run(event.run_id)
+
+
+_HANDLERS = {
+    EventKind.PLAN_READY: _plan_ready,
+    EventKind.PLAN_FAILED: _plan_failed,
+    EventKind.RUN_STARTED: _started,
+    EventKind.PROGRESS: _progress,
+    EventKind.RUN_FINISHED: _finished,
+    EventKind.RUN_FAILED: _finished,
+}

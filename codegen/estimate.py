@@ -1,0 +1,205 @@
+"""A first estimate from the program's shape (ARCHITECTURE.md, "Preview before spending").
+
+Static analysis only: loops and `each()` over collections whose size the integrations report
+(sheet row counts), the integration and AI calls inside them, and prices from litellm's map.
+The sample run (a later stage) refines it with measured time and tokens per item.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.types import Estimate
+
+# Rough figures until a sample run measures them; stated in the estimate's notes.
+TOKENS_IN_PER_AI_CALL = 600
+TOKENS_OUT_PER_AI_CALL = 200
+SECONDS_PER_AI_CALL = 1.5
+SECONDS_PER_INTEGRATION_CALL = 0.05
+SECONDS_TO_START = 1.0
+
+
+@dataclass
+class _Size:
+    count: int | None
+    source: str = ""
+    filtered: bool = False
+
+
+@dataclass
+class _Calls:
+    ai: int = 0
+    other: int = 0
+    writes: dict[str, int] = field(default_factory=dict)
+
+
+class _Program:
+    """What the estimate needs to know about names in the program."""
+
+    def __init__(self, tree: ast.Module, effects: dict[str, str], sheets: dict[str, Any]) -> None:
+        self.tree = tree
+        self.effects = effects
+        self.sheets = sheets
+        self.assigned: dict[str, ast.expr] = {}
+        self.functions: dict[str, ast.FunctionDef] = {}
+        self.sheet_vars: dict[str, str] = {}
+        for node in ast.walk(tree):
+            self._note(node)
+
+    def _note(self, node: ast.AST) -> None:
+        if isinstance(node, ast.FunctionDef):
+            self.functions[node.name] = node
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name):
+                self.assigned[target.id] = node.value
+                opened = _opened_sheet(node.value)
+                if opened is not None:
+                    self.sheet_vars[target.id] = opened
+
+    def size_of(self, expr: ast.expr, depth: int = 0) -> _Size:
+        if depth > 8:
+            return _Size(None)
+        if isinstance(expr, ast.Name) and expr.id in self.assigned:
+            return self.size_of(self.assigned[expr.id], depth + 1)
+        if isinstance(expr, ast.List | ast.Tuple | ast.Set):
+            return _Size(len(expr.elts), "a literal list")
+        if isinstance(expr, ast.ListComp | ast.GeneratorExp | ast.SetComp):
+            inner = self.size_of(expr.generators[0].iter, depth + 1)
+            return _Size(inner.count, inner.source, inner.filtered or bool(expr.generators[0].ifs))
+        if isinstance(expr, ast.Call):
+            return self._size_of_call(expr, depth)
+        return _Size(None)
+
+    def _size_of_call(self, call: ast.Call, depth: int) -> _Size:
+        func = call.func
+        if isinstance(func, ast.Name) and func.id in {"list", "sorted", "reversed", "enumerate"}:
+            return self.size_of(call.args[0], depth + 1) if call.args else _Size(None)
+        if isinstance(func, ast.Attribute) and func.attr in {"rows", "find"}:
+            name = self._sheet_name(func.value)
+            if name is not None and name in self.sheets:
+                rows = int(self.sheets[name].get("rows", 0))
+                return _Size(rows, f"rows of '{name}'", filtered=func.attr == "find")
+        return _Size(None)
+
+    def _sheet_name(self, expr: ast.expr) -> str | None:
+        if isinstance(expr, ast.Name):
+            return self.sheet_vars.get(expr.id)
+        return _opened_sheet(expr)
+
+    def calls_in(self, nodes: list[ast.stmt] | ast.expr,
+                 seen: frozenset[str] = frozenset()) -> _Calls:
+        calls = _Calls()
+        roots = nodes if isinstance(nodes, list) else [nodes]
+        for root in roots:
+            for node in ast.walk(root):
+                if isinstance(node, ast.Call):
+                    self._count(node, calls, seen)
+        return calls
+
+    def _count(self, call: ast.Call, calls: _Calls, seen: frozenset[str]) -> None:
+        func = call.func
+        if isinstance(func, ast.Name) and func.id in self.functions and func.id not in seen:
+            inner = self.calls_in(self.functions[func.id].body, seen | {func.id})
+            _add(calls, inner)
+            return
+        if not isinstance(func, ast.Attribute) or not isinstance(func.value, ast.Name):
+            return
+        owner = "Sheet" if func.value.id in self.sheet_vars else func.value.id
+        key = f"{owner}.{func.attr}"
+        if key not in self.effects:
+            return
+        if owner == "ai":
+            calls.ai += 1
+        else:
+            calls.other += 1
+        if self.effects[key] == "write":
+            calls.writes[key] = calls.writes.get(key, 0) + 1
+
+
+def _opened_sheet(expr: ast.expr) -> str | None:
+    if (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute)
+            and expr.func.attr == "open" and isinstance(expr.func.value, ast.Name)
+            and expr.func.value.id == "sheets" and expr.args
+            and isinstance(expr.args[0], ast.Constant) and isinstance(expr.args[0].value, str)):
+        return expr.args[0].value
+    return None
+
+
+def _add(total: _Calls, more: _Calls, times: int = 1) -> None:
+    total.ai += more.ai * times
+    total.other += more.other * times
+    for key, n in more.writes.items():
+        total.writes[key] = total.writes.get(key, 0) + n * times
+
+
+def _loops(program: _Program) -> list[tuple[_Size, _Calls]]:
+    """Each top-level `for` loop and `each()` call with its item count and per-item calls."""
+    found: list[tuple[_Size, _Calls]] = []
+    for stmt in program.tree.body:
+        if isinstance(stmt, ast.For):
+            found.append((program.size_of(stmt.iter), program.calls_in(stmt.body)))
+            continue
+        for node in ast.walk(stmt):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id == "each" and len(node.args) >= 2):
+                found.append((program.size_of(node.args[0]), _per_item(program, node.args[1])))
+    return found
+
+
+def _per_item(program: _Program, fn: ast.expr) -> _Calls:
+    if isinstance(fn, ast.Name) and fn.id in program.functions:
+        return program.calls_in(program.functions[fn.id].body, frozenset({fn.id}))
+    if isinstance(fn, ast.Lambda):
+        return program.calls_in(fn.body)
+    return _Calls()
+
+
+def estimate_program(source: str, *, effects: dict[str, str], workspace: dict[str, Any],
+                     prices: tuple[float, float] | None) -> Estimate:
+    """Estimate items, model calls, tokens, cost and time of `source` before running it.
+
+    Args:
+        effects: "integration.action" (or "Resource.action") -> "read" | "write".
+        workspace: integrations' `describe()` output; `workspace["sheets"]` gives row counts.
+        prices: ($ per input token, $ per output token) of the model behind `ai.*`, or None.
+    """
+    tree = ast.parse(source)
+    program = _Program(tree, effects, dict(workspace.get("sheets", {})))
+    total = _Calls()
+    items: int | None = None
+    notes: list[str] = []
+    loops = _loops(program)
+    for size, per_item in loops:
+        n = size.count if size.count is not None else 0
+        _add(total, per_item, n)
+        items = n if items is None else max(items, n)
+        if size.count is None:
+            notes.append("A loop goes over a collection whose size is unknown before the run.")
+        elif size.filtered:
+            notes.append(f"At most {size.count} items: {size.source}, before the filter.")
+    _add(total, _outside_loops(program))
+    tokens = total.ai * (TOKENS_IN_PER_AI_CALL + TOKENS_OUT_PER_AI_CALL)
+    cost = None if prices is None else total.ai * (
+        TOKENS_IN_PER_AI_CALL * prices[0] + TOKENS_OUT_PER_AI_CALL * prices[1])
+    if total.ai and prices is None:
+        notes.append("The AI model's price is unknown, so the cost is unknown.")
+    seconds = (SECONDS_TO_START + total.ai * SECONDS_PER_AI_CALL
+               + total.other * SECONDS_PER_INTEGRATION_CALL)
+    return Estimate(items=items, model_calls=total.ai, tokens=tokens, cost_usd=cost,
+                    seconds=round(seconds, 1), writes=total.writes, notes=notes)
+
+
+def _outside_loops(program: _Program) -> _Calls:
+    """AI calls made once, outside any loop (a summary at the end, say)."""
+    calls = _Calls()
+    for stmt in program.tree.body:
+        if isinstance(stmt, ast.For | ast.FunctionDef):
+            continue
+        if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "each"
+               for n in ast.walk(stmt)):
+            continue
+        _add(calls, program.calls_in([stmt]))
+    return calls

@@ -1,0 +1,70 @@
+"""The planner's prompt (ARCHITECTURE.md, "CodeAct, not ReAct").
+
+Static parts come first and are byte-stable between requests (system text, then the integration
+stubs), so provider prompt caching applies; what changes per request (workspace data, thread
+context, the request) comes last.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from core.protocols import ChatMessage
+from core.types import Request
+
+SYSTEM = """\
+You are Sluice, an agent that does real work in a team's apps by writing ONE short Python program
+for the whole job. The program runs once, in a sandbox, against the integrations below; it cannot
+see the network, files or environment variables, only these objects.
+
+How to write the program:
+- For many items, write a function that handles ONE item and hand it to `each(items, fn)`.
+  `each` shows progress, runs "first N only" trials, and records a failing item instead of
+  stopping the run. Never call a model once per item to decide what to do: decide in code, and
+  use `ai.*` functions only for work that needs language understanding.
+- Address rows by identity and columns by header: `sheet.update(row, {"Column": value})`.
+- Use `today()` and `now()` for dates; do not import time.
+- Only these imports are allowed: json, math, re, datetime, collections, itertools, functools,
+  statistics, decimal, fractions, string, textwrap, typing, dataclasses, random, pandas, numpy.
+- No file, network, exec/eval, dunder attributes or introspection.
+- To hand back a table, assign a pandas DataFrame or a list of dicts to `result`.
+- `print()` short lines a person would want to read; keep it brief.
+
+Answer with one short paragraph that says what the program will do (for the person approving
+it), then the program in a single ```python block. Nothing after the block.
+"""
+
+
+def integration_section(stubs: str) -> str:
+    return f"# The integrations your program can use (typed stubs)\n\n```python\n{stubs}```\n"
+
+
+def workspace_section(workspace: dict[str, Any]) -> str:
+    data = json.dumps(workspace, indent=1, sort_keys=True, default=str)
+    return f"# Workspace data (what the integrations hold now)\n```json\n{data}\n```\n"
+
+
+def request_section(request: Request) -> str:
+    return f"{request.text}\n\n(Request from {request.user}.)"
+
+
+def build_messages(request: Request, *, stubs: str,
+                   workspace: dict[str, Any]) -> list[ChatMessage]:
+    """The first messages: static system text and stubs, the workspace, then the request.
+
+    The request is a message of its own, last, so a person reading a transcript (or a scripted
+    scenario matching on it) sees exactly what was asked.
+    """
+    return [
+        ChatMessage(role="system", content=SYSTEM + "\n" + integration_section(stubs)),
+        ChatMessage(role="user", content=workspace_section(workspace)),
+        ChatMessage(role="user", content=request_section(request)),
+    ]
+
+
+def feedback(problems: str) -> str:
+    """The message that sends a rejected program back to the model."""
+    return ("Your program was not accepted:\n\n" + problems +
+            "\n\nFix it and answer again with the short paragraph and the whole program in one "
+            "```python block.")

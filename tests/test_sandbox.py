@@ -1,0 +1,503 @@
+"""The sandbox (workers/sandbox.py and workers/sandbox_child.py), driving the real child process.
+
+The handler below answers a small "sheets"/"mail" manifest: it is test data standing in for the
+integrations, not a mock of our code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.errors import IntegrationError, SandboxError
+from integrations.base import EffectCall
+from workers import _isolation
+from workers._channel import MAX_FRAME, FdChannel, FrameError, body_length, pack, unpack
+from workers._sandbox_namespace import Runtime, guarded_import
+from workers.sandbox import (
+    ProgressTick,
+    SandboxLimits,
+    SandboxOutcome,
+    detect_isolation,
+    run_sandboxed,
+)
+
+CANARY = "canary-7f3e9b1c-do-not-leak"
+ISOLATION = detect_isolation()
+MANIFEST: dict[str, Any] = {
+    "integrations": {
+        "sheets": {"actions": {"open": "read"}},
+        "mail": {"actions": {"send": "write"}},
+    },
+    "resources": {"Sheet": {"actions": {"rows": "read", "update": "write"}}},
+}
+FAST = SandboxLimits(cpu_s=10, wall_s=20, memory_mb=512, output_kb=64)
+
+
+@pytest.fixture(autouse=True)
+def canary_secret(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("SLUICE_CANARY_SECRET", CANARY)
+    yield
+
+
+class Sheets:
+    """A tiny in-memory stand-in for the sheets and mail integrations."""
+
+    def __init__(self, rows: int = 5) -> None:
+        self.rows = {str(i): {"Name": f"person{i}", "Amount": i * 10} for i in range(rows)}
+        self.calls: list[EffectCall] = []
+
+    async def __call__(self, call: EffectCall) -> Any:
+        self.calls.append(call)
+        if call.action == "open":
+            return {"__handle__": ["sheets", "Sheet", call.args[0]]}
+        if call.action == "rows":
+            return [{"__row__": [key, values]} for key, values in self.rows.items()]
+        if call.action == "update":
+            row_id = call.args[0]["__row__"][0]
+            self.rows[row_id].update(call.args[1])
+            return None
+        if call.action == "send":
+            if "@" not in call.kwargs.get("to", ""):
+                raise IntegrationError(f"'{call.kwargs.get('to')}' is not an email address")
+            return {"sent": True}
+        raise RuntimeError(f"unknown action; the secret is {CANARY}")
+
+
+async def run(program: str, handler: Any = None, **options: Any) -> SandboxOutcome:
+    options.setdefault("limits", FAST)
+    return await run_sandboxed(program, manifest=MANIFEST, handler=handler or Sheets(),
+                               isolation=ISOLATION, **options)
+
+
+async def test_program_calls_integrations_and_returns_a_table() -> None:
+    sheets = Sheets()
+    program = (
+        'sheet = sheets.open("signups")\n'
+        "rows = sheet.rows()\n"
+        'print("rows:", len(rows), "first id:", rows[0].id)\n'
+        "result = []\n"
+        "for row in rows:\n"
+        '    sheet.update(row, {"Budget": row["Amount"] * 2})\n'
+        '    result.append({"name": row["Name"], "budget": row["Amount"] * 2})\n'
+        'mail.send(to="team@example.com", subject="done")\n'
+    )
+    outcome = await run(program, sheets)
+    assert outcome.ok, outcome.error
+    assert outcome.output == "rows: 5 first id: 0\n"
+    assert outcome.table_rows == 5
+    assert outcome.table_csv is not None
+    assert outcome.table_csv.splitlines()[:2] == ["name,budget", "person0,0"]
+    assert outcome.calls == 2 + 5 + 1
+    assert outcome.isolation == ISOLATION
+    assert outcome.exit_code == 0
+    assert sheets.rows["3"]["Budget"] == 60
+    update = sheets.calls[2]
+    assert update.integration == "sheets" and update.action == "update"
+    assert update.handle == ("sheets", "Sheet", "signups")
+    assert sheets.calls[-1].kwargs == {"to": "team@example.com", "subject": "done"}
+
+
+async def test_a_dataframe_result_becomes_csv() -> None:
+    program = ("import pandas as pd\n"
+               "rows = sheets.open('s').rows()\n"
+               "result = pd.DataFrame([dict(r) for r in rows])\n")
+    outcome = await run(program, limits=SandboxLimits(memory_mb=1024, wall_s=20))
+    assert outcome.ok, outcome.error
+    assert outcome.table_rows == 5
+    assert outcome.table_csv is not None and outcome.table_csv.startswith("Name,Amount\n")
+
+
+async def test_pandas_cannot_read_attributes_by_name_past_the_policy() -> None:
+    program = (
+        "import pandas as pd\n"
+        "df = pd.DataFrame({'a': [1, 5]})\n"
+        "limit = 2\n"
+        "print(df.query('a > @limit')['a'].tolist(), df['a'].agg('sum'))\n"
+        "sneaky = ['@df.__class__', '@pd.api.types.is_list_like([1])']\n"
+        "for expression in sneaky:\n"
+        "    try:\n"
+        "        df.query(expression)\n"
+        "    except ValueError:\n"
+        "        print('refused')\n"
+        "name = '__getattribute__'\n"
+        "try:\n"
+        "    df['a'].agg(name, '__class__')\n"
+        "except ValueError:\n"
+        "    print('refused')\n"
+    )
+    outcome = await run(program, limits=SandboxLimits(memory_mb=1024, wall_s=20))
+    assert outcome.ok, outcome.error
+    assert outcome.output == "[5] 6\nrefused\nrefused\nrefused\n"
+
+
+async def test_each_records_a_failing_item_and_goes_on() -> None:
+    program = (
+        "rows = sheets.open('s').rows()\n"
+        "def budget(row):\n"
+        "    if row['Amount'] == 20:\n"
+        "        raise ValueError('no budget for ' + row['Name'])\n"
+        "    return row['Amount'] + 1\n"
+        "out = each(rows, budget)\n"
+        "print(out)\n"
+    )
+    outcome = await run(program)
+    assert outcome.ok, outcome.error
+    assert outcome.output == "[1, 11, None, 31, 41]\n"
+    (failure,) = outcome.failures
+    assert failure["index"] == 2 and failure["line"] == 4
+    assert failure["error"] == "ValueError: no budget for person2"
+    assert "person2" in failure["item"]
+
+
+async def test_limit_items_visits_only_the_first_n() -> None:
+    sheets = Sheets(rows=10)
+    program = ("sheet = sheets.open('s')\n"
+               "done = each(sheet.rows(), lambda row: sheet.update(row, {'Seen': True}))\n"
+               "print(len(done))\n")
+    outcome = await run(program, sheets, limit_items=3, preview=True)
+    assert outcome.ok, outcome.error
+    assert outcome.output == "3\n"
+    updated = [c.args[0]["__row__"][0] for c in sheets.calls if c.action == "update"]
+    assert updated == ["0", "1", "2"]
+
+
+async def test_progress_ticks_arrive_for_each_and_plain_loops() -> None:
+    ticks: list[ProgressTick] = []
+
+    async def on_progress(tick: ProgressTick) -> None:
+        ticks.append(tick)
+
+    program = ("rows = sheets.open('s').rows()\n"
+               "each(rows, lambda row: 1 / (row['Amount'] - 10))\n"
+               "for i in range(1000):\n"
+               "    pass\n")
+    outcome = await run(program, on_progress=on_progress)
+    assert outcome.ok, outcome.error
+    finals = {t.loop: t for t in ticks}
+    assert finals["each#1"].done == 4 and finals["each#1"].failed == 1
+    assert finals["each#1"].total == 5
+    assert finals["for@3"].done == 1000 and finals["for@3"].total == 1000
+    assert len(ticks) < 10  # throttled, not one per item
+
+
+async def test_program_exception_reports_type_message_and_line() -> None:
+    program = "x = 1\n\ndef share(total, people):\n    return total / people\n\nshare(10, 0)\n"
+    outcome = await run(program)
+    assert not outcome.ok
+    assert outcome.error is not None
+    assert outcome.error["type"] == "ZeroDivisionError"
+    assert outcome.error["message"] == "division by zero"
+    assert outcome.error["line"] == 4
+    assert "line 6, in <module>: share(10, 0)" in outcome.error["traceback"]
+
+
+async def test_integration_errors_reach_the_program_and_other_errors_stay_vague() -> None:
+    program = ("try:\n"
+               "    mail.send(to='nobody')\n"
+               "except IntegrationError as exc:\n"
+               "    print('caught:', exc)\n"
+               "sheets.open('s').bogus_call_on_purpose()\n")
+    outcome = await run(program)
+    assert outcome.output == "caught: 'nobody' is not an email address\n"
+    assert outcome.error is not None and outcome.error["line"] == 5
+    assert "has no action 'bogus_call_on_purpose'; its actions: rows, update" in (
+        outcome.error["message"])
+
+
+async def test_handler_failure_is_generic_and_keeps_secrets() -> None:
+    manifest = {"integrations": {"crm": {"actions": {"find": "read"}}}}
+    outcome = await run_sandboxed("crm.find('x')\n", manifest=manifest, handler=Sheets(),
+                                  limits=FAST, isolation=ISOLATION)
+    assert outcome.error is not None
+    assert outcome.error["type"] == "IntegrationError"
+    assert outcome.error["message"] == "integration failed: RuntimeError"
+    assert CANARY not in outcome.model_dump_json()
+
+
+async def test_a_result_too_large_for_the_channel_reaches_the_program_as_an_error() -> None:
+    async def handler(call: EffectCall) -> Any:
+        return "x" * (MAX_FRAME + 1)
+
+    manifest = {"integrations": {"archive": {"actions": {"dump": "read"}}}}
+    program = ("try:\n    archive.dump()\nexcept IntegrationError as exc:\n    print(exc)\n")
+    outcome = await run_sandboxed(program, manifest=manifest, handler=handler, limits=FAST,
+                                  isolation=ISOLATION)
+    assert outcome.ok, outcome.error
+    assert outcome.output.startswith("the result of dump() is too large")
+
+
+async def test_policy_violation_is_rendered_with_a_caret_and_nothing_runs() -> None:
+    sheets = Sheets()
+    outcome = await run("sheets.open('s')\nx = sheets.__class__\n", sheets)
+    assert outcome.error is not None and outcome.error["type"] == "PolicyViolation"
+    assert outcome.error["line"] == 2
+    code, caret, rule = outcome.error["message"].splitlines()[:3]
+    assert code == "line 2: x = sheets.__class__"
+    assert caret.index("^") == code.index("__class__")
+    assert rule.startswith("dunder:")
+    assert sheets.calls == []
+
+
+async def test_infinite_loop_is_killed_by_the_wall_clock() -> None:
+    outcome = await run("while True:\n    pass\n", limits=SandboxLimits(wall_s=2, cpu_s=30))
+    assert not outcome.ok
+    assert outcome.killed_reason == "wall clock limit"
+    assert 2 <= outcome.seconds < 5
+
+
+async def test_cancelling_a_run_kills_the_child_at_once() -> None:
+    called = asyncio.Event()
+
+    async def handler(call: EffectCall) -> Any:
+        called.set()
+        return None
+
+    manifest = {"integrations": {"ping": {"actions": {"now": "read"}}}}
+    task = asyncio.create_task(run_sandboxed(
+        "ping.now()\nwhile True:\n    pass\n", manifest=manifest, handler=handler,
+        limits=FAST, isolation=ISOLATION))
+    await called.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 1.5)
+    assert _sandbox_child_environs() == []
+
+
+async def test_cpu_limit_stops_a_busy_program() -> None:
+    busy = "n = 0\nwhile True:\n    n += 1\n"
+    outcome = await run(busy, limits=SandboxLimits(cpu_s=1, wall_s=10))
+    assert outcome.killed_reason == "cpu limit"
+    assert outcome.error is not None and outcome.error["line"] in (2, 3)
+
+
+async def test_memory_bomb_is_contained() -> None:
+    program = "hoard = []\nwhile True:\n    hoard.append(bytearray(10**7))\n"
+    outcome = await run(program, limits=SandboxLimits(memory_mb=256, wall_s=10))
+    assert not outcome.ok
+    assert outcome.killed_reason == "memory limit"
+    assert outcome.error is not None and outcome.error["line"] == 3
+    assert "256 MiB" in outcome.error["message"]
+
+
+ESCAPES = {
+    "fork bomb": "import os\nwhile True:\n    os.fork()\n",
+    "subprocess": "import subprocess\nsubprocess.run(['id'])\n",
+    "socket": "import socket\nsocket.create_connection(('127.0.0.1', 80))\n",
+    "open passwd": "print(open('/etc/passwd').read())\n",
+    "environ": "import os\nprint(os.environ)\n",
+    "dunder import": "__import__('os').system('id')\n",
+    "subclasses walk": "print(().__class__.__base__.__subclasses__())\n",
+    "module gadget": "import dataclasses\nprint(dataclasses.sys.modules['os'].environ)\n",
+    "random private os": "import random\nprint(random._os.environ)\n",
+}
+
+
+@pytest.mark.parametrize("program", ESCAPES.values(), ids=ESCAPES.keys())
+async def test_escape_attempts_are_refused(program: str) -> None:
+    outcome = await run(program)
+    assert not outcome.ok
+    assert outcome.error is not None and outcome.error["type"] == "PolicyViolation"
+    assert CANARY not in outcome.model_dump_json()
+
+
+def test_runtime_guards_hold_without_the_static_check() -> None:
+    with pytest.raises(ImportError):
+        guarded_import("os")
+    with pytest.raises(ImportError):
+        guarded_import("dataclasses", fromlist=("sys",))
+    with pytest.raises(ImportError):
+        guarded_import("json", level=1)
+    assert guarded_import("json").__name__ == "json"
+
+
+def test_restricted_builtins_leave_out_the_dangerous_ones() -> None:
+    table = Runtime(FdChannel(-1, -1), {}).builtins()
+    for name in ("open", "eval", "exec", "compile", "getattr", "setattr", "globals", "locals",
+                 "vars", "input", "breakpoint", "memoryview", "help", "exit", "quit"):
+        assert name not in table, name
+    assert {"len", "sorted", "print", "ValueError", "__build_class__"} <= set(table)
+    assert table["__import__"] is guarded_import
+
+
+async def test_no_secret_reaches_the_child_or_the_outcome() -> None:
+    environs: list[bytes] = []
+
+    async def handler(call: EffectCall) -> Any:
+        environs.extend(_sandbox_child_environs())
+        return "pong"
+
+    program = ("print(ping.now())\n"
+               "print(sorted(dir()))\n"
+               "print(now(), today())\n")
+    manifest = {"integrations": {"ping": {"actions": {"now": "read"}}}}
+    outcome = await run_sandboxed(program, manifest=manifest, handler=handler, limits=FAST,
+                                  isolation=ISOLATION)
+    assert outcome.ok, outcome.error
+    assert outcome.output.startswith("pong\n")
+    assert CANARY not in outcome.model_dump_json()
+    assert environs, "the child process was not found while it waited for its call"
+    for environ in environs:
+        assert CANARY.encode() not in environ
+        keys = {entry.split(b"=", 1)[0] for entry in environ.split(b"\0") if entry}
+        # bwrap adds PWD, the sandbox's own working directory.
+        assert keys - {b"PWD"} == {b"PYTHONHASHSEED", b"PATH", b"LANG"}
+
+
+def _sandbox_child_environs() -> list[bytes]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+            if b"workers.sandbox_child" in cmdline:
+                found.append((entry / "environ").read_bytes())
+        except OSError:
+            continue
+    return found
+
+
+async def test_huge_output_is_truncated() -> None:
+    program = "for i in range(200000):\n    print('x' * 100)\n"
+    outcome = await run(program, limits=SandboxLimits(output_kb=4, wall_s=20))
+    assert outcome.ok, outcome.error
+    assert outcome.output_truncated
+    assert len(outcome.output.encode()) < 4 * 1024 + 100
+    assert outcome.output.endswith("[output truncated after 4 KiB]")
+
+
+async def test_common_idioms_run() -> None:
+    program = (
+        "from __future__ import annotations\n"
+        "from dataclasses import dataclass\n"
+        "import datetime, json, random\n"
+        "@dataclass\n"
+        "class Line:\n"
+        "    item: str\n"
+        "    amount: float = 0.0\n"
+        "class Missing(Exception):\n"
+        "    def __init__(self, what):\n"
+        "        super().__init__(f'missing {what}')\n"
+        "def main():\n"
+        "    lines = [Line('a', 1.5), Line('b')]\n"
+        "    print(json.dumps([l.item for l in lines]), isinstance(today(), datetime.date))\n"
+        "    print({'b', 'a', 'c'} == set('abc'), str(Missing('x')))\n"
+        "if __name__ == '__main__':\n"
+        "    main()\n"
+    )
+    outcome = await run(program)
+    assert outcome.ok, outcome.error
+    assert outcome.output == '["a", "b"] True\nTrue missing x\n'
+
+
+async def test_hash_order_is_fixed_across_runs() -> None:
+    program = "print(list({'alpha', 'beta', 'gamma', 'delta', 'epsilon'}))\n"
+    first, second = await asyncio.gather(run(program), run(program))
+    assert first.output == second.output
+
+
+async def test_garbage_on_the_channel_is_a_sandbox_error(tmp_path: Path) -> None:
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nprintf '\\000\\000\\000\\005[1,2]'\nsleep 5\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    outcome = await run_sandboxed("x = 1\n", manifest={}, handler=Sheets(), limits=FAST,
+                                  isolation="rlimits", python=str(fake))
+    assert not outcome.ok
+    assert outcome.error is not None and outcome.error["type"] == "SandboxError"
+    assert outcome.seconds < 4
+
+
+async def test_a_sandbox_that_cannot_start_raises(tmp_path: Path) -> None:
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'no interpreter here' >&2\nexit 3\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    with pytest.raises(SandboxError, match="no interpreter here"):
+        await run_sandboxed("x = 1\n", manifest={}, handler=Sheets(), limits=FAST,
+                            isolation="rlimits", python=str(fake))
+    with pytest.raises(SandboxError, match="unknown sandbox isolation"):
+        await run_sandboxed("x = 1\n", manifest={}, handler=Sheets(), limits=FAST,
+                            isolation="chroot")
+
+
+def test_frames_are_length_prefixed_json_with_a_cap() -> None:
+    frame = pack({"op": "print", "text": "héllo"})
+    assert body_length(frame[:4]) == len(frame) - 4
+    assert unpack(frame[4:]) == {"op": "print", "text": "héllo"}
+    with pytest.raises(FrameError):
+        unpack(b"[1, 2]")
+    with pytest.raises(FrameError):
+        unpack(b"\xff\xfe")
+    with pytest.raises(FrameError):
+        body_length((MAX_FRAME + 1).to_bytes(4, "big"))
+
+
+def test_detect_isolation_picks_a_working_level() -> None:
+    assert ISOLATION in ("bwrap", "unshare", "rlimits")
+    assert detect_isolation("rlimits") == "rlimits"
+    assert detect_isolation() == ISOLATION  # cached, same answer
+
+
+# --- the isolation layer itself, with a plain interpreter inside it --------------------------
+
+CONFINED = [level for level in ("bwrap", "unshare") if _isolation._works(level)]
+
+
+def _confined(
+    level: str, code: str, hide: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    with tempfile.TemporaryDirectory() as workdir:
+        argv = _isolation.wrap_command(level, [sys.executable, "-s", "-P", "-c", code],
+                                       workdir=workdir, hide=hide, python=sys.executable)
+        return subprocess.run(argv, cwd=workdir, env=_isolation.child_env(), capture_output=True,
+                              text=True, timeout=20, check=False)
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    server = socket.create_server(("127.0.0.1", 0))
+    yield server.getsockname()[1]
+    server.close()
+
+
+CONNECT = ("import socket, sys\n"
+           "try:\n"
+           "    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+           "    print('connected')\n"
+           "except OSError as exc:\n"
+           "    print('refused', exc)\n")
+
+
+@pytest.mark.skipif(not CONFINED, reason="neither bwrap nor unshare works on this machine")
+@pytest.mark.parametrize("level", CONFINED)
+def test_network_is_unreachable_when_confined(level: str, listener: int) -> None:
+    assert _confined("rlimits", CONNECT.format(port=listener)).stdout.startswith("connected")
+    assert _confined(level, CONNECT.format(port=listener)).stdout.startswith("refused")
+
+
+@pytest.mark.skipif(not CONFINED, reason="neither bwrap nor unshare works on this machine")
+@pytest.mark.parametrize("level", CONFINED)
+def test_worker_process_is_invisible_when_confined(level: str) -> None:
+    code = f"import os\nprint(os.path.exists('/proc/{os.getpid()}'))\n"
+    assert _confined(level, code).stdout.strip() == "False"
+
+
+@pytest.mark.skipif("bwrap" not in CONFINED, reason="bwrap does not work on this machine")
+def test_bwrap_hides_secret_places_but_not_our_packages() -> None:
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as home:
+        (Path(home) / "secret.txt").write_text(CANARY)
+        code = ("import os, workers.sandbox_child, pandas\n"
+                f"print(os.path.exists({home!r} + '/secret.txt'),"
+                " os.listdir('/tmp') == [os.path.basename(os.getcwd())])\n")
+        shown = _confined("bwrap", code)
+        hidden = _confined("bwrap", code, hide=(home,))
+    assert shown.stdout.split() == ["True", "True"], shown.stderr
+    assert hidden.stdout.split() == ["False", "True"], hidden.stderr

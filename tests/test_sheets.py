@@ -1,0 +1,186 @@
+"""LocalSheets on real CSV and XLSX files in a temporary folder."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import openpyxl
+import pytest
+
+from core.errors import IntegrationError
+from integrations.base import Row
+from integrations.sheets import LocalSheets, Sheet
+
+SIGNUPS = "Name,Email,Budget\r\nAna,ana@example.com,\r\nBo,bo@example.com,5000\r\n"
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "signups.csv").write_bytes(SIGNUPS.encode())
+    (tmp_path / "leads.csv").write_text("id,Company,Stage\nL-7,Acme,new\nL-9,Globex,won\n")
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["Invoice", "Amount", "Due", "Total"])
+    sheet.append(["INV-1", 120, dt.datetime(2024, 5, 1), "=B2*2"])
+    sheet.append(["INV-2", 80.5, None, "=B3*2"])
+    book.create_sheet("ignored").append(["not", "read"])
+    book.save(tmp_path / "invoices.xlsx")
+    (tmp_path / "notes.txt").write_text("not a sheet")
+    (tmp_path / "~$invoices.xlsx").write_text("excel lock file")
+    return tmp_path
+
+
+@pytest.fixture
+def sheets(folder: Path) -> LocalSheets:
+    return LocalSheets(folder)
+
+
+async def test_list_and_open(sheets: LocalSheets) -> None:
+    assert await sheets.list() == ["invoices", "leads", "signups"]
+    sheet = await sheets.open("SignUps")
+    assert isinstance(sheet, Sheet) and sheet.key == "signups" and sheet.owner is sheets
+
+
+async def test_unknown_sheet_lists_the_sheets(sheets: LocalSheets) -> None:
+    with pytest.raises(IntegrationError) as info:
+        await sheets.open("signup")
+    assert info.value.message == (
+        "There is no sheet 'signup'. Sheets: invoices, leads, signups. Did you mean 'signups'?"
+    )
+    with pytest.raises(IntegrationError, match="there are no sheets yet"):
+        await LocalSheets(Path("/nonexistent/folder")).open("x")
+
+
+async def test_rows_have_stable_ids_and_none_for_empty(sheets: LocalSheets) -> None:
+    sheet = await sheets.open("signups")
+    rows = await sheet.rows()
+    assert [r.id for r in rows] == ["row-1", "row-2"]
+    assert rows[0] == {"Name": "Ana", "Email": "ana@example.com", "Budget": None}
+    assert rows[1]["Budget"] == "5000"
+    await sheet.append({"Name": "Cy", "Email": "cy@example.com"})
+    assert [r.id for r in await sheet.rows()] == ["row-1", "row-2", "row-3"]
+    assert await sheet.columns() == ["Name", "Email", "Budget"]
+
+
+async def test_id_column_gives_identity(sheets: LocalSheets) -> None:
+    leads = await sheets.open("leads")
+    assert [r.id for r in await leads.rows()] == ["L-7", "L-9"]
+    updated = await leads.update("L-9", {"Stage": "lost"})
+    assert updated == Row("L-9", {"id": "L-9", "Company": "Globex", "Stage": "lost"})
+    with pytest.raises(IntegrationError, match="already has a row with id 'L-7'"):
+        await leads.append({"id": "L-7", "Company": "Dup"})
+
+
+async def test_update_by_row_and_by_id(sheets: LocalSheets, folder: Path) -> None:
+    sheet = await sheets.open("signups")
+    ana = (await sheet.rows())[0]
+    row = await sheet.update(ana, {"Budget": 7000})
+    assert row.id == "row-1" and row["Budget"] == "7000"
+    await sheet.update("row-2", {"budget ": None})  # near-miss spelling, cleared cell
+    data = (folder / "signups.csv").read_bytes()
+    assert data == b"Name,Email,Budget\r\nAna,ana@example.com,7000\r\nBo,bo@example.com,\r\n"
+
+
+async def test_update_is_idempotent(sheets: LocalSheets, folder: Path) -> None:
+    sheet = await sheets.open("signups")
+    await sheet.update("row-1", {"Budget": 100, "Asked on": dt.date(2024, 6, 1)})
+    first = (folder / "signups.csv").read_bytes()
+    mtime = (folder / "signups.csv").stat().st_mtime_ns
+    await sheet.update("row-1", {"Budget": "100", "Asked on": dt.date(2024, 6, 1)})
+    assert (folder / "signups.csv").read_bytes() == first
+    assert (folder / "signups.csv").stat().st_mtime_ns == mtime  # not even rewritten
+
+
+async def test_new_column_is_added_at_the_right_end(sheets: LocalSheets, folder: Path) -> None:
+    sheet = await sheets.open("signups")
+    row = await sheet.update("row-2", {"Asked on": dt.date(2024, 6, 1), "Budjet": 9})
+    assert row == {"Name": "Bo", "Email": "bo@example.com", "Budget": "9",
+                   "Asked on": "2024-06-01"}
+    assert await sheet.columns() == ["Name", "Email", "Budget", "Asked on"]
+    lines = (folder / "signups.csv").read_text().splitlines()
+    assert lines == ["Name,Email,Budget,Asked on", "Ana,ana@example.com,,",
+                     "Bo,bo@example.com,9,2024-06-01"]
+
+
+async def test_near_miss_with_other_digits_is_a_new_column(sheets: LocalSheets) -> None:
+    sheet = await sheets.open("invoices")
+    await sheet.update("row-1", {"Amount 2": 1})
+    assert await sheet.columns() == ["Invoice", "Amount", "Due", "Total", "Amount 2"]
+
+
+async def test_unknown_row_and_bad_value(sheets: LocalSheets) -> None:
+    sheet = await sheets.open("signups")
+    with pytest.raises(IntegrationError, match=r"no row 'row-9' \(its rows are row-1 … row-2\)"):
+        await sheet.update("row-9", {"Budget": 1})
+    with pytest.raises(IntegrationError, match="join lists into one string"):
+        await sheet.update("row-1", {"Budget": [1, 2]})
+
+
+async def test_find_and_unknown_column_message(sheets: LocalSheets) -> None:
+    sheet = await sheets.open("signups")
+    assert [r.id for r in await sheet.find(Budget=5000)] == ["row-2"]
+    assert [r.id for r in await sheet.find(Budget=None)] == ["row-1"]
+    assert [r.id for r in await sheet.find(email="ana@example.com")] == ["row-1"]
+    with pytest.raises(IntegrationError) as info:
+        await sheet.find(Bud="x")
+    assert info.value.message == (
+        "The sheet 'signups' has no column 'Bud'. Columns: Name, Email, Budget. "
+        "Did you mean 'Budget'?"
+    )
+
+
+async def test_xlsx_keeps_types_formulas_and_other_worksheets(
+    sheets: LocalSheets, folder: Path
+) -> None:
+    sheet = await sheets.open("invoices")
+    rows = await sheet.rows()
+    assert rows[0]["Amount"] == 120 and rows[0]["Due"] == dt.datetime(2024, 5, 1)
+    assert rows[1]["Due"] is None
+    row = await sheet.update("row-2", {"Due": dt.date(2024, 7, 1), "Paid": True})
+    assert row["Paid"] is True and row["Amount"] == 80.5
+    appended = await sheet.append({"Invoice": "INV-3", "Amount": 10})
+    assert appended.id == "row-3"
+    book = openpyxl.load_workbook(folder / "invoices.xlsx")
+    first = book.worksheets[0]
+    assert [c.value for c in first[1]] == ["Invoice", "Amount", "Due", "Total", "Paid"]
+    assert first["D2"].value == "=B2*2"  # untouched formula is kept
+    assert first["C3"].value == dt.datetime(2024, 7, 1)
+    assert first["A4"].value == "INV-3"
+    assert book.sheetnames == ["Sheet", "ignored"]
+
+
+async def test_csv_keeps_delimiter_and_bom(tmp_path: Path) -> None:
+    path = tmp_path / "eu.csv"
+    path.write_bytes(b"\xef\xbb\xbfName;Amount\nAna;1,5\n")
+    sheet = await LocalSheets(tmp_path).open("eu")
+    assert (await sheet.rows())[0] == {"Name": "Ana", "Amount": "1,5"}
+    await sheet.append({"Name": "Bo", "Amount": "2,0"})
+    assert path.read_bytes() == b"\xef\xbb\xbfName;Amount\nAna;1,5\nBo;2,0\n"
+
+
+async def test_writes_leave_no_temporary_files(sheets: LocalSheets, folder: Path) -> None:
+    before = sorted(p.name for p in folder.iterdir())
+    sheet = await sheets.open("signups")
+    await sheet.update("row-1", {"Budget": 1})
+    await (await sheets.open("invoices")).update("row-1", {"Amount": 1})
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+async def test_concurrent_appends_all_land(sheets: LocalSheets) -> None:
+    import asyncio
+
+    sheet = await sheets.open("signups")
+    await asyncio.gather(*(sheet.append({"Name": f"P{i}"}) for i in range(10)))
+    names = [r["Name"] for r in await sheet.rows()]
+    assert sorted(names[2:]) == sorted(f"P{i}" for i in range(10))
+
+
+async def test_describe_and_count_rows(sheets: LocalSheets, folder: Path) -> None:
+    (folder / "broken.xlsx").write_text("not a zip")
+    described = await sheets.describe()
+    assert described["signups"] == {"columns": ["Name", "Email", "Budget"], "rows": 2,
+                                    "row_ids": "row-N"}
+    assert described["leads"]["row_ids"] == "column 'id'"
+    assert "error" in described["broken"]
+    assert await sheets.count_rows("invoices") == 2

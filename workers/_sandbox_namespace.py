@@ -1,0 +1,372 @@
+"""What a sandboxed program sees (ARCHITECTURE.md, "The sandbox holds no secrets").
+
+Runs inside the sandbox child only. Integrations are proxies whose actions send "call" frames over
+the channel and block for the answer; resource handles that come back become proxies too. `each()`
+maps a function over items, recording failures instead of stopping, and reports throttled progress.
+Builtins are restricted; `__import__` only imports allow-listed modules.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import itertools
+import re
+import sys
+import time
+import traceback
+import types
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from codegen.policy import FORBIDDEN_ATTRIBUTES, is_forbidden_module
+from core.errors import IntegrationError
+from integrations import wire
+from integrations.base import Resource
+from workers._channel import ChannelClosed, FdChannel
+
+PROGRAM_FILE = "<program>"
+LOOP_HOOK = "__sluice_loop__"  # the name instrumented `for` loops call; programs cannot spell it
+MAX_FAILURES = 1000
+_TICK_S = 0.2
+_FLUSH_BYTES = 8192
+_SAFE_BUILTINS = (
+    "abs", "all", "any", "ascii", "bin", "bool", "bytearray", "bytes", "callable", "chr",
+    "classmethod", "complex", "dict", "dir", "divmod", "enumerate", "filter", "float", "format",
+    "frozenset", "hasattr", "hash", "hex", "id", "int", "isinstance", "issubclass", "iter", "len",
+    "list", "map", "max", "min", "next", "object", "oct", "ord", "pow", "property", "range",
+    "repr", "reversed", "round", "set", "slice", "sorted", "staticmethod", "str", "sum", "super",
+    "tuple", "type", "zip", "Ellipsis", "NotImplemented", "__build_class__",
+)
+_RESERVED = frozenset({"key", "owner", "integration"})
+_UNSAFE_EXPRESSION = re.compile(r"__|@\s*[A-Za-z_]\w*\s*[.\[(]")
+
+
+class CpuLimitExceeded(BaseException):
+    """Raised in the program at the CPU soft limit; a BaseException so `except Exception` in the
+    program cannot swallow it."""
+
+
+class _Progress:
+    """Progress frames, at most one per `_TICK_S` plus each loop's final one."""
+
+    def __init__(self, send: Callable[[dict[str, Any]], None]) -> None:
+        self._send = send
+        self._last = 0.0
+
+    def tick(self, loop: str, done: int, failed: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - self._last >= _TICK_S:
+            self.final(loop, done, failed, total)
+
+    def final(self, loop: str, done: int, failed: int, total: int | None) -> None:
+        self._last = time.monotonic()
+        self._send({"op": "progress", "loop": loop, "done": done, "failed": failed,
+                    "total": total})
+
+
+class Runtime:
+    """The child's side of the conversation: calls, output, progress and failures."""
+
+    def __init__(self, channel: FdChannel, start: dict[str, Any]) -> None:
+        self.channel = channel
+        manifest = start.get("manifest") or {}
+        self.integrations: dict[str, Any] = manifest.get("integrations") or {}
+        self.resources: dict[str, Any] = manifest.get("resources") or {}
+        self.limit_items: int | None = start.get("limit_items")
+        self.preview = bool(start.get("preview"))
+        # Send a little more than the parent keeps, so that it notices the overflow.
+        self._output_left = int(start.get("output_bytes") or 256 * 1024) + 1024
+        self._buffer: list[str] = []
+        self._buffered = 0
+        self._last_flush = time.monotonic()
+        self._next_id = 0
+        self._loops = 0
+        self._classes: dict[str, type[ResourceProxy]] = {}
+        self.failures: list[dict[str, Any]] = []
+        self.progress = _Progress(self.send)
+
+    # -- channel ----------------------------------------------------------------------------
+    def send(self, frame: dict[str, Any]) -> None:
+        """Send a frame after any buffered output, so the parent sees things in order."""
+        self.flush_output()
+        self.channel.send(frame)
+
+    def call(self, integration: str, action: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+             handle: tuple[str, str, str] | None = None) -> Any:
+        """Perform one integration call through the parent and return its decoded result."""
+        self._next_id += 1
+        self.send({"op": "call", "id": self._next_id, "integration": integration,
+                   "action": action, "args": wire.encode(list(args)),
+                   "kwargs": wire.encode(kwargs), "handle": list(handle) if handle else None})
+        reply = self.channel.recv()
+        if reply.get("id") != self._next_id:
+            raise ChannelClosed("the parent answered out of step")
+        if "error" in reply:
+            error = reply["error"] if isinstance(reply["error"], dict) else {}
+            raise IntegrationError(str(error.get("message") or "the integration call failed"))
+        return wire.decode(reply.get("ok"), self.handle)
+
+    def handle(self, integration: str, resource_type: str, key: str) -> ResourceProxy:
+        """A proxy for the resource handle `(integration, resource_type, key)`."""
+        cls = self._classes.get(resource_type)
+        if cls is None:
+            # Named after the type, so that `wire.encode` sends the handle back as that type.
+            cls = self._classes[resource_type] = _proxy_class(resource_type)
+        spec = self.resources.get(resource_type) or {}
+        return cls(key, integration=integration, actions=spec.get("actions") or {}, runtime=self)
+
+    # -- output -----------------------------------------------------------------------------
+    def print(self, *values: object, sep: str | None = " ", end: str | None = "\n",
+              file: object = None, flush: bool = False) -> None:
+        """The program's print(): its text goes to the parent."""
+        text = (" " if sep is None else str(sep)).join(str(v) for v in values)
+        self.write(text + ("\n" if end is None else str(end)))
+
+    def write(self, text: str) -> None:
+        """Buffer program output; drop what is beyond the limit."""
+        if self._output_left <= 0:
+            return
+        text = text[: self._output_left]
+        self._output_left -= len(text)
+        self._buffer.append(text)
+        self._buffered += len(text)
+        if self._buffered >= _FLUSH_BYTES or time.monotonic() - self._last_flush >= _TICK_S:
+            self.flush_output()
+
+    def flush_output(self) -> None:
+        """Send buffered output as one "print" frame."""
+        self._last_flush = time.monotonic()
+        if self._buffer:
+            text, self._buffer, self._buffered = "".join(self._buffer), [], 0
+            self.channel.send({"op": "print", "text": text})
+
+    # -- loops ------------------------------------------------------------------------------
+    def each(self, items: Iterable[Any], fn: Callable[[Any], Any], *,
+             concurrency: int = 1) -> list[Any]:
+        """Call `fn` on every item in order and return the results (None where an item failed).
+
+        A failing item is recorded (index, item, error) and the loop goes on. With a run limit
+        only the first N items are visited. A DataFrame is visited row by row, as dicts.
+        `concurrency` is accepted for forward compatibility; items run one at a time so that
+        effects happen in a deterministic order.
+        """
+        if not callable(fn):
+            raise TypeError("each(items, fn): fn must be a function that takes one item")
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError("each(..., concurrency=N): N must be a positive integer")
+        items = _rows_of(items)
+        total = _length(items)
+        if self.limit_items is not None:
+            items = itertools.islice(items, self.limit_items)
+            total = None if total is None else min(total, self.limit_items)
+        self._loops += 1
+        return self._each(f"each#{self._loops}", items, fn, total)
+
+    def _each(self, loop: str, items: Iterable[Any], fn: Callable[[Any], Any],
+              total: int | None) -> list[Any]:
+        results: list[Any] = []
+        failed = 0
+        for index, item in enumerate(items):
+            try:
+                results.append(fn(item))
+            except Exception as exc:
+                failed += 1
+                results.append(None)
+                self._record_failure(loop, index, item, exc)
+            self.progress.tick(loop, index + 1 - failed, failed, total)
+        self.progress.final(loop, len(results) - failed, failed, total)
+        return results
+
+    def _record_failure(self, loop: str, index: int, item: Any, exc: Exception) -> None:
+        if len(self.failures) >= MAX_FAILURES:
+            return
+        self.failures.append({"loop": loop, "index": index, "item": _short_repr(item),
+                              "error": f"{type(exc).__name__}: {exc}"[:500],
+                              "line": program_line(exc)})
+
+    def track(self, iterable: Iterable[Any], loop: str) -> Iterator[Any]:
+        """What an instrumented top-level `for` loop iterates: the items, with progress."""
+        total = _length(iterable)
+        done = 0
+        try:
+            for item in iterable:
+                yield item
+                done += 1
+                self.progress.tick(loop, done, 0, total)
+        finally:
+            self.progress.final(loop, done, 0, total)
+
+    # -- namespace --------------------------------------------------------------------------
+    def namespace(self, module: types.ModuleType) -> dict[str, Any]:
+        """Fill `module` (the program's `__main__`) with what the program may use."""
+        ns = module.__dict__
+        ns.update({
+            "__builtins__": self.builtins(), "__name__": "__main__", LOOP_HOOK: self.track,
+            "each": self.each, "now": now, "today": today, "IntegrationError": IntegrationError,
+        })
+        for name, spec in self.integrations.items():
+            ns[name] = IntegrationProxy(name, (spec or {}).get("actions") or {}, self)
+        return ns
+
+    def builtins(self) -> dict[str, Any]:
+        """Restricted builtins: no open, exec, eval, compile, getattr, globals, input, ..."""
+        table = {name: getattr(builtins, name) for name in _SAFE_BUILTINS}
+        table.update({name: value for name, value in vars(builtins).items()
+                      if isinstance(value, type) and issubclass(value, BaseException)})
+        table["print"] = self.print
+        table["__import__"] = guarded_import
+        return table
+
+
+def now() -> dt.datetime:
+    """The current local date and time."""
+    return dt.datetime.now()
+
+
+def today() -> dt.date:
+    """Today's local date."""
+    return dt.date.today()
+
+
+def guarded_import(name: str, globals: Any = None, locals: Any = None,
+                   fromlist: Iterable[str] | None = (), level: int = 0) -> types.ModuleType:
+    """`__import__` for programs: allow-listed modules only, absolute, no private names."""
+    refused = level != 0 or (name != "__future__" and is_forbidden_module(name))
+    bad = [n for n in fromlist or () if n.startswith("_") or n in FORBIDDEN_ATTRIBUTES]
+    if refused or bad:
+        raise ImportError(f"'{name}' cannot be imported in the sandbox")
+    module: types.ModuleType = builtins.__import__(name, globals, locals, tuple(fromlist or ()), 0)
+    if name.split(".")[0] == "pandas":
+        harden_pandas()
+    return module
+
+
+def harden_pandas() -> None:
+    """Close two ways pandas reads attributes by name at run time, past the static policy:
+    query/eval expressions (`df.query("@x.__class__")`) and string functions of
+    agg/apply/transform (`s.agg("__getattribute__", ...)`). Idempotent; skips what a pandas
+    version lacks."""
+    computation = sys.modules.get("pandas.core.computation.eval")
+    original_eval = getattr(computation, "eval", None)
+    if original_eval is not None and not getattr(original_eval, "_sluice_guarded", False):
+        guarded = _guard_expressions(original_eval)
+        vars(computation)["eval"] = guarded
+        vars(sys.modules["pandas"])["eval"] = guarded
+    apply_class = getattr(sys.modules.get("pandas.core.apply"), "Apply", None)
+    original_str = getattr(apply_class, "_apply_str", None)
+    guarded_already = getattr(original_str, "_sluice_guarded", False)
+    if apply_class is not None and callable(original_str) and not guarded_already:
+        apply_class._apply_str = _guard_string_functions(original_str)
+
+
+def _guard_expressions(original: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded_eval(expr: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(expr, str) and _UNSAFE_EXPRESSION.search(expr):
+            raise ValueError("this expression is not allowed in the sandbox: no '__' names and "
+                             "no attributes of @variables; compute the value first")
+        # pandas finds @variables `level` frames up from its caller; this wrapper is one more.
+        kwargs["level"] = int(kwargs.get("level", 0)) + 1
+        return original(expr, *args, **kwargs)
+
+    guarded_eval._sluice_guarded = True  # type: ignore[attr-defined]
+    return guarded_eval
+
+
+def _guard_string_functions(original: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded_apply_str(self: Any, obj: Any, func: str, *args: Any, **kwargs: Any) -> Any:
+        if func.startswith("_") or func in FORBIDDEN_ATTRIBUTES:
+            raise ValueError(f"'{func}' cannot be used as a function name in the sandbox")
+        return original(self, obj, func, *args, **kwargs)
+
+    guarded_apply_str._sluice_guarded = True  # type: ignore[attr-defined]
+    return guarded_apply_str
+
+
+class _ActionHolder:
+    """Something with actions as attributes; a missing one gets a helpful AttributeError."""
+
+    _label: str
+    _actions: tuple[str, ...]
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        listed = ", ".join(self._actions) or "none"
+        raise AttributeError(f"{self._label} has no action '{name}'; its actions: {listed}")
+
+
+class Action:
+    """One callable action of an integration or resource handle."""
+
+    def __init__(self, runtime: Runtime, integration: str, action: str,
+                 handle: tuple[str, str, str] | None = None) -> None:
+        self._runtime = runtime
+        self._integration = integration
+        self._action = action
+        self._handle = handle
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._runtime.call(self._integration, self._action, args, kwargs, self._handle)
+
+    def __repr__(self) -> str:
+        return f"<action {self._integration}.{self._action}>"
+
+
+class IntegrationProxy(_ActionHolder):
+    """The program's view of one integration (`sheets`, `mail`)."""
+
+    def __init__(self, name: str, actions: dict[str, Any], runtime: Runtime) -> None:
+        self._label = name
+        self._actions = tuple(actions)
+        for action in actions:
+            setattr(self, action, Action(runtime, name, action))
+
+    def __repr__(self) -> str:
+        return f"<integration {self._label}>"
+
+
+class ResourceProxy(Resource, _ActionHolder):
+    """The program's view of a resource handle; its class is named after the resource type."""
+
+    def __init__(self, key: str, *, integration: str, actions: dict[str, Any],
+                 runtime: Runtime) -> None:
+        super().__init__(key)
+        self.integration = integration
+        self._label = f"{type(self).__name__}({key!r})"
+        self._actions = tuple(a for a in actions if a not in _RESERVED)
+        handle = (integration, type(self).__name__, key)
+        for action in self._actions:
+            setattr(self, action, Action(runtime, integration, action, handle))
+
+
+def _proxy_class(resource_type: str) -> type[ResourceProxy]:
+    return types.new_class(resource_type, (ResourceProxy,))
+
+
+def program_line(exc: BaseException) -> int | None:
+    """The line of the program where `exc` was raised (its innermost program frame)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == PROGRAM_FILE]
+    return frames[-1].lineno if frames else None
+
+
+def _short_repr(item: Any) -> str:
+    try:
+        text = repr(item)
+    except Exception:
+        text = f"<{type(item).__name__}>"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _length(items: Any) -> int | None:
+    try:
+        return len(items)
+    except Exception:
+        return None
+
+
+def _rows_of(items: Any) -> Any:
+    pandas = sys.modules.get("pandas")
+    if pandas is not None and isinstance(items, pandas.DataFrame):
+        return items.to_dict("records")
+    return items

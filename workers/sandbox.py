@@ -1,0 +1,450 @@
+"""The parent side of the sandbox (ARCHITECTURE.md, "The sandbox holds no secrets").
+
+`run_sandboxed` starts `workers.sandbox_child` in a separate, confined process (see
+`workers._isolation`) with an empty environment and resource limits, sends it the program, and
+serves its RPC channel: each integration call becomes an `EffectCall` for the `handler`, which
+holds the credentials and performs it. Program output, progress and the final result come back as
+frames. A program that fails, hangs or breaks a limit gives an unsuccessful `SandboxOutcome`; only a
+sandbox that cannot start raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from core.errors import SandboxError, SluiceError
+from integrations import wire
+from integrations.base import EffectCall
+from workers import _isolation
+from workers._channel import FrameError, pack, read_frame
+from workers._isolation import detect_isolation
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+__all__ = [
+    "ProgressTick",
+    "SandboxLimits",
+    "SandboxOutcome",
+    "detect_isolation",
+    "run_sandboxed",
+]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[EffectCall], Awaitable[Any]]
+_STDERR_CAP = 64 * 1024
+_EXIT_GRACE_S = 2.0
+_MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "bad_alloc", "out of memory")
+
+
+class SandboxLimits(BaseModel):
+    """What one sandboxed run may use."""
+
+    cpu_s: int = Field(default=300, ge=1, description="CPU seconds.")
+    wall_s: float = Field(default=3600.0, gt=0, description="Wall-clock seconds, calls included.")
+    memory_mb: int = Field(default=2048, ge=64, description="Address space, in MiB.")
+    output_kb: int = Field(default=256, ge=1, description="Program output kept, in KiB.")
+    open_files: int = Field(default=64, ge=16)
+    file_size_mb: int = Field(default=16, ge=1, description="Largest file the child may write.")
+    extra_processes: int = Field(default=64, ge=1, description="Best effort (RLIMIT_NPROC).")
+    hidden_paths: list[str] = Field(
+        default_factory=list, description="More places that may hold secrets, hidden under bwrap."
+    )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SandboxLimits:
+        """The limits configured by `SLUICE_SANDBOX_*`; the Sluice home is hidden from the child."""
+        return cls(
+            cpu_s=settings.sandbox_cpu_s,
+            wall_s=settings.sandbox_wall_s,
+            memory_mb=settings.sandbox_memory_mb,
+            output_kb=settings.sandbox_output_kb,
+            hidden_paths=[str(Path(settings.home).resolve())],
+        )
+
+
+class ProgressTick(BaseModel):
+    """A loop's progress as the program reports it (throttled to about five a second).
+
+    `done` items finished without error, `failed` raised; together they are the items visited.
+    `loop` is "each#N" for the Nth each() call, "for@L" for the top-level loop on line L.
+    """
+
+    loop: str
+    done: int
+    failed: int = 0
+    total: int | None = None
+    elapsed_s: float = 0.0
+
+
+class SandboxOutcome(BaseModel):
+    """How a sandboxed run ended. `error` has `type`, `message` and the program `line`."""
+
+    ok: bool
+    output: str = ""
+    output_truncated: bool = False
+    error: dict[str, Any] | None = None
+    table_csv: str | None = None
+    table_rows: int | None = None
+    failures: list[dict[str, Any]] = Field(default_factory=list)
+    calls: int = 0
+    seconds: float = 0.0
+    isolation: str
+    exit_code: int | None = None
+    killed_reason: str | None = None
+
+
+# Frames from the child, validated on arrival (STYLE.md rule 3).
+class _Ready(BaseModel):
+    op: Literal["ready"]
+
+
+class _Call(BaseModel):
+    op: Literal["call"]
+    id: int
+    integration: str
+    action: str
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    handle: tuple[str, str, str] | None = None
+
+
+class _Print(BaseModel):
+    op: Literal["print"]
+    text: str
+
+
+class _Progress(BaseModel):
+    op: Literal["progress"]
+    loop: str
+    done: int
+    failed: int = 0
+    total: int | None = None
+
+
+class _Done(BaseModel):
+    op: Literal["done"]
+    table_csv: str | None = None
+    table_rows: int | None = None
+    failures: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class _Error(BaseModel):
+    op: Literal["error"]
+    type: str
+    message: str
+    line: int | None = None
+    traceback: str = ""
+    failures: list[dict[str, Any]] = Field(default_factory=list)
+
+
+_Frame = Annotated[_Ready | _Call | _Print | _Progress | _Done | _Error, Field(discriminator="op")]
+_FRAMES: TypeAdapter[_Frame] = TypeAdapter(_Frame)
+
+
+async def run_sandboxed(
+    program: str,
+    *,
+    manifest: dict[str, Any],
+    handler: Handler,
+    limits: SandboxLimits,
+    preview: bool = False,
+    limit_items: int | None = None,
+    on_progress: Callable[[ProgressTick], Awaitable[None]] | None = None,
+    isolation: str = "auto",
+    python: str = sys.executable,
+) -> SandboxOutcome:
+    """Run `program` in a confined child process and serve its integration calls with `handler`.
+
+    Args:
+        program: The generated Python source.
+        manifest: `{"integrations": {name: {"actions": {action: "read"|"write"}}},
+            "resources": {type: {"actions": {...}}}}`; each integration name is a variable.
+        handler: Performs one call and returns its wire-encoded result; an `IntegrationError` it
+            raises reaches the program with its message.
+        limits: CPU, wall clock, memory, output and file limits.
+        preview: Passed to the program's runtime (writes are the handler's business).
+        limit_items: `each()` visits only the first N items.
+        on_progress: Awaited with each progress tick.
+        isolation: "auto", "bwrap", "unshare" or "rlimits".
+        python: The interpreter of the child.
+
+    Returns:
+        The outcome; program errors and broken limits are reported in it, never raised.
+
+    Raises:
+        SandboxError: the isolation is unavailable or the child could not start.
+        Exception: whatever `on_progress` raises (the child is killed first); a caller can stop
+            a run that way, or by cancelling the task.
+    """
+    level = await asyncio.to_thread(detect_isolation, isolation)
+    start = {"op": "start", "program": program, "manifest": manifest, "preview": preview,
+             "limit_items": limit_items, "output_bytes": limits.output_kb * 1024,
+             "cpu_s": limits.cpu_s}
+    workdir = tempfile.mkdtemp(prefix="sluice-sandbox-")
+    try:
+        proc = await _spawn(level, workdir, limits, python)
+        session = _Session(proc, handler, on_progress, limits)
+        outcome = await session.run(start, level)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return outcome
+
+
+async def _spawn(
+    level: str, workdir: str, limits: SandboxLimits, python: str
+) -> asyncio.subprocess.Process:
+    # Not -I: it implies -E, which would ignore PYTHONHASHSEED. The environment is ours entirely,
+    # so -s (no user site) and -P (no script directory on sys.path) give the same isolation.
+    argv = [python, "-s", "-P", "-m", "workers.sandbox_child"]
+    command = _isolation.wrap_command(level, argv, workdir=workdir, hide=limits.hidden_paths,
+                                      python=python)
+    rlimits = _isolation.rlimits_for(
+        cpu_s=limits.cpu_s, memory_mb=limits.memory_mb, open_files=limits.open_files,
+        file_size_mb=limits.file_size_mb, extra_processes=limits.extra_processes)
+    try:
+        return await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=_isolation.child_env(), cwd=workdir,
+            start_new_session=True, preexec_fn=_isolation.preexec(rlimits))
+    except (OSError, ValueError) as exc:
+        raise SandboxError(f"the sandbox could not start ({level}): {exc}") from exc
+
+
+class _Session:
+    """One conversation with a child, from the start frame to its exit."""
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        handler: Handler,
+        on_progress: Callable[[ProgressTick], Awaitable[None]] | None,
+        limits: SandboxLimits,
+    ) -> None:
+        self.proc = proc
+        self.handler = handler
+        self.on_progress = on_progress
+        self.limits = limits
+        self.output = _Output(limits.output_kb * 1024)
+        self.calls = 0
+        self.started = time.monotonic()
+        self.ready = False
+        self.ended = False
+        self.final: _Done | _Error | None = None
+        self.killed_reason: str | None = None
+        self.protocol_error: str | None = None
+        self.stderr = bytearray()
+
+    async def run(self, start: dict[str, Any], level: str) -> SandboxOutcome:
+        """Converse until the child is done, fails, breaks a limit or dies; then reap it."""
+        stderr_task = asyncio.create_task(self._drain_stderr())
+        try:
+            async with asyncio.timeout(self.limits.wall_s):
+                await self._converse(start)
+            self.ended = True
+        except TimeoutError:
+            self.killed_reason = "wall clock limit"
+        except FrameError as exc:
+            self.protocol_error = exc.message
+        finally:
+            exit_code = await self._reap()
+            await stderr_task
+        if not self.ready and self.killed_reason is None and self.protocol_error is None:
+            tail = bytes(self.stderr[-2000:]).decode(errors="replace")
+            raise SandboxError(f"the sandbox could not start ({level}, exit {exit_code}): {tail}")
+        return self._outcome(level, exit_code)
+
+    async def _converse(self, start: dict[str, Any]) -> None:
+        await self._write(pack(start))
+        while self.final is None:
+            raw = await read_frame(self._stdout())
+            if raw is None:
+                return
+            try:
+                frame = _FRAMES.validate_python(raw)
+            except ValidationError as exc:
+                raise FrameError(f"the sandbox sent an invalid frame: {exc.errors()[:1]}") from None
+            await self._dispatch(frame)
+
+    async def _dispatch(self, frame: _Frame) -> None:
+        if isinstance(frame, _Ready):
+            self.ready = True
+        elif isinstance(frame, _Call):
+            await self._call(frame)
+        elif isinstance(frame, _Print):
+            self.output.add(frame.text)
+        elif isinstance(frame, _Progress):
+            await self._progress(frame)
+        else:
+            self.final = frame
+
+    async def _call(self, frame: _Call) -> None:
+        self.calls += 1
+        reply = await self._perform(frame)
+        try:
+            data = pack(reply)
+        except FrameError:
+            message = (f"the result of {frame.action}() is too large to pass to the program; "
+                       "ask for less at a time")
+            data = pack({"id": frame.id, "error": {"type": "IntegrationError", "message": message}})
+        await self._write(data)
+
+    async def _perform(self, frame: _Call) -> dict[str, Any]:
+        call = EffectCall(integration=frame.integration, action=frame.action, args=frame.args,
+                          kwargs=frame.kwargs, handle=frame.handle)
+        try:
+            return {"id": frame.id, "ok": wire.encode(await self.handler(call))}
+        except SluiceError as exc:
+            return {"id": frame.id, "error": {"type": type(exc).__name__, "message": exc.message}}
+        except Exception as exc:
+            logger.warning("sandbox: %s.%s failed", frame.integration, frame.action, exc_info=True)
+            message = f"integration failed: {type(exc).__name__}"  # its text may hold secrets
+            return {"id": frame.id, "error": {"type": "IntegrationError", "message": message}}
+
+    async def _progress(self, frame: _Progress) -> None:
+        if self.on_progress is None:
+            return
+        await self.on_progress(ProgressTick(
+            loop=frame.loop, done=frame.done, failed=frame.failed, total=frame.total,
+            elapsed_s=round(time.monotonic() - self.started, 3)))
+
+    async def _write(self, data: bytes) -> None:
+        stdin = self.proc.stdin
+        if stdin is None or stdin.is_closing():
+            return
+        try:
+            stdin.write(data)
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the child is gone; its exit code tells why
+
+    def _stdout(self) -> asyncio.StreamReader:
+        if self.proc.stdout is None:
+            raise SandboxError("the sandbox has no output pipe")
+        return self.proc.stdout
+
+    async def _drain_stderr(self) -> None:
+        if self.proc.stderr is None:
+            return
+        while chunk := await self.proc.stderr.read(65536):
+            room = _STDERR_CAP - len(self.stderr)
+            if room > 0:
+                self.stderr += chunk[:room]
+
+    async def _reap(self) -> int | None:
+        """Let a child that finished exit by itself briefly, then kill its whole process group
+        (at once after a timeout, a protocol error, an exception or a cancellation)."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        if self.ended:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), _EXIT_GRACE_S)
+        _kill_group(self.proc.pid)
+        return await self.proc.wait()
+
+    def _outcome(self, level: str, exit_code: int | None) -> SandboxOutcome:
+        error = self._error(exit_code)
+        done = self.final if isinstance(self.final, _Done) else None
+        failures = self.final.failures if self.final is not None else []
+        return SandboxOutcome(
+            ok=error is None, output=self.output.text(), output_truncated=self.output.truncated,
+            error=error, table_csv=done.table_csv if done else None,
+            table_rows=done.table_rows if done else None, failures=failures, calls=self.calls,
+            seconds=round(time.monotonic() - self.started, 3), isolation=level,
+            exit_code=exit_code, killed_reason=self._killed_reason(exit_code))
+
+    def _error(self, exit_code: int | None) -> dict[str, Any] | None:
+        if isinstance(self.final, _Error):
+            message = self.final.message
+            if self.final.type == "MemoryError":
+                message = f"the program needed more than its {self.limits.memory_mb} MiB of memory"
+            return {"type": self.final.type, "message": message, "line": self.final.line,
+                    "traceback": self.final.traceback}
+        if self.killed_reason is not None:
+            return {"type": "LimitExceeded", "line": None,
+                    "message": f"the program ran longer than the {self.limits.wall_s:g} s "
+                               "wall-clock limit and was stopped"}
+        if self.protocol_error is not None:
+            return {"type": "SandboxError", "message": self.protocol_error, "line": None}
+        if isinstance(self.final, _Done):
+            return None
+        return {"type": "SandboxCrash", "line": None, "stderr": self._stderr_tail(),
+                "message": f"the program's process ended unexpectedly (exit code {exit_code})"}
+
+    def _killed_reason(self, exit_code: int | None) -> str | None:
+        if self.killed_reason is not None:
+            return self.killed_reason
+        if isinstance(self.final, _Error):
+            return _LIMIT_ERRORS.get(self.final.type)
+        if isinstance(self.final, _Done):
+            return None
+        return _reason_from_exit(exit_code, self._stderr_tail())
+
+    def _stderr_tail(self) -> str:
+        return bytes(self.stderr[-2000:]).decode(errors="replace")
+
+
+_LIMIT_ERRORS = {"MemoryError": "memory limit", "CpuLimitExceeded": "cpu limit"}
+
+
+def _reason_from_exit(exit_code: int | None, stderr: str) -> str | None:
+    """Why a child died without a final frame, from its exit status and last words."""
+    if exit_code is None:
+        return None
+    if any(sign in stderr for sign in _MEMORY_SIGNS):
+        return "memory limit"
+    # A signal shows as -N from a direct child, as 128+N through bwrap.
+    sig = -exit_code if exit_code < 0 else exit_code - 128 if exit_code > 128 else 0
+    reasons = {signal.SIGXCPU: "cpu limit", signal.SIGKILL: "killed (cpu or memory limit)",
+               signal.SIGXFSZ: "file size limit"}
+    if sig in reasons:
+        return reasons[signal.Signals(sig)]
+    return f"signal {sig}" if sig > 0 else None
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+class _Output:
+    """Program output, kept up to `limit` bytes of UTF-8."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.parts: list[str] = []
+        self.truncated = False
+
+    def add(self, text: str) -> None:
+        """Keep `text`, or the part of it that still fits."""
+        if self.truncated:
+            return
+        data = text.encode("utf-8", "replace")
+        room = self.limit - self.size
+        if len(data) > room:
+            self.truncated = True
+            data = data[:room]
+        self.parts.append(data.decode("utf-8", "ignore"))
+        self.size += len(data)
+
+    def text(self) -> str:
+        """The kept output, with a note when some was dropped."""
+        kept = "".join(self.parts)
+        if self.truncated:
+            kept += f"\n[output truncated after {self.limit // 1024} KiB]"
+        return kept

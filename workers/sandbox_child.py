@@ -1,0 +1,187 @@
+"""The sandbox child: `python -m workers.sandbox_child` (ARCHITECTURE.md, "The sandbox holds no
+secrets").
+
+Started by `workers.sandbox.run_sandboxed` with an empty environment, resource limits and, where
+the kernel allows, no network and a filesystem without secrets. It says "ready", reads the start
+frame, checks the program again with `codegen.policy` (defence in depth), instruments top-level
+`for` loops to report progress, runs the program with restricted builtins, and answers with a
+"done" frame (the `result` table, failures) or an "error" frame (type, message, program line).
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import linecache
+import os
+import signal
+import sys
+import traceback
+import types
+from typing import Any
+
+from codegen.policy import check_program, render_violations
+from workers._channel import ChannelClosed, FdChannel, FrameError
+from workers._sandbox_namespace import (
+    LOOP_HOOK,
+    PROGRAM_FILE,
+    CpuLimitExceeded,
+    Runtime,
+    program_line,
+)
+
+MAX_TABLE_BYTES = 8 * 1024 * 1024
+_RESERVE_BYTES = 2 * 1024 * 1024
+# Numerical libraries start a thread per core at import; one is plenty here and keeps the
+# address-space limit meaningful.
+_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_MAX_THREADS")
+
+
+def main() -> int:
+    """Serve one program over stdin/stdout; the exit code is 0 unless the channel broke."""
+    channel = _open_channel()
+    for name in _THREAD_VARS:
+        os.environ[name] = "1"
+    try:
+        channel.send({"op": "ready"})
+        start = channel.recv()
+        runtime = Runtime(channel, start)
+        _watch_cpu(int(start.get("cpu_s") or 0))
+        frame = run_program(str(start.get("program") or ""), runtime)
+        _send_final(runtime, frame)
+    except (ChannelClosed, BrokenPipeError):
+        return 1
+    return 0
+
+
+def _send_final(runtime: Runtime, frame: dict[str, Any]) -> None:
+    try:
+        runtime.send(frame)
+    except FrameError:  # a table that is still too large once encoded: send the rest
+        frame.pop("table_csv", None)
+        runtime.write("\n[the result table was too large to return]\n")
+        runtime.send(frame)
+
+
+def _open_channel() -> FdChannel:
+    """Move the channel off fds 0 and 1, so that stray writes to stdout cannot corrupt it."""
+    read_fd, write_fd = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    os.close(devnull)
+    return FdChannel(read_fd, write_fd)
+
+
+def _watch_cpu(cpu_s: int) -> None:
+    def stop(signum: int, frame: types.FrameType | None) -> None:
+        raise CpuLimitExceeded(f"the program used more than its {cpu_s} s of CPU time")
+
+    signal.signal(signal.SIGXCPU, stop)
+
+
+def run_program(source: str, runtime: Runtime) -> dict[str, Any]:
+    """Check, instrument and run `source`; the "done" or "error" frame that says how it went."""
+    violations = check_program(source)
+    if violations:
+        return {"op": "error", "type": "PolicyViolation", "line": violations[0].line,
+                "message": render_violations(source, violations), "traceback": ""}
+    linecache.cache[PROGRAM_FILE] = (len(source), None, source.splitlines(True), PROGRAM_FILE)
+    code = compile(instrument(ast.parse(source, PROGRAM_FILE)), PROGRAM_FILE, "exec",
+                   dont_inherit=True)
+    module = types.ModuleType("__main__")
+    sys.modules["__main__"] = module
+    namespace = runtime.namespace(module)
+    return _execute(code, namespace, runtime)
+
+
+def _execute(code: types.CodeType, namespace: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
+    reserve = bytearray(_RESERVE_BYTES)  # freed on failure, so reporting a MemoryError can work
+    try:
+        exec(code, namespace)
+    except ChannelClosed:
+        raise
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            del reserve
+            return _error_frame(exc, namespace, runtime)
+    except BaseException as exc:
+        del reserve
+        return _error_frame(exc, namespace, runtime)
+    return _done_frame(namespace.get("result"), runtime)
+
+
+def instrument(tree: ast.Module) -> ast.Module:
+    """Make each top-level `for` loop iterate through the progress hook."""
+    for node in tree.body:
+        if isinstance(node, ast.For):
+            hook = ast.Name(id=LOOP_HOOK, ctx=ast.Load())
+            label = ast.Constant(value=f"for@{node.lineno}")
+            node.iter = ast.copy_location(ast.Call(func=hook, args=[node.iter, label],
+                                                   keywords=[]), node.iter)
+    return ast.fix_missing_locations(tree)
+
+
+def _error_frame(exc: BaseException, namespace: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
+    line = program_line(exc)
+    trace = _program_traceback(exc)
+    exc.__traceback__ = None
+    namespace.clear()  # frees what a memory bomb held
+    kind = type(exc).__name__
+    message = str(exc) or kind
+    if isinstance(exc, CpuLimitExceeded):
+        kind = "CpuLimitExceeded"
+    return {"op": "error", "type": kind, "message": message[:2000], "line": line,
+            "traceback": trace, "failures": runtime.failures}
+
+
+def _program_traceback(exc: BaseException) -> str:
+    """The program's own frames only, innermost last: `line N, in f: code`."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == PROGRAM_FILE]
+    lines = [f"line {f.lineno}, in {f.name}: {(f.line or '').strip()}" for f in frames[-8:]]
+    lines.append(f"{type(exc).__name__}: {exc}"[:500])
+    return "\n".join(lines)
+
+
+def _done_frame(result: Any, runtime: Runtime) -> dict[str, Any]:
+    frame: dict[str, Any] = {"op": "done", "failures": runtime.failures}
+    try:
+        table = table_of(result)
+    except Exception as exc:
+        runtime.write(f"\n[the result table could not be saved: {type(exc).__name__}: {exc}]\n")
+        table = None
+    if table is not None:
+        text, rows = table
+        if len(text) > MAX_TABLE_BYTES:
+            text = text[: text.rfind("\n", 0, MAX_TABLE_BYTES) + 1]
+            runtime.write(f"\n[the result table was cut to {MAX_TABLE_BYTES // 1024 // 1024} MiB "
+                          f"of CSV; it has {rows} rows]\n")
+        frame.update(table_csv=text, table_rows=rows)
+    return frame
+
+
+def table_of(result: Any) -> tuple[str, int] | None:
+    """CSV text and row count of `result` when it is a DataFrame or a list of dicts."""
+    pandas = sys.modules.get("pandas")
+    if pandas is not None and isinstance(result, pandas.DataFrame):
+        return str(result.to_csv(index=False)), len(result)
+    if isinstance(result, list) and all(isinstance(row, dict) for row in result):
+        return _dicts_to_csv(result), len(result)
+    return None
+
+
+def _dicts_to_csv(rows: list[dict[str, Any]]) -> str:
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(str(k) for k in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({str(k): v for k, v in row.items()})
+    return out.getvalue()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""arq worker settings built from Sluice settings (JSON payloads, never pickle)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from arq.worker import Worker
+
+from core.jobs import deserialize, redis_settings, serialize
+from core.settings import Settings
+from workers.deps import Deps
+from workers.planning import plan_request
+from workers.running import run_program
+
+log = logging.getLogger(__name__)
+JOB_TIMEOUT_S = 24 * 3600
+
+
+def build_worker(settings: Settings, *, burst: bool = False, deps: Deps | None = None,
+                 poll_delay: float | None = None) -> Worker:
+    """A worker for our jobs; `deps` may be given (tests share one), else built at start-up."""
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        ctx["deps"] = deps or await Deps.create(settings, redis=ctx["redis"])
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        if deps is None and "deps" in ctx:
+            await ctx["deps"].close()
+
+    return Worker(
+        functions=[plan_request, run_program],  # type: ignore[list-item]
+        redis_settings=redis_settings(settings.require_redis_url()),
+        job_serializer=serialize, job_deserializer=deserialize,
+        on_startup=on_startup, on_shutdown=on_shutdown,
+        burst=burst, poll_delay=settings.worker_poll_delay_s if poll_delay is None else poll_delay,
+        job_timeout=JOB_TIMEOUT_S, max_jobs=10, keep_result=3600,
+        handle_signals=not burst,
+    )

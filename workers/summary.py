@@ -1,0 +1,31 @@
+"""Turning what a run did into the few numbers a person cares about."""
+
+from __future__ import annotations
+
+_PHRASES = {
+    "mail.send": ("sent {n} email", "sent {n} emails"),
+    "Sheet.update": ("updated {n} row", "updated {n} rows"),
+    "Sheet.append": ("added {n} row", "added {n} rows"),
+}
+
+
+def describe_counts(counts: dict[str, int]) -> list[str]:
+    """["sent 3 emails", "updated 3 rows"] from {"mail.send": 3, "Sheet.update": 3}."""
+    parts = []
+    for key, n in sorted(counts.items()):
+        one, many = _PHRASES.get(key, (f"{key} ×{{n}}", f"{key} ×{{n}}"))
+        parts.append((one if n == 1 else many).format(n=n))
+    return parts
+
+
+def run_summary(*, writes: dict[str, int], items_done: int | None, failures: int,
+                seconds: float, model_calls: int, cost_usd: float | None) -> str:
+    done = describe_counts(writes) or ["made no changes"]
+    text = f"Done in {seconds:.1f} s: " + ", ".join(done) + "."
+    if items_done is not None:
+        text += f" {items_done} item{'s' if items_done != 1 else ''} processed"
+        text += f", {failures} failed." if failures else ", none failed."
+    if model_calls:
+        cost = "price unknown" if cost_usd is None else f"${cost_usd:.4f}"
+        text += f" {model_calls} AI call{'s' if model_calls != 1 else ''} ({cost})."
+    return text
