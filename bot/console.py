@@ -43,10 +43,13 @@ class NewMessage(BaseModel):
 
 class Click(BaseModel):
     message_id: str = Field(min_length=1, max_length=40)
-    action: Literal["approve", "run_first", "cancel"]
+    action: Literal["approve", "run_first", "cancel", "cancel_run", "raise_budget",
+                    "resolve_done", "resolve_redo"]
     value: str = Field(min_length=1, max_length=40)
     user: str = Field(default="you", min_length=1, max_length=100)
     count: int | None = Field(default=None, ge=1, le=1_000_000)
+    budget_usd: float | None = Field(default=None, ge=0, le=100_000,
+                                     description="Spend at which the run pauses and asks.")
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -134,7 +137,7 @@ async def post_message(request: web.Request) -> web.Response:
 async def post_action(request: web.Request) -> web.Response:
     body: Click = await _body(request, Click)
     decision = Decision(action=body.action, message_id=body.message_id, value=body.value,
-                        user=body.user, count=body.count)
+                        user=body.user, count=body.count, budget_usd=body.budget_usd)
     message = await decide(request.app[DEPS], decision)
     return web.json_response({"ok": True, "message": message.model_dump(mode="json")})
 

@@ -14,7 +14,7 @@ from typing import NoReturn
 from bot.deps import BotDeps
 from core.errors import InvalidInputError, NotFoundError, SluiceError
 from core.jobs import PLAN_REQUEST, RUN_PROGRAM, PlanRequestJob, RunProgramJob, enqueue
-from core.types import Button, Message, PlanStatus, Request, Run, utcnow
+from core.types import Button, Message, PlanStatus, Request, Run, RunState, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class Decision:
     value: str
     user: str
     count: int | None = None
+    budget_usd: float | None = None
 
 
 async def receive_request(deps: BotDeps, request: Request) -> Message:
@@ -46,9 +47,14 @@ async def receive_request(deps: BotDeps, request: Request) -> Message:
     return message
 
 
+RUN_ACTIONS = {"cancel_run", "raise_budget", "resolve_done", "resolve_redo"}
+
+
 async def decide(deps: BotDeps, decision: Decision) -> Message:
     """Apply a button click; returns the message that says what happened."""
     message = await deps.store.get_message(decision.message_id)
+    if decision.action in RUN_ACTIONS:
+        return await decide_run(deps, message, decision)
     if not message.buttons and message.meta.get("plan_id"):
         await _already_decided(deps, message.meta["plan_id"])
     button = _find_button(message, decision)
@@ -64,16 +70,20 @@ async def decide(deps: BotDeps, decision: Decision) -> Message:
                                             text="Cancelled. Nothing was run.",
                                             meta={"plan_id": plan.id})
     limit = (decision.count or button.count) if decision.action == "run_first" else None
-    return await _start_run(deps, plan.id, plan.thread_id, decision, limit)
+    budget = decision.budget_usd if decision.budget_usd is not None else max(
+        deps.settings.run_budget_usd, 2 * (plan.estimate.cost_usd or 0.0))
+    return await _start_run(deps, plan.id, plan.thread_id, decision, limit, budget)
 
 
 async def _start_run(deps: BotDeps, plan_id: str, thread_id: str, decision: Decision,
-                     limit: int | None) -> Message:
-    run = Run(plan_id=plan_id, thread_id=thread_id, limit_items=limit, approved_by=decision.user)
+                     limit: int | None, budget: float) -> Message:
+    run = Run(plan_id=plan_id, thread_id=thread_id, limit_items=limit, approved_by=decision.user,
+              budget_usd=budget)
     await deps.store.create_run(run)
     scope = f"the first {limit} items" if limit else "everything"
     status = await deps.store.add_message(thread_id, author="sluice", kind="status",
                                           text=f"Queued: running on {scope}.",
+                                          buttons=[cancel_run_button(run.id)],
                                           meta={"run_id": run.id, "plan_id": plan_id})
     await deps.store.update_run(run.id, status_message_id=status.id)
     await enqueue(deps.redis, RUN_PROGRAM, RunProgramJob(run_id=run.id), job_id=f"run:{run.id}")
@@ -85,6 +95,42 @@ async def _already_decided(deps: BotDeps, plan_id: str) -> NoReturn:
     plan = await deps.store.get_plan(plan_id)
     raise AlreadyDecidedError(f"This plan was already {plan.status.replace('_', ' ')}; "
                               "nothing changed.", plan_id=plan.id)
+
+
+def budget_step(run: Run) -> float:
+    """How much more a "raise the budget" click allows: the budget again, at least the spend."""
+    return max(run.budget_usd or 0.0, run.spent_usd)
+
+
+def cancel_run_button(run_id: str) -> Button:
+    return Button(action="cancel_run", label="Cancel run", value=run_id, style="danger")
+
+
+async def decide_run(deps: BotDeps, message: Message, decision: Decision) -> Message:
+    """Cancel a run, or answer its question (budget, uncertain write) and resume it."""
+    button = _find_button(message, decision)
+    run = await deps.store.get_run(button.value)
+    if decision.action == "cancel_run":
+        state = await deps.store.request_cancel(run.id)
+        await deps.store.update_message(message.id, buttons=[])
+        text = ("Cancelled. Nothing more will run." if state == RunState.CANCELLED
+                else "Cancelling: no new steps start; what is in flight finishes.")
+        return await deps.store.add_message(run.thread_id, author="sluice", kind="decision",
+                                            text=f"{text} ({decision.user})",
+                                            meta={"run_id": run.id})
+    if decision.action in ("resolve_done", "resolve_redo") and run.waiting_path:
+        await deps.store.resolve_journal_entry(run.id, run.waiting_path,
+                                               done=decision.action == "resolve_done")
+    extra = budget_step(run) if decision.action == "raise_budget" else 0.0
+    if not await deps.store.resume_waiting(run.id, add_budget_usd=extra):
+        raise AlreadyDecidedError(f"This run is {run.state.replace('_', ' ')}; nothing changed.")
+    await deps.store.update_message(message.id, buttons=[],
+                                    text=f"{message.text}\n\n{button.label} ({decision.user})")
+    await enqueue(deps.redis, RUN_PROGRAM, RunProgramJob(run_id=run.id),
+                  job_id=f"run:{run.id}:{run.attempts + 1}")
+    return await deps.store.add_message(run.thread_id, author="sluice", kind="decision",
+                                        text="Resuming from where it stopped.",
+                                        meta={"run_id": run.id})
 
 
 def _find_button(message: Message, decision: Decision) -> Button:

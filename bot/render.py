@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 
+from bot.conversation import budget_step, cancel_run_button
 from bot.deps import BotDeps
-from core.types import Button, Estimate, EventKind, JobEvent, Plan, Progress, Run
+from core.types import Button, Estimate, EventKind, JobEvent, Plan, Progress, Run, RunState
 
 log = logging.getLogger(__name__)
 RUN_FIRST_N = 3
@@ -103,7 +104,38 @@ async def _started(deps: BotDeps, event: JobEvent) -> None:
     run = await _run(deps, event)
     message_id = await deps.store.run_status_message(run.id)
     if message_id:
-        await deps.store.update_message(message_id, text="Running: starting the program…")
+        text = "Running: starting the program…" if event.text == "starting" else \
+            f"Running again after an interruption, {event.text}…"
+        await deps.store.update_message(message_id, text=text, buttons=[cancel_run_button(run.id)])
+
+
+async def _waiting(deps: BotDeps, event: JobEvent) -> None:
+    run = await _run(deps, event)
+    if run.state != RunState.WAITING_APPROVAL:
+        return
+    if run.waiting_path:
+        buttons = [Button(action="resolve_done", label="It was done: continue", value=run.id),
+                   Button(action="resolve_redo", label="Do it again", value=run.id)]
+    else:
+        more = budget_step(run)
+        buttons = [Button(action="raise_budget", label=f"Allow ${more:.2f} more and continue",
+                          value=run.id, style="primary")]
+    buttons.append(cancel_run_button(run.id))
+    await deps.store.add_message(run.thread_id, author="sluice", kind="question",
+                                 text=f"Paused. {event.text}", buttons=buttons,
+                                 meta={"run_id": run.id, "attempt": run.attempts})
+
+
+async def _cancelled(deps: BotDeps, event: JobEvent) -> None:
+    run = await _run(deps, event)
+    message_id = await deps.store.run_status_message(run.id)
+    if message_id:
+        await deps.store.update_message(message_id, text=progress_text(run.progress,
+                                                                       finished=True), buttons=[])
+    done = run.result.summary if run.result else ""
+    await deps.store.add_message(run.thread_id, author="sluice", kind="result",
+                                 text=f"Cancelled. What was done before it stopped: {done}",
+                                 meta={"run_id": run.id})
 
 
 async def _finished(deps: BotDeps, event: JobEvent) -> None:
@@ -116,7 +148,7 @@ async def _finished(deps: BotDeps, event: JobEvent) -> None:
     ok = event.kind == EventKind.RUN_FINISHED
     if message_id:
         status = progress_text(run.progress, finished=True) if ok else "Stopped."
-        await deps.store.update_message(message_id, text=status)
+        await deps.store.update_message(message_id, text=status, buttons=[])
     text = _result_text(run) if ok else (f"The run failed. {event.text}\nNothing more will run; "
                                          "reply with a changed request to try again.")
     attachments = [run.result.table] if ok and run.result and run.result.table else []
@@ -148,4 +180,6 @@ _HANDLERS = {
     EventKind.PROGRESS: _progress,
     EventKind.RUN_FINISHED: _finished,
     EventKind.RUN_FAILED: _finished,
+    EventKind.RUN_WAITING: _waiting,
+    EventKind.RUN_CANCELLED: _cancelled,
 }

@@ -96,7 +96,17 @@ class LiteLLMModels:
         self._timeout_s = timeout_s
         self._scenario = scripted_scenario
         self._routes = _routes_by_id(primary, fallback)
-        self._router = _build_router(self._routes, timeout_s=timeout_s, num_retries=num_retries)
+        self._num_retries = num_retries
+        self._built: Any = None
+
+    @property
+    def _router(self) -> Any:
+        """The litellm Router, built on first use: importing litellm takes seconds, and a
+        worker that only replays a journal or runs programs without AI never needs it."""
+        if self._built is None:
+            self._built = _build_router(self._routes, timeout_s=self._timeout_s,
+                                        num_retries=self._num_retries)
+        return self._built
 
     @classmethod
     def from_settings(
@@ -166,7 +176,8 @@ class LiteLLMModels:
 
     def close(self) -> None:
         """Drop the Router's process-wide registrations (litellm callbacks)."""
-        self._router.retire()
+        if self._built is not None:
+            self._built.retire()
 
     def _completion(self, response: ModelResponse, *, seconds: float) -> Completion:
         route = self._route_of(response)

@@ -29,6 +29,8 @@ How to write the program:
   statistics, decimal, fractions, string, textwrap, typing, dataclasses, random, pandas, numpy.
 - No file, network, exec/eval, dunder attributes or introspection.
 - To hand back a table, assign a pandas DataFrame or a list of dicts to `result`.
+- Variables from earlier requests in this thread (listed in the workspace data) are already
+  defined: use them by name. Your top-level variables are kept for the next request.
 - `print()` short lines a person would want to read; keep it brief.
 
 Answer with one short paragraph that says what the program will do (for the person approving

@@ -95,9 +95,45 @@ class RunRow(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     status_message_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    budget_usd: Mapped[float | None] = mapped_column(nullable=True)
+    spent_usd: Mapped[float] = mapped_column(default=0.0)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    waiting_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    waiting_path: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                             nullable=True, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = _now_column()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class JournalRow(Base):
+    """One effect of a run, keyed by its deterministic path (ARCHITECTURE.md, journal)."""
+
+    __tablename__ = "journal"
+    run_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    path: Mapped[str] = mapped_column(String(300), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))  # read | write | clock
+    call: Mapped[str] = mapped_column(String(100))  # "mail.send", "Sheet.update", "runtime.now"
+    request_hash: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(10))  # intent | done | failed
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cost_usd: Mapped[float] = mapped_column(default=0.0)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ThreadStateRow(Base):
+    """A variable a thread keeps between requests."""
+
+    __tablename__ = "thread_state"
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)  # JSON, as the sandbox encodes it
+    summary: Mapped[str] = mapped_column(String(300), default="")
+    updated_at: Mapped[datetime] = _now_column()
 
 
 class AttachmentRow(Base):

@@ -25,6 +25,7 @@ MAX_LEN = 100_000
 
 
 async def publish(redis: Redis, event: JobEvent) -> None:
+    """Append `event` to the stream (the connection retries across a Redis restart)."""
     await redis.xadd(STREAM, {"event": event.model_dump_json()}, maxlen=MAX_LEN,
                      approximate=True)
 

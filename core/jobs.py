@@ -12,6 +12,10 @@ from typing import Any
 from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
 from pydantic import BaseModel
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 PLAN_REQUEST = "plan_request"
 RUN_PROGRAM = "run_program"
@@ -37,10 +41,16 @@ def deserialize(data: bytes) -> dict[str, Any]:
 
 
 def redis_settings(url: str) -> RedisSettings:
-    """arq settings from `redis://host:port/db` or `unix:///path/to/redis.sock`."""
+    """arq settings from `redis://host:port/db` or `unix:///path/to/redis.sock`.
+
+    Every command retries with backoff for about two minutes when the connection drops, so a
+    Redis restart pauses workers and surfaces instead of failing their jobs.
+    """
     settings = RedisSettings.from_dsn(url)
     settings.conn_retries = 30
     settings.conn_retry_delay = 1
+    settings.retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=70)
+    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionError]
     return settings
 
 

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=8725, ge=0, le=65535, description="Local SMTP outbox port.")
     mail_from: str = "sluice@localhost"
+    smtp_dedups_message_id: bool = Field(
+        default=True, description="The SMTP server drops a repeated Message-ID (the local outbox "
+        "does), so an unconfirmed send may be redone after a crash. Set false for a relay.")
 
     # Models. With no key, every task kind goes to the scripted model server.
     model: str = Field(default="openai/gpt-4o-mini", description="litellm model for planning.")
@@ -69,6 +72,15 @@ class Settings(BaseSettings):
         default="auto", pattern="^(auto|bwrap|unshare|rlimits)$",
         description="auto picks the strongest available.",
     )
+
+    run_budget_usd: float = Field(
+        default=1.0, ge=0, description="Spend at which a run pauses and asks (at least twice "
+        "the plan's estimate).")
+
+    lease_ttl_s: float = Field(default=10.0, gt=0, description="A running job's lease; a "
+                               "run whose worker stops renewing it resumes elsewhere.")
+    sweep_every_s: float = Field(default=5.0, gt=0, description="How often workers look for "
+                                 "runs whose lease expired.")
 
     worker_poll_delay_s: float = Field(default=0.05, gt=0)
 

@@ -6,20 +6,24 @@ State transitions that people can race (two clicks on Approve) are single condit
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.db import (
     AttachmentRow,
+    JournalRow,
     MessageRow,
     OutboxRow,
     PlanRow,
     RequestRow,
     RunRow,
     ThreadRow,
+    ThreadStateRow,
 )
 from core.errors import NotFoundError
 from core.types import (
@@ -189,7 +193,8 @@ class Store:
         async with self.session() as s, s.begin():
             s.add(RunRow(id=run.id, plan_id=run.plan_id, thread_id=run.thread_id,
                          state=run.state, limit_items=run.limit_items,
-                         approved_by=run.approved_by, progress=run.progress.model_dump()))
+                         approved_by=run.approved_by, progress=run.progress.model_dump(),
+                         budget_usd=run.budget_usd))
 
     async def get_run(self, run_id: str) -> Run:
         async with self.session() as s:
@@ -208,6 +213,126 @@ class Store:
                   for k, v in values.items()}
         async with self.session() as s, s.begin():
             await s.execute(update(RunRow).where(RunRow.id == run_id).values(stored))
+
+    async def list_runs(self, *, limit: int = 50) -> list[Run]:
+        async with self.session() as s:
+            rows = (await s.scalars(select(RunRow).order_by(RunRow.created_at.desc())
+                                    .limit(limit))).all()
+        return [_run(r) for r in rows]
+
+    async def find_run(self, prefix: str) -> Run:
+        """A run by id or unique id prefix (for the command line)."""
+        async with self.session() as s:
+            rows = (await s.scalars(select(RunRow).where(RunRow.id.startswith(prefix))
+                                    .limit(2))).all()
+        if len(rows) != 1:
+            found = "no run" if not rows else "more than one run"
+            raise NotFoundError(f"There is {found} with id {prefix!r}. `sluice jobs list` "
+                                "shows the ids.")
+        return _run(rows[0])
+
+    async def acquire_lease(self, run_id: str, *, owner: str, ttl_s: float) -> bool:
+        """Take the run's lease if it is free, expired or already ours."""
+        now = utcnow()
+        async with self.session() as s, s.begin():
+            result = await s.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id,
+                       RunRow.state.in_([RunState.QUEUED, RunState.RUNNING]),
+                       or_(RunRow.lease_owner.is_(None), RunRow.lease_owner == owner,
+                           RunRow.lease_expires_at < now))
+                .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=ttl_s)))
+        return bool(getattr(result, "rowcount", 0))
+
+    async def renew_lease(self, run_id: str, *, owner: str, ttl_s: float) -> bool:
+        async with self.session() as s, s.begin():
+            result = await s.execute(
+                update(RunRow).where(RunRow.id == run_id, RunRow.lease_owner == owner)
+                .values(lease_expires_at=utcnow() + timedelta(seconds=ttl_s)))
+        return bool(getattr(result, "rowcount", 0))
+
+    async def release_lease(self, run_id: str, *, owner: str) -> None:
+        async with self.session() as s, s.begin():
+            await s.execute(update(RunRow).where(RunRow.id == run_id, RunRow.lease_owner == owner)
+                            .values(lease_owner=None, lease_expires_at=None))
+
+    async def claim_expired(self, *, hold_s: float, limit: int = 50) -> list[tuple[str, int]]:
+        """Runs whose worker stopped renewing their lease: (run id, new attempt number).
+
+        Each is claimed once across every sweeper by bumping `attempts` conditionally, and held
+        for `hold_s` so that the job re-enqueued for it can start before anyone claims it again.
+        """
+        now = utcnow()
+        async with self.session() as s:
+            rows = (await s.execute(select(RunRow.id, RunRow.attempts).where(
+                RunRow.state == RunState.RUNNING, RunRow.lease_expires_at < now).limit(limit)
+            )).all()
+        claimed = []
+        for run_id, attempts in rows:
+            async with self.session() as s, s.begin():
+                result = await s.execute(
+                    update(RunRow).where(RunRow.id == run_id, RunRow.attempts == attempts,
+                                         RunRow.lease_expires_at < now)
+                    .values(attempts=attempts + 1, lease_owner=None,
+                            lease_expires_at=now + timedelta(seconds=hold_s)))
+            if getattr(result, "rowcount", 0):
+                claimed.append((run_id, attempts + 1))
+        return claimed
+
+    async def request_cancel(self, run_id: str) -> RunState:
+        """Ask a run to stop; a run not yet running is cancelled at once. Returns its state."""
+        async with self.session() as s, s.begin():
+            await s.execute(update(RunRow).where(
+                RunRow.id == run_id,
+                RunRow.state.in_([RunState.QUEUED, RunState.WAITING_APPROVAL]))
+                .values(state=RunState.CANCELLED, finished_at=utcnow()))
+            await s.execute(update(RunRow).where(RunRow.id == run_id)
+                            .values(cancel_requested=True))
+        return (await self.get_run(run_id)).state
+
+    async def resume_waiting(self, run_id: str, *, add_budget_usd: float = 0.0) -> bool:
+        """Move a run waiting for a person back to the queue; False if it was not waiting."""
+        async with self.session() as s, s.begin():
+            result = await s.execute(
+                update(RunRow).where(RunRow.id == run_id,
+                                     RunRow.state == RunState.WAITING_APPROVAL)
+                .values(state=RunState.QUEUED, waiting_reason=None, waiting_path=None,
+                        budget_usd=RunRow.budget_usd + add_budget_usd,
+                        attempts=RunRow.attempts + 1))
+        return bool(getattr(result, "rowcount", 0))
+
+    async def resolve_journal_entry(self, run_id: str, path: str, *, done: bool) -> None:
+        """A person settled an uncertain write: mark it done, or forget it so it is redone."""
+        async with self.session() as s, s.begin():
+            target = (JournalRow.run_id == run_id) & (JournalRow.path == path)
+            if done:
+                await s.execute(update(JournalRow).where(target).values(status="done"))
+            else:
+                await s.execute(delete(JournalRow).where(target))
+
+    async def journal_count(self, run_id: str) -> dict[str, int]:
+        async with self.session() as s:
+            rows = (await s.execute(select(JournalRow.status, func.count()).where(
+                JournalRow.run_id == run_id).group_by(JournalRow.status))).all()
+        return {status: int(n) for status, n in rows}
+
+    # Thread state -----------------------------------------------------------------------------
+
+    async def save_thread_state(self, thread_id: str, variables: dict[str, Any],
+                                summaries: dict[str, str]) -> None:
+        async with self.session() as s, s.begin():
+            for name, value in variables.items():
+                await s.merge(ThreadStateRow(thread_id=thread_id, name=name,
+                                             value=json.dumps(value),
+                                             summary=summaries.get(name, "")[:300],
+                                             updated_at=utcnow()))
+
+    async def thread_state(self, thread_id: str) -> tuple[dict[str, Any], dict[str, str]]:
+        """(name -> encoded value, name -> one-line summary) of what the thread keeps."""
+        async with self.session() as s:
+            rows = (await s.scalars(select(ThreadStateRow).where(
+                ThreadStateRow.thread_id == thread_id))).all()
+        return ({r.name: json.loads(r.value) for r in rows}, {r.name: r.summary for r in rows})
 
     async def runs_for_plan(self, plan_id: str) -> list[Run]:
         async with self.session() as s:
@@ -268,4 +393,6 @@ def _run(row: RunRow) -> Run:
                approved_by=row.approved_by, isolation=row.isolation,
                progress=Progress.model_validate(row.progress or {}),
                result=RunResult.model_validate(row.result) if row.result else None,
-               error=row.error)
+               error=row.error, budget_usd=row.budget_usd, spent_usd=row.spent_usd,
+               cancel_requested=row.cancel_requested, waiting_reason=row.waiting_reason,
+               waiting_path=row.waiting_path, attempts=row.attempts)

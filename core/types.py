@@ -30,7 +30,8 @@ class _Model(BaseModel):
 class Button(_Model):
     """A button under a message. `action` is what a click does; `value` names its target."""
 
-    action: Literal["approve", "run_first", "cancel"]
+    action: Literal["approve", "run_first", "cancel", "cancel_run", "raise_budget",
+                    "resolve_done", "resolve_redo"]
     label: str
     value: str
     style: Literal["primary", "danger", "default"] = "default"
@@ -110,6 +111,10 @@ class RunResult(_Model):
     summary: str
     writes: dict[str, int] = Field(default_factory=dict)
     reads: dict[str, int] = Field(default_factory=dict)
+    replayed: int = 0
+    writes_redone: int = 0
+    saved_variables: list[str] = Field(default_factory=list)
+    unsaved_variables: list[dict[str, str]] = Field(default_factory=list)
     model_calls: int = 0
     cost_usd: float = 0.0
     seconds: float = 0.0
@@ -126,6 +131,12 @@ class Run(_Model):
     state: RunState = RunState.QUEUED
     limit_items: int | None = None
     approved_by: str | None = None
+    budget_usd: float | None = Field(default=None, description="Pause and ask above this spend.")
+    spent_usd: float = 0.0
+    cancel_requested: bool = False
+    waiting_reason: str | None = None
+    waiting_path: str | None = None
+    attempts: int = 0
     isolation: str | None = None
     progress: Progress = Field(default_factory=Progress)
     result: RunResult | None = None
@@ -140,6 +151,8 @@ class EventKind(StrEnum):
     PROGRESS = "progress"
     RUN_FINISHED = "run_finished"
     RUN_FAILED = "run_failed"
+    RUN_WAITING = "run_waiting"
+    RUN_CANCELLED = "run_cancelled"
 
 
 class JobEvent(_Model):

@@ -25,6 +25,8 @@ MAX_MESSAGE = 10 * 1024 * 1024
 class OutboxHandler:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.received = 0
+        self.duplicates = 0  # repeated Message-IDs, stored once (a send redone after a crash)
 
     async def handle_DATA(self, _server: SMTP, _session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
@@ -36,7 +38,9 @@ class OutboxHandler:
             message_id=message_id, sender=str(envelope.mail_from or ""),
             recipients=[str(r) for r in envelope.rcpt_tos], subject=str(parsed.get("Subject", "")),
             body=_text_of(parsed), raw=raw)
+        self.received += 1
         if not stored:
+            self.duplicates += 1
             log.info("outbox: %s already delivered; stored once", message_id)
         return "250 Message accepted for delivery"
 
@@ -52,8 +56,9 @@ def _text_of(message: EmailMessage) -> str:
 class Outbox:
     """The running server; `port` is the bound port (useful with port=0)."""
 
-    def __init__(self, server: asyncio.base_events.Server) -> None:
+    def __init__(self, server: asyncio.base_events.Server, handler: OutboxHandler) -> None:
         self.server = server
+        self.handler = handler
         self.port = int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
@@ -68,4 +73,4 @@ async def start_outbox(store: Store, *, host: str = "127.0.0.1", port: int = 0) 
         lambda: SMTP(handler, data_size_limit=MAX_MESSAGE, enable_SMTPUTF8=True,
                      hostname="sluice-outbox"),
         host=host, port=port)
-    return Outbox(server)
+    return Outbox(server, handler)

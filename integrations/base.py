@@ -31,17 +31,22 @@ class ActionSpec:
     name: str
     effect: Effect
     preview: str = ""  # how a previewed write is described, e.g. "send {n} emails"
+    idempotent: bool = False  # doing it twice has the effect of doing it once
 
 
 def action(
-    effect: Effect, *, preview: str = ""
+    effect: Effect, *, preview: str = "", idempotent: bool = False
 ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
-    """Mark an async method as an action that generated programs may call."""
+    """Mark an async method as an action that generated programs may call.
+
+    `idempotent` writes may be redone after a crash left them unconfirmed; others are checked
+    with the integration (`Integration.redo_is_safe`) or raised to a person.
+    """
 
     def mark(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"action {fn.__qualname__} must be async")
-        setattr(fn, _ACTION_ATTR, ActionSpec(fn.__name__, effect, preview))
+        setattr(fn, _ACTION_ATTR, ActionSpec(fn.__name__, effect, preview, idempotent))
         return fn
 
     return mark
@@ -72,6 +77,7 @@ class EffectCall:
     args: list[Any]
     kwargs: dict[str, Any]
     handle: tuple[str, str, str] | None = None
+    path: str = ""  # deterministic place in the program, e.g. "each#1/item#4711/call#1"
 
 
 class Row(dict[str, Any]):
@@ -110,6 +116,10 @@ class Integration:
     async def describe(self) -> dict[str, Any]:
         """The user-defined schema the model needs (sheet columns, options, row counts)."""
         return {}
+
+    def redo_is_safe(self, spec: ActionSpec) -> bool:
+        """Whether an unconfirmed write of `spec` may be done again (after a crash)."""
+        return spec.idempotent
 
     def bind(self, resource_type: str, key: str) -> Resource:
         """The resource handle `resource_type(key)` bound to this integration, for dispatch."""

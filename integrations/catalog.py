@@ -378,6 +378,19 @@ class Catalog:
             )
         return actions[call.action]
 
+    def safe_to_redo(self, call: EffectCall) -> bool:
+        """Whether an unconfirmed write may be done again after a crash."""
+        owner = call.handle[0] if call.handle else call.integration
+        return self._integration(owner).redo_is_safe(self.action_spec(call))
+
+    def accepts_idempotency_key(self, call: EffectCall) -> bool:
+        _owner, cls = self._callee(call)
+        method = getattr(cls, call.action, None)
+        try:
+            return "idempotency_key" in inspect.signature(method).parameters  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return False
+
     def effect_of(self, call: EffectCall) -> Effect:
         """Whether `call` reads or writes."""
         return self.action_spec(call).effect
@@ -518,6 +531,7 @@ def build_local_catalog(
             smtp_port=settings.smtp_port,
             sender=settings.mail_from,
             mailbox=settings.effective_mailbox_dir,
+            server_dedups=settings.smtp_dedups_message_id,
         ),
         AI(models, on_completion=on_completion),
     ])

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from core.errors import IntegrationError
-from integrations.base import Integration, action
+from integrations.base import ActionSpec, Integration, action
 
 logger = logging.getLogger(__name__)
 
@@ -203,13 +203,18 @@ class LocalMail(Integration):
 
     def __init__(
         self, *, smtp_host: str, smtp_port: int, sender: str, mailbox: Path,
-        timeout_s: float = 30.0,
+        timeout_s: float = 30.0, server_dedups: bool = False,
     ) -> None:
+        self.server_dedups = server_dedups
         self.smtp_host = smtp_host
         self.smtp_port = smtp_port
         self.sender = sender
         self.mailbox = Path(mailbox)
         self.timeout_s = timeout_s
+
+    def redo_is_safe(self, spec: ActionSpec) -> bool:
+        """A resend is safe only when the server drops a repeated Message-ID (the outbox does)."""
+        return spec.name == "send" and self.server_dedups
 
     @action("write", preview="send {n} emails")
     async def send(

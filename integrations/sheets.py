@@ -336,7 +336,7 @@ class Sheet(Resource):
         """The column headers, left to right."""
         return (await self._load()).columns()
 
-    @action("write", preview="update {n} rows")
+    @action("write", preview="update {n} rows", idempotent=True)
     async def update(self, row: Row | str, values: dict[str, Any]) -> Row:
         """Set some cells of one row and return the row as now stored.
 

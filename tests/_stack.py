@@ -62,7 +62,7 @@ class Stack:
             "SLUICE_HOME": str(home), "SLUICE_REDIS_URL": redis_url,
             "SLUICE_DATABASE_URL": str(engine.url), "SLUICE_SCRIPTED_MODEL_URL": model.url,
             "SLUICE_SMTP_PORT": str(outbox.port), "SLUICE_SHEETS_DIR": str(sheets),
-            "SLUICE_SANDBOX_WALL_S": "60",
+            "SLUICE_SANDBOX_WALL_S": "60", "SLUICE_LEASE_TTL_S": "0.6",
         }, env_file=False)
         deps = await Deps.create(settings, redis=redis)
         runner = web.AppRunner(create_app(settings))

@@ -1,7 +1,8 @@
 """The sandbox (workers/sandbox.py and workers/sandbox_child.py), driving the real child process.
 
-The handler below answers a small "sheets"/"mail" manifest: it is test data standing in for the
-integrations, not a mock of our code.
+The handler below answers a small "sheets"/"mail" manifest (and the runtime's clock): it is test
+data standing in for the integrations, not a mock of our code. Effect paths, the clock, the seed
+and saved variables are in test_sandbox_state.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from core.errors import IntegrationError, SandboxError
+from core.errors import IntegrationError, SandboxError, SluiceError
 from integrations.base import EffectCall
 from workers import _isolation
 from workers._channel import MAX_FRAME, FdChannel, FrameError, body_length, pack, unpack
@@ -42,6 +43,13 @@ MANIFEST: dict[str, Any] = {
     "resources": {"Sheet": {"actions": {"rows": "read", "update": "write"}}},
 }
 FAST = SandboxLimits(cpu_s=10, wall_s=20, memory_mb=512, output_kb=64)
+NOW = {"__datetime__": "2024-05-06T07:08:09+02:00"}
+
+
+class RunStopped(SluiceError):
+    """What the worker raises to stop a run (the sandbox knows it by its name)."""
+
+    code = "run_stopped"
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +67,8 @@ class Sheets:
 
     async def __call__(self, call: EffectCall) -> Any:
         self.calls.append(call)
+        if call.integration == "runtime":
+            return NOW
         if call.action == "open":
             return {"__handle__": ["sheets", "Sheet", call.args[0]]}
         if call.action == "rows":
@@ -163,13 +173,95 @@ async def test_each_records_a_failing_item_and_goes_on() -> None:
 async def test_limit_items_visits_only_the_first_n() -> None:
     sheets = Sheets(rows=10)
     program = ("sheet = sheets.open('s')\n"
-               "done = each(sheet.rows(), lambda row: sheet.update(row, {'Seen': True}))\n"
+               "done = each(sheet.rows(), lambda row: sheet.update(row, {'Seen': True}),\n"
+               "            concurrency=5)\n"
                "print(len(done))\n")
     outcome = await run(program, sheets, limit_items=3, preview=True)
     assert outcome.ok, outcome.error
     assert outcome.output == "3\n"
     updated = [c.args[0]["__row__"][0] for c in sheets.calls if c.action == "update"]
-    assert updated == ["0", "1", "2"]
+    assert sorted(updated) == ["0", "1", "2"]
+
+
+class Slow:
+    """Doubles a number after 0.1 s, counting the calls in flight; 7 is refused."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def __call__(self, call: EffectCall) -> Any:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.1)
+        finally:
+            self.in_flight -= 1
+        if call.args[0] == 7:
+            raise IntegrationError("7 cannot be doubled")
+        return call.args[0] * 2
+
+
+async def test_each_runs_items_concurrently_and_keeps_their_order() -> None:
+    ticks: list[ProgressTick] = []
+
+    async def on_progress(tick: ProgressTick) -> None:
+        ticks.append(tick)
+
+    slow = Slow()
+    manifest = {"integrations": {"math": {"actions": {"double": "read"}}}}
+    program = "print(each(range(20), lambda n: math.double(n), concurrency=10))\n"
+    outcome = await run_sandboxed(program, manifest=manifest, handler=slow, limits=FAST,
+                                  isolation=ISOLATION, on_progress=on_progress)
+    assert outcome.ok, outcome.error
+    expected = [None if n == 7 else n * 2 for n in range(20)]
+    assert outcome.output == f"{expected}\n"
+    assert slow.most_in_flight >= 5
+    (failure,) = outcome.failures
+    assert failure["loop"] == "each#1" and failure["index"] == 7
+    assert failure["error"] == "IntegrationError: 7 cannot be doubled"
+    assert (ticks[-1].done, ticks[-1].failed, ticks[-1].total) == (19, 1, 20)
+
+
+def _stopper(after: int) -> tuple[list[EffectCall], Any]:
+    """A handler that stops the run at its `after`-th call and counts the calls it served."""
+    served: list[EffectCall] = []
+
+    async def handler(call: EffectCall) -> Any:
+        served.append(call)
+        if len(served) == after:
+            raise RunStopped("the run was cancelled in the thread")
+        await asyncio.sleep(0.02)
+        return {"sent": True}
+
+    return served, handler
+
+
+STOPS = {  # program, the call that stops it, its output
+    "except Exception": ("try:\n    mail.send(to='a@b.c')\nexcept Exception:\n"
+                         "    print('swallowed')\nprint('after')\n", 1, ""),
+    "except BaseException": ("try:\n    mail.send(to='a@b.c')\nexcept BaseException:\n"
+                             "    print('caught')\nmail.send(to='d@e.f')\nprint('after')\n",
+                             1, "caught\n"),
+    "each": ("def send(n):\n    try:\n        mail.send(to=f'{n}@b.c')\n"
+             "    except Exception:\n        print('swallowed')\n"
+             "each(range(40), send, concurrency=4)\nprint('after')\n", 6, ""),
+}
+
+
+@pytest.mark.parametrize(("program", "stop_at", "output"), STOPS.values(), ids=STOPS.keys())
+async def test_a_stopped_run_stops_whatever_the_program_catches(
+    program: str, stop_at: int, output: str
+) -> None:
+    served, handler = _stopper(after=stop_at)
+    outcome = await run_sandboxed(program, manifest=MANIFEST, handler=handler, limits=FAST,
+                                  isolation=ISOLATION)
+    assert not outcome.ok
+    assert outcome.error is not None and outcome.error["type"] == "RunStopped"
+    assert outcome.error["message"] == "the run was cancelled in the thread"
+    assert outcome.output == output and outcome.failures == []
+    assert len(served) < stop_at + 4  # later calls never reach the handler
+    assert outcome.exit_code == 0 and outcome.variables == {}
 
 
 async def test_progress_ticks_arrive_for_each_and_plain_loops() -> None:
@@ -335,7 +427,7 @@ async def test_no_secret_reaches_the_child_or_the_outcome() -> None:
 
     async def handler(call: EffectCall) -> Any:
         environs.extend(_sandbox_child_environs())
-        return "pong"
+        return NOW if call.integration == "runtime" else "pong"
 
     program = ("print(ping.now())\n"
                "print(sorted(dir()))\n"
@@ -355,15 +447,38 @@ async def test_no_secret_reaches_the_child_or_the_outcome() -> None:
 
 
 def _sandbox_child_environs() -> list[bytes]:
+    """The environments of this process's sandbox children (others may run sandboxes too)."""
     found = []
-    for entry in Path("/proc").iterdir():
+    parents = _parents()
+    for pid in parents:
         try:
-            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
-            if b"workers.sandbox_child" in cmdline:
-                found.append((entry / "environ").read_bytes())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"workers.sandbox_child" in cmdline and _descends(pid, parents):
+                found.append(Path(f"/proc/{pid}/environ").read_bytes())
         except OSError:
             continue
     return found
+
+
+def _parents() -> dict[int, int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit():
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return parents
+
+
+def _descends(pid: int, parents: dict[int, int]) -> bool:
+    me = os.getpid()
+    while pid > 1:
+        pid = parents.get(pid, 0)
+        if pid == me:
+            return True
+    return False
 
 
 async def test_huge_output_is_truncated() -> None:

@@ -2,15 +2,20 @@
 no secrets": the program reaches the world only through this channel).
 
 A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON holding one object.
-The parent reads with asyncio; the child, which runs the program synchronously, reads and writes
-file descriptors directly. Kept to the standard library so the child starts fast.
+The parent reads with asyncio; the child, whose program runs in plain threads, reads and writes
+file descriptors directly: sends go under a lock, and one reader thread (`CallRouter`) hands each
+reply to the thread waiting for it, by id, so that many calls can be in flight at once. Kept to
+the standard library so the child starts fast.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import struct
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from core.errors import SandboxError
@@ -78,18 +83,25 @@ class ChannelClosed(BaseException):
 
 
 class FdChannel:
-    """The child's blocking end: frames in on one descriptor, out on another."""
+    """The child's blocking end: frames in on one descriptor, out on another.
+
+    `send` may be called from any thread; `recv` from one thread at a time (the start frame is
+    read before the `CallRouter` takes over reading).
+    """
 
     def __init__(self, read_fd: int, write_fd: int) -> None:
         self._read_fd = read_fd
         self._write_fd = write_fd
+        self._send_lock = threading.Lock()
 
     def send(self, frame: dict[str, Any]) -> None:
-        """Write one frame completely."""
-        view = memoryview(pack(frame))
-        while view:
-            written = os.write(self._write_fd, view)
-            view = view[written:]
+        """Write one frame completely, never interleaved with another thread's frame."""
+        data = pack(frame)
+        with self._send_lock:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._write_fd, view)
+                view = view[written:]
 
     def recv(self) -> dict[str, Any]:
         """Read one frame. Raises ChannelClosed at end of stream."""
@@ -105,3 +117,94 @@ class FdChannel:
             chunks.append(chunk)
             remaining -= len(chunk)
         return b"".join(chunks)
+
+
+Failure = Callable[[], BaseException]  # makes a fresh exception for each thread that raises it
+_WAIT_S = 0.5  # waits wake up this often, so that the main thread's signal handlers run
+
+
+class _Slot:
+    """Where the reader leaves one call's reply (or the reason there will be none)."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.reply: dict[str, Any] | None = None
+        self.failure: Failure | None = None
+
+
+class CallRouter:
+    """Calls to the parent from many threads at once, each waiting for its own reply.
+
+    `request` numbers a frame, sends it with `send` and blocks until the reply with that id
+    arrives. One daemon thread, started with the first request, reads every reply with `recv`.
+    `abort` fails all waiting and all later requests with an exception (the channel closed, the
+    run was stopped).
+    """
+
+    def __init__(self, *, recv: Callable[[], dict[str, Any]],
+                 send: Callable[[dict[str, Any]], None]) -> None:
+        self._recv = recv
+        self._send = send
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._pending: dict[int, _Slot] = {}
+        self._failure: Failure | None = None
+        self._reader: threading.Thread | None = None
+
+    def request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Send `frame` with a fresh id and return the parent's reply to it."""
+        slot = _Slot()
+        with self._lock:
+            self._raise_if_failed()
+            call_id = next(self._ids)
+            self._pending[call_id] = slot
+            self._start_reader()
+        try:
+            self._send({**frame, "id": call_id})
+            while not slot.ready.wait(_WAIT_S):
+                pass
+        finally:
+            with self._lock:
+                self._pending.pop(call_id, None)
+        if slot.failure is not None:
+            raise slot.failure()
+        assert slot.reply is not None
+        return slot.reply
+
+    def abort(self, failure: Failure) -> None:
+        """Fail every waiting request and every later one with `failure()`; the first wins."""
+        with self._lock:
+            if self._failure is None:
+                self._failure = failure
+            for slot in self._pending.values():
+                slot.failure = self._failure
+                slot.ready.set()
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure()
+
+    def _start_reader(self) -> None:
+        if self._reader is None:
+            self._reader = threading.Thread(target=self._read, name="sluice-replies", daemon=True)
+            self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self._route(self._recv())
+        except (ChannelClosed, FrameError, OSError) as exc:
+            reason = str(exc) or "the parent closed the channel"
+            self.abort(lambda: ChannelClosed(reason))
+
+    def _route(self, reply: dict[str, Any]) -> None:
+        call_id = reply.get("id")
+        with self._lock:
+            slot = self._pending.get(call_id) if isinstance(call_id, int) else None
+            stopped = self._failure is not None
+        if slot is None and stopped:
+            return  # the answer to a call abandoned when the run stopped
+        if slot is None:
+            raise FrameError(f"the parent answered a call that is not waiting: {call_id!r}")
+        slot.reply = reply
+        slot.ready.set()

@@ -1,29 +1,35 @@
-"""What a sandboxed program sees (ARCHITECTURE.md, "The sandbox holds no secrets").
+"""What a sandboxed program sees (ARCHITECTURE.md, "The sandbox holds no secrets" and "Durable
+execution by journal and replay").
 
 Runs inside the sandbox child only. Integrations are proxies whose actions send "call" frames over
-the channel and block for the answer; resource handles that come back become proxies too. `each()`
-maps a function over items, recording failures instead of stopping, and reports throttled progress.
-Builtins are restricted; `__import__` only imports allow-listed modules.
+the channel and block for the answer; resource handles that come back become proxies too. Every
+call carries its deterministic path (see `workers._sandbox_loops`), and the clock is a call too, so
+the worker can journal it. `each()` maps a function over items, several at once, recording failures
+instead of stopping, and reports throttled progress. Builtins are restricted; `__import__` only
+imports allow-listed modules.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import datetime as dt
 import itertools
 import re
 import sys
+import threading
 import time
 import traceback
 import types
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 from codegen.policy import FORBIDDEN_ATTRIBUTES, is_forbidden_module
 from core.errors import IntegrationError
 from integrations import wire
 from integrations.base import Resource
-from workers._channel import ChannelClosed, FdChannel
+from workers._channel import CallRouter, FdChannel
+from workers._sandbox_loops import Batch, Progress, Scopes, ThreadBudget, track
 
 PROGRAM_FILE = "<program>"
 LOOP_HOOK = "__sluice_loop__"  # the name instrumented `for` loops call; programs cannot spell it
@@ -47,26 +53,13 @@ class CpuLimitExceeded(BaseException):
     program cannot swallow it."""
 
 
-class _Progress:
-    """Progress frames, at most one per `_TICK_S` plus each loop's final one."""
-
-    def __init__(self, send: Callable[[dict[str, Any]], None]) -> None:
-        self._send = send
-        self._last = 0.0
-
-    def tick(self, loop: str, done: int, failed: int, total: int | None) -> None:
-        now = time.monotonic()
-        if now - self._last >= _TICK_S:
-            self.final(loop, done, failed, total)
-
-    def final(self, loop: str, done: int, failed: int, total: int | None) -> None:
-        self._last = time.monotonic()
-        self._send({"op": "progress", "loop": loop, "done": done, "failed": failed,
-                    "total": total})
+class RunStopped(BaseException):
+    """The worker stopped the run (cancelled, over budget, not deterministic). A BaseException so
+    that neither `except Exception` in the program nor each() catches it."""
 
 
 class Runtime:
-    """The child's side of the conversation: calls, output, progress and failures."""
+    """The child's side of the conversation: calls, clock, output, loops and failures."""
 
     def __init__(self, channel: FdChannel, start: dict[str, Any]) -> None:
         self.channel = channel
@@ -77,35 +70,51 @@ class Runtime:
         self.preview = bool(start.get("preview"))
         # Send a little more than the parent keeps, so that it notices the overflow.
         self._output_left = int(start.get("output_bytes") or 256 * 1024) + 1024
+        self._output = threading.RLock()  # buffered output, then the frame it must precede
         self._buffer: list[str] = []
         self._buffered = 0
         self._last_flush = time.monotonic()
-        self._next_id = 0
-        self._loops = 0
         self._classes: dict[str, type[ResourceProxy]] = {}
+        self._injected: dict[str, Any] = {}
+        self.router = CallRouter(recv=channel.recv, send=self.send)
+        self.scopes = Scopes()
+        self.threads = ThreadBudget()
+        self.stopped: str | None = None  # why the worker stopped the run
         self.failures: list[dict[str, Any]] = []
-        self.progress = _Progress(self.send)
+        self._failures_lock = threading.Lock()
+        self.progress = Progress(self.send)
 
     # -- channel ----------------------------------------------------------------------------
     def send(self, frame: dict[str, Any]) -> None:
         """Send a frame after any buffered output, so the parent sees things in order."""
-        self.flush_output()
-        self.channel.send(frame)
+        with self._output:
+            self.flush_output()
+            self.channel.send(frame)
 
     def call(self, integration: str, action: str, args: tuple[Any, ...], kwargs: dict[str, Any],
              handle: tuple[str, str, str] | None = None) -> Any:
-        """Perform one integration call through the parent and return its decoded result."""
-        self._next_id += 1
-        self.send({"op": "call", "id": self._next_id, "integration": integration,
-                   "action": action, "args": wire.encode(list(args)),
-                   "kwargs": wire.encode(kwargs), "handle": list(handle) if handle else None})
-        reply = self.channel.recv()
-        if reply.get("id") != self._next_id:
-            raise ChannelClosed("the parent answered out of step")
+        """Perform one call through the parent and return its decoded result.
+
+        Raises:
+            IntegrationError: the call failed; its message is for the program.
+            RunStopped: the worker stopped the run; every later call raises it too.
+        """
+        frame = {"op": "call", "integration": integration, "action": action,
+                 "args": wire.encode(list(args)), "kwargs": wire.encode(kwargs),
+                 "handle": list(handle) if handle else None}
+        frame["path"] = self.scopes.current().next_call()
+        reply = self.router.request(frame)
         if "error" in reply:
-            error = reply["error"] if isinstance(reply["error"], dict) else {}
-            raise IntegrationError(str(error.get("message") or "the integration call failed"))
+            self._raise(reply["error"] if isinstance(reply["error"], dict) else {})
         return wire.decode(reply.get("ok"), self.handle)
+
+    def _raise(self, error: dict[str, Any]) -> NoReturn:
+        message = str(error.get("message") or "the integration call failed")
+        if error.get("type") == "RunStopped":
+            self.stopped = self.stopped or message
+            self.router.abort(lambda: RunStopped(message))  # calls in flight stop too
+            raise RunStopped(message)
+        raise IntegrationError(message)
 
     def handle(self, integration: str, resource_type: str, key: str) -> ResourceProxy:
         """A proxy for the resource handle `(integration, resource_type, key)`."""
@@ -116,6 +125,21 @@ class Runtime:
         spec = self.resources.get(resource_type) or {}
         return cls(key, integration=integration, actions=spec.get("actions") or {}, runtime=self)
 
+    # -- clock ------------------------------------------------------------------------------
+    def now(self) -> dt.datetime:
+        """The current date and time, as the worker's clock (and journal) says."""
+        value = self.call("runtime", "now", (), {})
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = dt.datetime.fromisoformat(value)
+        if not isinstance(value, dt.datetime):
+            raise IntegrationError(f"the runtime answered now() with {value!r}, not a datetime")
+        return value
+
+    def today(self) -> dt.date:
+        """Today's date, from now()."""
+        return self.now().date()
+
     # -- output -----------------------------------------------------------------------------
     def print(self, *values: object, sep: str | None = " ", end: str | None = "\n",
               file: object = None, flush: bool = False) -> None:
@@ -125,77 +149,57 @@ class Runtime:
 
     def write(self, text: str) -> None:
         """Buffer program output; drop what is beyond the limit."""
-        if self._output_left <= 0:
-            return
-        text = text[: self._output_left]
-        self._output_left -= len(text)
-        self._buffer.append(text)
-        self._buffered += len(text)
-        if self._buffered >= _FLUSH_BYTES or time.monotonic() - self._last_flush >= _TICK_S:
-            self.flush_output()
+        with self._output:
+            if self._output_left <= 0:
+                return
+            text = text[: self._output_left]
+            self._output_left -= len(text)
+            self._buffer.append(text)
+            self._buffered += len(text)
+            if self._buffered >= _FLUSH_BYTES or time.monotonic() - self._last_flush >= _TICK_S:
+                self.flush_output()
 
     def flush_output(self) -> None:
         """Send buffered output as one "print" frame."""
-        self._last_flush = time.monotonic()
-        if self._buffer:
-            text, self._buffer, self._buffered = "".join(self._buffer), [], 0
-            self.channel.send({"op": "print", "text": text})
+        with self._output:
+            self._last_flush = time.monotonic()
+            if self._buffer:
+                text, self._buffer, self._buffered = "".join(self._buffer), [], 0
+                self.channel.send({"op": "print", "text": text})
 
     # -- loops ------------------------------------------------------------------------------
     def each(self, items: Iterable[Any], fn: Callable[[Any], Any], *,
              concurrency: int = 1) -> list[Any]:
-        """Call `fn` on every item in order and return the results (None where an item failed).
+        """Call `fn` on every item and return the results in item order (None where it failed).
 
-        A failing item is recorded (index, item, error) and the loop goes on. With a run limit
-        only the first N items are visited. A DataFrame is visited row by row, as dicts.
-        `concurrency` is accepted for forward compatibility; items run one at a time so that
-        effects happen in a deterministic order.
+        A failing item is recorded (loop, index, item, error) and the loop goes on. Up to
+        `concurrency` items run at once, in threads. With a run limit only the first N items are
+        visited. A DataFrame is visited row by row, as dicts.
         """
         if not callable(fn):
             raise TypeError("each(items, fn): fn must be a function that takes one item")
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError("each(..., concurrency=N): N must be a positive integer")
-        items = _rows_of(items)
-        total = _length(items)
+        rows = _rows_of(items)
         if self.limit_items is not None:
-            items = itertools.islice(items, self.limit_items)
-            total = None if total is None else min(total, self.limit_items)
-        self._loops += 1
-        return self._each(f"each#{self._loops}", items, fn, total)
-
-    def _each(self, loop: str, items: Iterable[Any], fn: Callable[[Any], Any],
-              total: int | None) -> list[Any]:
-        results: list[Any] = []
-        failed = 0
-        for index, item in enumerate(items):
-            try:
-                results.append(fn(item))
-            except Exception as exc:
-                failed += 1
-                results.append(None)
-                self._record_failure(loop, index, item, exc)
-            self.progress.tick(loop, index + 1 - failed, failed, total)
-        self.progress.final(loop, len(results) - failed, failed, total)
-        return results
+            rows = itertools.islice(rows, self.limit_items)
+        scope = self.scopes.current()
+        batch = Batch(scope.next_loop(), fn, list(rows), scopes=self.scopes,
+                      progress=None if scope.in_item else self.progress,
+                      record=self._record_failure)
+        helpers = self.threads.take(min(concurrency, len(batch.items)) - 1)
+        return batch.run(helpers, self.threads)
 
     def _record_failure(self, loop: str, index: int, item: Any, exc: Exception) -> None:
-        if len(self.failures) >= MAX_FAILURES:
-            return
-        self.failures.append({"loop": loop, "index": index, "item": _short_repr(item),
-                              "error": f"{type(exc).__name__}: {exc}"[:500],
-                              "line": program_line(exc)})
+        failure = {"loop": loop, "index": index, "item": _short_repr(item),
+                   "error": f"{type(exc).__name__}: {exc}"[:500], "line": program_line(exc)}
+        with self._failures_lock:
+            if len(self.failures) < MAX_FAILURES:
+                self.failures.append(failure)
 
     def track(self, iterable: Iterable[Any], loop: str) -> Iterator[Any]:
         """What an instrumented top-level `for` loop iterates: the items, with progress."""
-        total = _length(iterable)
-        done = 0
-        try:
-            for item in iterable:
-                yield item
-                done += 1
-                self.progress.tick(loop, done, 0, total)
-        finally:
-            self.progress.final(loop, done, 0, total)
+        return track(iterable, loop, scopes=self.scopes, progress=self.progress)
 
     # -- namespace --------------------------------------------------------------------------
     def namespace(self, module: types.ModuleType) -> dict[str, Any]:
@@ -203,11 +207,25 @@ class Runtime:
         ns = module.__dict__
         ns.update({
             "__builtins__": self.builtins(), "__name__": "__main__", LOOP_HOOK: self.track,
-            "each": self.each, "now": now, "today": today, "IntegrationError": IntegrationError,
+            "each": self.each, "now": self.now, "today": self.today,
+            "IntegrationError": IntegrationError,
         })
         for name, spec in self.integrations.items():
             ns[name] = IntegrationProxy(name, (spec or {}).get("actions") or {}, self)
+        self._injected = dict(ns)
         return ns
+
+    def restore(self, ns: dict[str, Any], variables: dict[str, Any]) -> None:
+        """Put a thread's saved variables into the namespace; what the runtime provides wins."""
+        for name, value in variables.items():
+            if name.isidentifier() and not name.startswith("_") and name not in self._injected:
+                ns[name] = value
+
+    def program_variables(self, ns: dict[str, Any]) -> dict[str, Any]:
+        """The names the program bound: not what the runtime provided, nor integration actions."""
+        return {name: value for name, value in ns.items()
+                if self._injected.get(name, _MISSING) is not value
+                and not isinstance(value, IntegrationProxy | Action)}
 
     def builtins(self) -> dict[str, Any]:
         """Restricted builtins: no open, exec, eval, compile, getattr, globals, input, ..."""
@@ -219,14 +237,7 @@ class Runtime:
         return table
 
 
-def now() -> dt.datetime:
-    """The current local date and time."""
-    return dt.datetime.now()
-
-
-def today() -> dt.date:
-    """Today's local date."""
-    return dt.date.today()
+_MISSING = object()
 
 
 def guarded_import(name: str, globals: Any = None, locals: Any = None,
@@ -356,13 +367,6 @@ def _short_repr(item: Any) -> str:
     except Exception:
         text = f"<{type(item).__name__}>"
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _length(items: Any) -> int | None:
-    try:
-        return len(items)
-    except Exception:
-        return None
 
 
 def _rows_of(items: Any) -> Any:

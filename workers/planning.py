@@ -27,10 +27,13 @@ def effects_of(catalog: Catalog) -> dict[str, str]:
     return effects
 
 
-async def planning_context(deps: Deps, catalog: Catalog) -> PlanningContext:
+async def planning_context(deps: Deps, catalog: Catalog, thread_id: str) -> PlanningContext:
+    workspace = await catalog.describe()
+    _values, summaries = await deps.store.thread_state(thread_id)
+    if summaries:
+        workspace["variables_from_earlier_requests_in_this_thread"] = summaries
     return PlanningContext(stubs=catalog.stubs(), effects=effects_of(catalog),
-                           workspace=await catalog.describe(),
-                           ai_prices=price_per_token(_ai_model(deps)))
+                           workspace=workspace, ai_prices=price_per_token(_ai_model(deps)))
 
 
 def _ai_model(deps: Deps) -> str:
@@ -45,7 +48,7 @@ async def plan_request(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     request = await deps.store.get_request(job.request_id)
     log.info("→ plan_request %s (thread %s)", request.id, request.thread_id)
     catalog = build_local_catalog(deps.settings, deps.models)
-    context = await planning_context(deps, catalog)
+    context = await planning_context(deps, catalog, request.thread_id)
     outcome = await make_plan(request, models=deps.models, context=context,
                               rounds=deps.settings.plan_rounds)
     if outcome.plan is None:

@@ -1,119 +1,210 @@
-"""The `run_program` job: run an approved plan in the sandbox and report back.
+"""The `run_program` job: run an approved plan in the sandbox, durably, and report back.
 
-ARCHITECTURE.md, "The sandbox holds no secrets": the program reaches integrations only through
-`handle_call`, here in the worker, which holds the credentials.
+ARCHITECTURE.md, "Durable execution by journal and replay" and "The sandbox holds no secrets":
+the program reaches integrations only through `EffectRunner.perform`, here in the worker, which
+journals every effect. A job that dies is run again from the top (by arq, or by the lease
+sweeper on any worker); journaled effects replay without calling out.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
+import os
+import socket
 import time
+import zlib
 from typing import Any
 
 from core.events import publish
 from core.jobs import RunProgramJob
-from core.types import EventKind, JobEvent, Progress, Run, RunResult, RunState, utcnow
-from integrations.base import EffectCall
-from integrations.catalog import Catalog, build_local_catalog
-from workers.deps import Deps, MeteredModels
+from core.types import EventKind, JobEvent, Plan, Progress, Run, RunResult, RunState, utcnow
+from integrations.catalog import build_local_catalog
+from workers.deps import Deps
+from workers.effects import CostedModels, EffectRunner, StopReason
+from workers.journal import Journal
 from workers.sandbox import ProgressTick, SandboxLimits, SandboxOutcome, run_sandboxed
 from workers.summary import run_summary
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5
+WORKER_ID = f"{socket.gethostname()}-{os.getpid()}"
 
 
 class RunContext:
-    """One run's live state: counts of effects, spend, and throttled progress reports."""
+    """One run's live state: the effect runner, spend, and throttled progress reports."""
 
-    def __init__(self, deps: Deps, run: Run, catalog: Catalog, models: MeteredModels) -> None:
+    def __init__(self, deps: Deps, run: Run, runner: EffectRunner, models: CostedModels) -> None:
         self.deps = deps
         self.run = run
-        self.catalog = catalog
+        self.runner = runner
         self.models = models
         self.started = time.monotonic()
-        self.reads: dict[str, int] = {}
-        self.writes: dict[str, int] = {}
         self.last_report = 0.0
         self.progress = Progress()
-
-    async def handle_call(self, call: EffectCall) -> Any:
-        key = f"{call.handle[1] if call.handle else call.integration}.{call.action}"
-        counts = self.writes if self.catalog.effect_of(call) == "write" else self.reads
-        result = await self.catalog.dispatch(call)
-        counts[key] = counts.get(key, 0) + 1
-        return result
 
     async def on_progress(self, tick: ProgressTick) -> None:
         self.progress = Progress(loop=tick.loop, done=tick.done, failed=tick.failed,
                                  total=tick.total, elapsed_s=round(self.elapsed(), 2),
-                                 cost_usd=self.models.cost_usd or 0.0)
+                                 cost_usd=round(self.runner.counts.spent_usd, 6))
         now = time.monotonic()
         finished = tick.total is not None and tick.done + tick.failed >= tick.total
         if now - self.last_report < PROGRESS_EVERY_S and not finished:
             return
         self.last_report = now
-        await self.deps.store.update_run(self.run.id, progress=self.progress)
+        await self.deps.store.update_run(self.run.id, progress=self.progress,
+                                         spent_usd=self.runner.counts.spent_usd)
         event = JobEvent(kind=EventKind.PROGRESS, thread_id=self.run.thread_id,
                          run_id=self.run.id, progress=self.progress)
         await publish(self.deps.redis, event)
+
+    async def watch(self) -> None:
+        """Renew the lease and notice a cancel request, until cancelled."""
+        ttl = self.deps.settings.lease_ttl_s
+        while True:
+            await asyncio.sleep(ttl / 3)
+            await self.deps.store.renew_lease(self.run.id, owner=WORKER_ID, ttl_s=ttl)
+            current = await self.deps.store.get_run(self.run.id)
+            self.runner.cancel_requested = current.cancel_requested
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
     def result(self, outcome: SandboxOutcome) -> RunResult:
+        counts = self.runner.counts
         items = self.progress.done + self.progress.failed if self.progress.total is not None \
             else None
         seconds = round(self.elapsed(), 2)
-        summary = run_summary(writes=self.writes, items_done=items, failures=len(outcome.failures),
-                              seconds=seconds, model_calls=self.models.calls,
-                              cost_usd=self.models.cost_usd)
-        return RunResult(summary=summary, writes=self.writes, reads=self.reads,
-                         model_calls=self.models.calls, cost_usd=self.models.cost_usd or 0.0,
+        cost = None if self.models.unknown_price else counts.spent_usd
+        summary = run_summary(writes=counts.writes, items_done=items,
+                              failures=len(outcome.failures), seconds=seconds,
+                              model_calls=self.models.calls, cost_usd=cost)
+        return RunResult(summary=summary, writes=counts.writes, reads=counts.reads,
+                         replayed=counts.replayed, writes_redone=counts.writes_redone,
+                         model_calls=self.models.calls, cost_usd=counts.spent_usd,
                          seconds=seconds, output=outcome.output, table_rows=outcome.table_rows,
-                         failures=outcome.failures)
+                         failures=outcome.failures,
+                         saved_variables=sorted(outcome.variables),
+                         unsaved_variables=outcome.unsaved)
 
 
 async def run_program(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
-    """arq job: run an approved plan's program and post the result to its thread."""
+    """arq job: run (or resume) an approved plan's program and post the result to its thread."""
     deps: Deps = ctx["deps"]
     job = RunProgramJob.model_validate(payload)
     run = await deps.store.get_run(job.run_id)
-    if run.state != RunState.QUEUED:
-        log.info("↻ run_program %s already %s; nothing to do", run.id, run.state)
+    if run.state not in (RunState.QUEUED, RunState.RUNNING):
+        log.info("↻ run_program %s is %s; nothing to do", run.id, run.state)
         return run.state
+    if not await deps.store.acquire_lease(run.id, owner=WORKER_ID,
+                                          ttl_s=deps.settings.lease_ttl_s):
+        log.info("↻ run_program %s is leased by another worker", run.id)
+        return "leased"
+    try:
+        return await _run_leased(deps, run)
+    finally:
+        await deps.store.release_lease(run.id, owner=WORKER_ID)
+
+
+async def _run_leased(deps: Deps, run: Run) -> str:
     plan = await deps.store.get_plan(run.plan_id)
-    models = MeteredModels(deps.models)
+    models = CostedModels(deps.models)
     catalog = build_local_catalog(deps.settings, models)
-    live = RunContext(deps, run, catalog, models)
-    limits = SandboxLimits.from_settings(deps.settings)
+    journal = Journal(deps.store.engine, run.id)
+    replaying = await journal.load()
+    runner = EffectRunner(run_id=run.id, catalog=catalog, journal=journal,
+                          budget_usd=run.budget_usd)
+    runner.counts.spent_usd = runner.replayed_spend()
+    live = RunContext(deps, run, runner, models)
     await deps.store.update_run(run.id, state=RunState.RUNNING, started_at=utcnow())
-    log.info("→ run_program %s (plan %s, first %s)", run.id, plan.id, run.limit_items or "all")
+    verb = f"resuming from {replaying} journaled effects" if replaying else "starting"
+    log.info("→ run_program %s (plan %s, first %s): %s", run.id, plan.id,
+             run.limit_items or "all", verb)
     await publish(deps.redis, JobEvent(kind=EventKind.RUN_STARTED, thread_id=run.thread_id,
-                                       run_id=run.id, plan_id=plan.id))
-    outcome = await run_sandboxed(plan.program, manifest=catalog.manifest(),
-                                  handler=live.handle_call, limits=limits,
-                                  limit_items=run.limit_items, on_progress=live.on_progress,
-                                  isolation=deps.settings.sandbox_isolation)
+                                       run_id=run.id, plan_id=plan.id, text=verb))
+    watcher = asyncio.create_task(live.watch())
+    try:
+        outcome = await _sandbox(deps, run, plan, live)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await journal.close()
+        await catalog.aclose()
     return await _finish(deps, live, outcome)
 
 
+async def _sandbox(deps: Deps, run: Run, plan: Plan, live: RunContext) -> SandboxOutcome:
+    state, _summaries = await deps.store.thread_state(run.thread_id)
+    return await run_sandboxed(
+        plan.program, manifest=live.runner.catalog.manifest(), handler=live.runner.perform,
+        limits=SandboxLimits.from_settings(deps.settings), limit_items=run.limit_items,
+        on_progress=live.on_progress, isolation=deps.settings.sandbox_isolation,
+        state=state, seed=zlib.crc32(run.id.encode()))
+
+
 async def _finish(deps: Deps, live: RunContext, outcome: SandboxOutcome) -> str:
+    stop = live.runner.stop
+    if stop is not None and stop.reason in (StopReason.BUDGET, StopReason.UNCERTAIN_WRITE):
+        return await _wait_for_person(deps, live, stop.message, stop.path)
     run, result = live.run, live.result(outcome)
     if outcome.table_csv is not None:
         result.table = await deps.store.add_attachment(
             run.thread_id, name=f"{run.id}.csv", content_type="text/csv",
             data=outcome.table_csv.encode())
-    state = RunState.SUCCEEDED if outcome.ok else RunState.FAILED
-    error = None if outcome.ok else _error_text(outcome)
+    if outcome.ok and outcome.variables:
+        await deps.store.save_thread_state(run.thread_id, outcome.variables,
+                                           _summaries(outcome.variables))
+    state, kind, error = _final_state(live, outcome)
     await deps.store.update_run(run.id, state=state, result=result, error=error,
                                 isolation=outcome.isolation, progress=live.progress,
-                                finished_at=utcnow())
-    kind = EventKind.RUN_FINISHED if outcome.ok else EventKind.RUN_FAILED
+                                spent_usd=live.runner.counts.spent_usd, finished_at=utcnow())
     await publish(deps.redis, JobEvent(kind=kind, thread_id=run.thread_id, run_id=run.id,
                                        text=error or result.summary, progress=live.progress))
-    log.info("← run_program %s %s in %.2f s", run.id, state, result.seconds)
+    log.info("← run_program %s %s in %.2f s (%d replayed, %d live)", run.id, state,
+             result.seconds, live.runner.counts.replayed, live.runner.counts.live)
     return state
+
+
+def _final_state(live: RunContext, outcome: SandboxOutcome) -> tuple[RunState, EventKind,
+                                                                     str | None]:
+    stop = live.runner.stop
+    if stop is not None and stop.reason == StopReason.CANCELLED:
+        return RunState.CANCELLED, EventKind.RUN_CANCELLED, None
+    if stop is not None:
+        return RunState.FAILED, EventKind.RUN_FAILED, stop.message
+    if outcome.ok:
+        return RunState.SUCCEEDED, EventKind.RUN_FINISHED, None
+    return RunState.FAILED, EventKind.RUN_FAILED, _error_text(outcome)
+
+
+async def _wait_for_person(deps: Deps, live: RunContext, message: str, path: str | None) -> str:
+    run = live.run
+    await deps.store.update_run(run.id, state=RunState.WAITING_APPROVAL, waiting_reason=message,
+                                waiting_path=path, progress=live.progress,
+                                spent_usd=live.runner.counts.spent_usd)
+    await publish(deps.redis, JobEvent(kind=EventKind.RUN_WAITING, thread_id=run.thread_id,
+                                       run_id=run.id, text=message, progress=live.progress))
+    log.info("⏸ run_program %s waits for a person: %s", run.id, message)
+    return RunState.WAITING_APPROVAL
+
+
+def _summaries(variables: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for name, value in variables.items():
+        if isinstance(value, dict) and "__dataframe__" in value:
+            frame = json.loads(value["__dataframe__"])
+            out[name] = (f"a pandas DataFrame, {len(frame.get('data', []))} rows, columns "
+                         f"{frame.get('columns', [])}")
+        elif isinstance(value, list):
+            out[name] = f"a list of {len(value)} items"
+        elif isinstance(value, dict):
+            out[name] = f"a dict with {len(value)} keys"
+        else:
+            out[name] = f"the value {str(value)[:60]!r}"
+    return out
 
 
 def _error_text(outcome: SandboxOutcome) -> str:

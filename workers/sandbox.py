@@ -3,9 +3,17 @@
 `run_sandboxed` starts `workers.sandbox_child` in a separate, confined process (see
 `workers._isolation`) with an empty environment and resource limits, sends it the program, and
 serves its RPC channel: each integration call becomes an `EffectCall` for the `handler`, which
-holds the credentials and performs it. Program output, progress and the final result come back as
-frames. A program that fails, hangs or breaks a limit gives an unsuccessful `SandboxOutcome`; only a
-sandbox that cannot start raises.
+holds the credentials and performs it. Calls arrive with their deterministic paths ("Durable
+execution by journal and replay"), and several may be in flight at once: each is served by its own
+task and answered by id. Program output, progress, the final result and the variables to keep for
+the thread ("State outlives the process") come back as frames. A program that fails, hangs or
+breaks a limit gives an unsuccessful `SandboxOutcome`; only a sandbox that cannot start raises.
+
+Frames (see `workers._channel`): the child sends "ready", "call" (id, path, integration, action,
+args, kwargs, handle), "print", "progress", then "done" (table, failures, variables, unsaved) or
+"error" (type, message, line, traceback, failures). The parent sends "start" (program, manifest,
+preview, limit_items, output_bytes, cpu_s, seed, state) and one reply per call: `{"id", "ok"}` or
+`{"id", "error": {"type", "message"}}`; an error of type "RunStopped" stops the program.
 """
 
 from __future__ import annotations
@@ -26,7 +34,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from core.errors import SandboxError, SluiceError
-from integrations import wire
 from integrations.base import EffectCall
 from workers import _isolation
 from workers._channel import FrameError, pack, read_frame
@@ -48,6 +55,8 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[EffectCall], Awaitable[Any]]
 _STDERR_CAP = 64 * 1024
 _EXIT_GRACE_S = 2.0
+_STOP_GRACE_S = 5.0  # how long a stopped program has to end by itself before it is killed
+_STOPPED = "RunStopped"
 _MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "bad_alloc", "out of memory")
 
 
@@ -81,7 +90,9 @@ class ProgressTick(BaseModel):
     """A loop's progress as the program reports it (throttled to about five a second).
 
     `done` items finished without error, `failed` raised; together they are the items visited.
-    `loop` is "each#N" for the Nth each() call, "for@L" for the top-level loop on line L.
+    `loop` is the loop's path: "each#N" for the Nth each() call at the top level, "for@L" for
+    the top-level `for` loop on line L, "for@L/iter#i/each#N" for an each() in its body. Loops
+    inside each() items report no progress of their own.
     """
 
     loop: str
@@ -92,7 +103,13 @@ class ProgressTick(BaseModel):
 
 
 class SandboxOutcome(BaseModel):
-    """How a sandboxed run ended. `error` has `type`, `message` and the program `line`."""
+    """How a sandboxed run ended. `error` has `type`, `message` and the program `line`; its type
+    is "RunStopped" when the handler stopped the run.
+
+    `variables` are the program's top-level variables to keep for the thread, encoded (see
+    `workers._state`; pass them back as `state`), `unsaved` those that could not be kept, each
+    with a `reason`. Both are empty unless the run succeeded.
+    """
 
     ok: bool
     output: str = ""
@@ -106,6 +123,8 @@ class SandboxOutcome(BaseModel):
     isolation: str
     exit_code: int | None = None
     killed_reason: str | None = None
+    variables: dict[str, Any] = Field(default_factory=dict)
+    unsaved: list[dict[str, str]] = Field(default_factory=list)
 
 
 # Frames from the child, validated on arrival (STYLE.md rule 3).
@@ -116,6 +135,7 @@ class _Ready(BaseModel):
 class _Call(BaseModel):
     op: Literal["call"]
     id: int
+    path: str
     integration: str
     action: str
     args: list[Any] = Field(default_factory=list)
@@ -141,6 +161,8 @@ class _Done(BaseModel):
     table_csv: str | None = None
     table_rows: int | None = None
     failures: list[dict[str, Any]] = Field(default_factory=list)
+    variables: dict[str, Any] = Field(default_factory=dict)
+    unsaved: list[dict[str, str]] = Field(default_factory=list)
 
 
 class _Error(BaseModel):
@@ -167,6 +189,8 @@ async def run_sandboxed(
     on_progress: Callable[[ProgressTick], Awaitable[None]] | None = None,
     isolation: str = "auto",
     python: str = sys.executable,
+    state: dict[str, Any] | None = None,
+    seed: int = 0,
 ) -> SandboxOutcome:
     """Run `program` in a confined child process and serve its integration calls with `handler`.
 
@@ -174,14 +198,20 @@ async def run_sandboxed(
         program: The generated Python source.
         manifest: `{"integrations": {name: {"actions": {action: "read"|"write"}}},
             "resources": {type: {"actions": {...}}}}`; each integration name is a variable.
-        handler: Performs one call and returns its wire-encoded result; an `IntegrationError` it
-            raises reaches the program with its message.
+        handler: Performs one call and returns its result, already wire-encoded (JSON-able). An
+            `IntegrationError` it raises reaches the program with its message; a `SluiceError`
+            named `RunStopped` stops the program (later calls get it without the handler). Calls
+            on different items of an each() loop may be in flight at once; `EffectCall.path`
+            says where in the program each was asked for. The clock is the call
+            `runtime.now()`, answered with an ISO datetime (or its wire form).
         limits: CPU, wall clock, memory, output and file limits.
         preview: Passed to the program's runtime (writes are the handler's business).
         limit_items: `each()` visits only the first N items.
         on_progress: Awaited with each progress tick.
         isolation: "auto", "bwrap", "unshare" or "rlimits".
         python: The interpreter of the child.
+        state: The thread's saved variables, as a previous outcome's `variables`.
+        seed: Seeds the program's `random` module.
 
     Returns:
         The outcome; program errors and broken limits are reported in it, never raised.
@@ -194,7 +224,7 @@ async def run_sandboxed(
     level = await asyncio.to_thread(detect_isolation, isolation)
     start = {"op": "start", "program": program, "manifest": manifest, "preview": preview,
              "limit_items": limit_items, "output_bytes": limits.output_kb * 1024,
-             "cpu_s": limits.cpu_s}
+             "cpu_s": limits.cpu_s, "seed": seed, "state": state or {}}
     workdir = tempfile.mkdtemp(prefix="sluice-sandbox-")
     try:
         proc = await _spawn(level, workdir, limits, python)
@@ -248,6 +278,10 @@ class _Session:
         self.killed_reason: str | None = None
         self.protocol_error: str | None = None
         self.stderr = bytearray()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.write_lock = asyncio.Lock()
+        self.stopped: dict[str, str] | None = None  # the RunStopped error later calls get
+        self.stop_kill: asyncio.TimerHandle | None = None
 
     async def run(self, start: dict[str, Any], level: str) -> SandboxOutcome:
         """Converse until the child is done, fails, breaks a limit or dies; then reap it."""
@@ -255,12 +289,14 @@ class _Session:
         try:
             async with asyncio.timeout(self.limits.wall_s):
                 await self._converse(start)
+                await self._settle_calls()
             self.ended = True
         except TimeoutError:
             self.killed_reason = "wall clock limit"
         except FrameError as exc:
             self.protocol_error = exc.message
         finally:
+            await self._cancel_calls()
             exit_code = await self._reap()
             await stderr_task
         if not self.ready and self.killed_reason is None and self.protocol_error is None:
@@ -284,7 +320,10 @@ class _Session:
         if isinstance(frame, _Ready):
             self.ready = True
         elif isinstance(frame, _Call):
-            await self._call(frame)
+            self.calls += 1
+            task = asyncio.create_task(self._call(frame))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         elif isinstance(frame, _Print):
             self.output.add(frame.text)
         elif isinstance(frame, _Progress):
@@ -293,7 +332,7 @@ class _Session:
             self.final = frame
 
     async def _call(self, frame: _Call) -> None:
-        self.calls += 1
+        """Serve one call in its own task and answer it by id."""
         reply = await self._perform(frame)
         try:
             data = pack(reply)
@@ -301,19 +340,50 @@ class _Session:
             message = (f"the result of {frame.action}() is too large to pass to the program; "
                        "ask for less at a time")
             data = pack({"id": frame.id, "error": {"type": "IntegrationError", "message": message}})
+        except (TypeError, ValueError):
+            logger.warning("sandbox: %s.%s returned a value that is not JSON",
+                           frame.integration, frame.action, exc_info=True)
+            message = f"the result of {frame.action}() could not be passed to the program"
+            data = pack({"id": frame.id, "error": {"type": "IntegrationError", "message": message}})
         await self._write(data)
 
     async def _perform(self, frame: _Call) -> dict[str, Any]:
+        if self.stopped is not None:
+            return {"id": frame.id, "error": self.stopped}
         call = EffectCall(integration=frame.integration, action=frame.action, args=frame.args,
-                          kwargs=frame.kwargs, handle=frame.handle)
+                          kwargs=frame.kwargs, handle=frame.handle, path=frame.path)
         try:
-            return {"id": frame.id, "ok": wire.encode(await self.handler(call))}
+            return {"id": frame.id, "ok": await self.handler(call)}  # already wire-encoded
         except SluiceError as exc:
-            return {"id": frame.id, "error": {"type": type(exc).__name__, "message": exc.message}}
+            error = {"type": type(exc).__name__, "message": exc.message}
+            if error["type"] == _STOPPED:
+                self._stop(error)
+            return {"id": frame.id, "error": error}
         except Exception as exc:
             logger.warning("sandbox: %s.%s failed", frame.integration, frame.action, exc_info=True)
             message = f"integration failed: {type(exc).__name__}"  # its text may hold secrets
             return {"id": frame.id, "error": {"type": "IntegrationError", "message": message}}
+
+    def _stop(self, error: dict[str, str]) -> None:
+        """Answer every later call with `error`; kill a program that does not end by itself."""
+        if self.stopped is None:
+            self.stopped = error
+            self.stop_kill = asyncio.get_running_loop().call_later(
+                _STOP_GRACE_S, _kill_group, self.proc.pid)
+
+    async def _settle_calls(self) -> None:
+        """Give calls still in flight when the child ended (abandoned by a stopped program)
+        a moment to finish, so that their effects are complete rather than cut off."""
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=_EXIT_GRACE_S)
+
+    async def _cancel_calls(self) -> None:
+        if self.stop_kill is not None:
+            self.stop_kill.cancel()  # before the reap: the pid must not be reused
+        tasks = set(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _progress(self, frame: _Progress) -> None:
         if self.on_progress is None:
@@ -324,13 +394,14 @@ class _Session:
 
     async def _write(self, data: bytes) -> None:
         stdin = self.proc.stdin
-        if stdin is None or stdin.is_closing():
-            return
-        try:
-            stdin.write(data)
-            await stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the child is gone; its exit code tells why
+        async with self.write_lock:  # call tasks answer concurrently; frames must not interleave
+            if stdin is None or stdin.is_closing():
+                return
+            try:
+                stdin.write(data)
+                await stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the child is gone; its exit code tells why
 
     def _stdout(self) -> asyncio.StreamReader:
         if self.proc.stdout is None:
@@ -365,7 +436,9 @@ class _Session:
             error=error, table_csv=done.table_csv if done else None,
             table_rows=done.table_rows if done else None, failures=failures, calls=self.calls,
             seconds=round(time.monotonic() - self.started, 3), isolation=level,
-            exit_code=exit_code, killed_reason=self._killed_reason(exit_code))
+            exit_code=exit_code, killed_reason=self._killed_reason(exit_code),
+            variables=done.variables if done and error is None else {},
+            unsaved=done.unsaved if done and error is None else [])
 
     def _error(self, exit_code: int | None) -> dict[str, Any] | None:
         if isinstance(self.final, _Error):
@@ -374,6 +447,8 @@ class _Session:
                 message = f"the program needed more than its {self.limits.memory_mb} MiB of memory"
             return {"type": self.final.type, "message": message, "line": self.final.line,
                     "traceback": self.final.traceback}
+        if self.stopped is not None:  # the program went on after it was stopped, or was killed
+            return {"type": _STOPPED, "message": self.stopped["message"], "line": None}
         if self.killed_reason is not None:
             return {"type": "LimitExceeded", "line": None,
                     "message": f"the program ran longer than the {self.limits.wall_s:g} s "
@@ -390,7 +465,7 @@ class _Session:
             return self.killed_reason
         if isinstance(self.final, _Error):
             return _LIMIT_ERRORS.get(self.final.type)
-        if isinstance(self.final, _Done):
+        if isinstance(self.final, _Done) or self.stopped is not None:
             return None
         return _reason_from_exit(exit_code, self._stderr_tail())
 

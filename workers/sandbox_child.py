@@ -4,8 +4,10 @@ secrets").
 Started by `workers.sandbox.run_sandboxed` with an empty environment, resource limits and, where
 the kernel allows, no network and a filesystem without secrets. It says "ready", reads the start
 frame, checks the program again with `codegen.policy` (defence in depth), instruments top-level
-`for` loops to report progress, runs the program with restricted builtins, and answers with a
-"done" frame (the `result` table, failures) or an "error" frame (type, message, program line).
+`for` loops to report progress, restores the thread's saved variables, seeds `random`, runs the
+program with restricted builtins, and answers with a "done" frame (the `result` table, failures,
+the variables to keep: ARCHITECTURE.md, "State outlives the process") or an "error" frame (type,
+message, program line). A run the worker stopped ends with an error frame of type "RunStopped".
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import csv
 import io
 import linecache
 import os
+import random
 import signal
 import sys
+import threading
 import traceback
 import types
 from typing import Any
@@ -27,15 +31,22 @@ from workers._sandbox_namespace import (
     LOOP_HOOK,
     PROGRAM_FILE,
     CpuLimitExceeded,
+    RunStopped,
     Runtime,
     program_line,
 )
+from workers._state import decode_state, encode_state
 
 MAX_TABLE_BYTES = 8 * 1024 * 1024
 _RESERVE_BYTES = 2 * 1024 * 1024
 # Numerical libraries start a thread per core at import; one is plenty here and keeps the
 # address-space limit meaningful.
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_MAX_THREADS")
+# each() item threads count against the address-space limit: their stacks (8 MiB by default) and
+# glibc's per-thread malloc arenas (64 MiB of address space each, up to 8 per core).
+_THREAD_STACK_BYTES = 4 * 1024 * 1024
+_MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt() parameter, from glibc's malloc.h
 
 
 def main() -> int:
@@ -43,12 +54,14 @@ def main() -> int:
     channel = _open_channel()
     for name in _THREAD_VARS:
         os.environ[name] = "1"
+    _limit_thread_memory()
     try:
         channel.send({"op": "ready"})
         start = channel.recv()
         runtime = Runtime(channel, start)
         _watch_cpu(int(start.get("cpu_s") or 0))
-        frame = run_program(str(start.get("program") or ""), runtime)
+        frame = run_program(str(start.get("program") or ""), runtime,
+                            state=start.get("state") or {}, seed=int(start.get("seed") or 0))
         _send_final(runtime, frame)
     except (ChannelClosed, BrokenPipeError):
         return 1
@@ -56,12 +69,36 @@ def main() -> int:
 
 
 def _send_final(runtime: Runtime, frame: dict[str, Any]) -> None:
+    """Send the final frame; when it is too large, without the table, then without variables."""
     try:
         runtime.send(frame)
-    except FrameError:  # a table that is still too large once encoded: send the rest
-        frame.pop("table_csv", None)
+        return
+    except FrameError:
+        pass
+    if frame.pop("table_csv", None) is not None:
         runtime.write("\n[the result table was too large to return]\n")
-        runtime.send(frame)
+        try:
+            runtime.send(frame)
+            return
+        except FrameError:
+            pass
+    dropped = [{"name": name, "reason": "the saved variables were too large to return"}
+               for name in frame.pop("variables", None) or {}]
+    frame["unsaved"] = [*frame.get("unsaved", []), *dropped]
+    runtime.send(frame)
+
+
+def _limit_thread_memory() -> None:
+    """Smaller thread stacks and at most two malloc arenas, so that the threads of each() fit in
+    the memory limit. MALLOC_ARENA_MAX would do the same from the environment, but the child's
+    environment is kept to the bare minimum; mallopt is best effort (glibc only)."""
+    threading.stack_size(_THREAD_STACK_BYTES)
+    try:
+        import ctypes  # numpy loads it anyway
+
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, _MALLOC_ARENAS)
+    except (ImportError, OSError, AttributeError):
+        pass
 
 
 def _open_channel() -> FdChannel:
@@ -81,8 +118,10 @@ def _watch_cpu(cpu_s: int) -> None:
     signal.signal(signal.SIGXCPU, stop)
 
 
-def run_program(source: str, runtime: Runtime) -> dict[str, Any]:
-    """Check, instrument and run `source`; the "done" or "error" frame that says how it went."""
+def run_program(source: str, runtime: Runtime, *, state: dict[str, Any] | None = None,
+                seed: int = 0) -> dict[str, Any]:
+    """Check, instrument and run `source` with the saved variables `state` (encoded) and
+    `random` seeded with `seed`; the "done" or "error" frame that says how it went."""
     violations = check_program(source)
     if violations:
         return {"op": "error", "type": "PolicyViolation", "line": violations[0].line,
@@ -93,6 +132,8 @@ def run_program(source: str, runtime: Runtime) -> dict[str, Any]:
     module = types.ModuleType("__main__")
     sys.modules["__main__"] = module
     namespace = runtime.namespace(module)
+    runtime.restore(namespace, decode_state(state or {}))
+    random.seed(seed)
     return _execute(code, namespace, runtime)
 
 
@@ -109,7 +150,9 @@ def _execute(code: types.CodeType, namespace: dict[str, Any], runtime: Runtime) 
     except BaseException as exc:
         del reserve
         return _error_frame(exc, namespace, runtime)
-    return _done_frame(namespace.get("result"), runtime)
+    if runtime.stopped is not None:  # the program caught RunStopped with `except BaseException`
+        return _error_frame(RunStopped(runtime.stopped), namespace, runtime)
+    return _done_frame(namespace, runtime)
 
 
 def instrument(tree: ast.Module) -> ast.Module:
@@ -132,6 +175,8 @@ def _error_frame(exc: BaseException, namespace: dict[str, Any], runtime: Runtime
     message = str(exc) or kind
     if isinstance(exc, CpuLimitExceeded):
         kind = "CpuLimitExceeded"
+    if runtime.stopped is not None:  # whatever the program did after it was stopped
+        kind, message = "RunStopped", runtime.stopped
     return {"op": "error", "type": kind, "message": message[:2000], "line": line,
             "traceback": trace, "failures": runtime.failures}
 
@@ -144,10 +189,12 @@ def _program_traceback(exc: BaseException) -> str:
     return "\n".join(lines)
 
 
-def _done_frame(result: Any, runtime: Runtime) -> dict[str, Any]:
-    frame: dict[str, Any] = {"op": "done", "failures": runtime.failures}
+def _done_frame(namespace: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
+    variables, unsaved = encode_state(runtime.program_variables(namespace))
+    frame: dict[str, Any] = {"op": "done", "failures": runtime.failures, "variables": variables,
+                             "unsaved": unsaved}
     try:
-        table = table_of(result)
+        table = table_of(namespace.get("result"))
     except Exception as exc:
         runtime.write(f"\n[the result table could not be saved: {type(exc).__name__}: {exc}]\n")
         table = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -12,6 +13,7 @@ from core.settings import Settings
 from workers.deps import Deps
 from workers.planning import plan_request
 from workers.running import run_program
+from workers.sweeper import sweep_forever
 
 log = logging.getLogger(__name__)
 JOB_TIMEOUT_S = 24 * 3600
@@ -23,8 +25,13 @@ def build_worker(settings: Settings, *, burst: bool = False, deps: Deps | None =
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         ctx["deps"] = deps or await Deps.create(settings, redis=ctx["redis"])
+        if not burst:
+            ctx["sweeper"] = asyncio.create_task(
+                sweep_forever(ctx["deps"], every_s=settings.sweep_every_s))
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        if "sweeper" in ctx:
+            ctx["sweeper"].cancel()
         if deps is None and "deps" in ctx:
             await ctx["deps"].close()
 

@@ -1,0 +1,202 @@
+"""2. Journal throughput: journaled effects per second, durable (committed), via `Journal.record`.
+
+Two mixes, each with 64 concurrent items yielding to the event loop between effects as a real
+call would:
+- reads: one non-durable `done` entry per effect, committed in batches by the flusher; the time
+  runs until the last one is committed;
+- writes: an `intent` committed before the call and a `done` after it, both durable (the caller
+  waits for the commit), exactly as `EffectRunner` records a write; group commit shares each
+  transaction among the waiting writers.
+On SQLite (WAL, as the worker opens it) always; on Postgres only when `DATABASE_URL` names one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core.db import JournalRow
+from tests.bench import _profile
+from tests.bench._report import Goal, Outcome
+from tests.bench._services import cpu_seconds, postgres_engine, postgres_url, sqlite_engine
+from workers.journal import Journal, JournalEntry
+
+READS = 100_000
+WRITES = 40_000
+PROFILE_WRITES = 10_000
+ITEMS = 64
+GOAL_PER_S = 20_000
+ROW = {"__row__": ["r", {"Name": "Person", "Email": "person@example.com", "Amount": 1200,
+                         "Stage": "qualifiedlead", "Asked": "yes"}]}
+Mix = Callable[[AsyncEngine, str, int], Awaitable[dict[str, Any]]]
+
+
+def read_entry(i: int) -> JournalEntry:
+    return JournalEntry(path=f"each#1/item#{i}/call#1", kind="read", call="Sheet.find",
+                        request_hash=f"{i:032x}", status="done", result=[ROW])
+
+
+def write_entry(i: int) -> JournalEntry:
+    return JournalEntry(path=f"each#1/item#{i}/call#2", kind="write", call="Sheet.update",
+                        request_hash=f"{i:032x}", status="intent")
+
+
+async def reader(journal: Journal, numbers: range) -> None:
+    for i in numbers:
+        await asyncio.sleep(0)  # the call this entry records
+        await journal.record(read_entry(i), durable=False)
+
+
+async def writer(journal: Journal, numbers: range, latencies: list[float]) -> None:
+    for i in numbers:
+        start = time.perf_counter()
+        entry = write_entry(i)
+        await journal.record(entry, durable=True)
+        await asyncio.sleep(0)  # the call itself
+        entry.status, entry.result = "done", ROW
+        await journal.record(entry, durable=True)
+        latencies.append(time.perf_counter() - start)
+
+
+async def reads(engine: AsyncEngine, run_id: str, count: int = READS) -> dict[str, Any]:
+    journal = Journal(engine, run_id)
+    cpu, start = cpu_seconds(), time.perf_counter()
+    await asyncio.gather(*(reader(journal, range(k, count, ITEMS)) for k in range(ITEMS)))
+    # Wait for the commit of everything recorded: a last durable entry is committed after (or
+    # with) every entry before it. Not close(): it cancels a flush in progress (see notes).
+    await journal.record(read_entry(count), durable=True)
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    await journal.close()
+    return {**_common(count, elapsed, cpu, journal.commits, count),
+            "committed_rows": await committed(engine, run_id) - 1}
+
+
+async def writes(engine: AsyncEngine, run_id: str, count: int = WRITES) -> dict[str, Any]:
+    journal = Journal(engine, run_id)
+    latencies: list[float] = []
+    cpu, start = cpu_seconds(), time.perf_counter()
+    await asyncio.gather(*(writer(journal, range(k, count, ITEMS), latencies)
+                           for k in range(ITEMS)))
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    await journal.close()
+    cuts = statistics.quantiles(latencies, n=100)
+    return {**_common(count, elapsed, cpu, journal.commits, 2 * count),
+            "write_latency_p50_ms": round(cuts[49] * 1000, 2),
+            "write_latency_p99_ms": round(cuts[98] * 1000, 2),
+            "committed_rows": await committed(engine, run_id)}
+
+
+def _common(count: int, elapsed: float, cpu: float, commits: int,
+            entries: int) -> dict[str, Any]:
+    commits = max(commits, 1)
+    return {"effects": count, "seconds": round(elapsed, 3),
+            "effects_per_s": round(count / elapsed), "commits": commits,
+            "entries_per_commit": round(entries / commits, 1),
+            "ms_per_commit": round(elapsed / commits * 1000, 2),
+            "process_cpu_s": round(cpu, 2)}
+
+
+async def committed(engine: AsyncEngine, run_id: str) -> int:
+    async with engine.connect() as conn:
+        count = await conn.scalar(select(func.count()).where(JournalRow.run_id == run_id))
+    return int(count or 0)
+
+
+def fsync_ms(folder: Path, rounds: int = 50) -> float:
+    """The median time to write 4 KiB and fsync it, in `folder`: the disk's commit floor."""
+    path = folder / "fsync.probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    times = []
+    try:
+        for _ in range(rounds):
+            os.write(fd, b"x" * 4096)
+            start = time.perf_counter()
+            os.fsync(fd)
+            times.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return round(statistics.median(times) * 1000, 3)
+
+
+async def on(engine: AsyncEngine, database: str, run_prefix: str,
+             extra: dict[str, Any]) -> list[Outcome]:
+    """Both mixes on `engine`; `extra` figures (the disk's fsync time) go with each."""
+    goal = [Goal("effects_per_s", ">=", GOAL_PER_S)]
+    results = [
+        Outcome(name=f"journal_{database}_reads", headline="effects_per_s", goals=goal,
+                title=f"Journaled reads on {database}, batched, {ITEMS} items at once",
+                figures={**await reads(engine, f"{run_prefix}-reads"), **extra}, notes=[NOTE]),
+        Outcome(name=f"journal_{database}_writes", headline="effects_per_s", goals=goal,
+                title=f"Journaled writes on {database}, intent + done durable, {ITEMS} writers",
+                figures={**await writes(engine, f"{run_prefix}-writes"), **extra}),
+    ]
+    for outcome, mix in zip(results, (reads, writes), strict=True):
+        if outcome.status == "fail":
+            outcome.analysis = explain(outcome.figures) + await profile(
+                engine, mix, f"{run_prefix}-profile-{outcome.name}")
+    return results
+
+
+def explain(figures: dict[str, Any]) -> list[str]:
+    busy = figures["process_cpu_s"] / figures["seconds"]
+    lines = [f"{figures['commits']:,} commits of {figures['entries_per_commit']} entries, "
+             f"{figures['ms_per_commit']} ms each; the process was on CPU {busy:.0%} of the "
+             "wall time (the aiosqlite thread included)."]
+    if "fsync_ms" in figures:
+        lines.append(f"The disk's fsync takes {figures['fsync_ms']} ms (median), so the commits "
+                     "are bound by the CPU spent per commit, not by the disk.")
+    if "write_latency_p50_ms" in figures:
+        lines.append(f"A write waits for two commits (intent, then done), so with {ITEMS} "
+                     f"writers writes/s is about {ITEMS // 2} / commit time: {GOAL_PER_S:,}/s "
+                     f"needs commits of {ITEMS} entries in {ITEMS / 2 / GOAL_PER_S * 1000:.1f} ms.")
+    return lines
+
+
+async def profile(engine: AsyncEngine, mix: Mix, run_id: str) -> list[str]:
+    count = PROFILE_WRITES
+    profiler = cProfile.Profile()
+    profiler.enable()
+    await mix(engine, run_id, count)
+    profiler.disable()
+    return [f"Profile of {count:,} effects of the same mix (the event-loop thread only: its "
+            "epoll wait is mostly the aiosqlite thread running the SQL):",
+            *_profile.summary(profiler)]
+
+
+async def run() -> list[Outcome]:
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as folder:
+        floor = {"fsync_ms": fsync_ms(Path(folder))}
+        async with sqlite_engine(Path(folder)) as engine:
+            results = await on(engine, "sqlite", "bench", floor)
+    return results + await on_postgres()
+
+
+NOTE = ("Journal.close() cancels a flush in progress; on SQLite the next commit then waits out "
+        "the 30 s busy timeout and fails with 'database is locked'. This mix therefore ends "
+        "with one durable entry (committed after all the others) instead of timing close().")
+
+
+async def on_postgres() -> list[Outcome]:
+    url = postgres_url()
+    if url is None:
+        reason = "DATABASE_URL does not name a Postgres database"
+        return [Outcome(name=f"journal_postgres_{mix}", title=f"Journaled {mix} on Postgres",
+                        skipped=reason) for mix in ("reads", "writes")]
+    prefix = f"bench-{time.time_ns()}"
+    async with postgres_engine(url) as engine:
+        try:
+            return await on(engine, "postgres", prefix, {})
+        finally:
+            async with engine.begin() as conn:
+                await conn.execute(delete(JournalRow).where(JournalRow.run_id.like(f"{prefix}%")))

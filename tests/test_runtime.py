@@ -1,0 +1,194 @@
+"""The durable runtime as a thread sees it: budgets, cancel, uncertain writes, determinism,
+and state kept between requests. Real Redis, real burst worker, real sandbox, scripted model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from core.types import RunState
+from integrations.base import EffectCall
+from tests._stack import Stack
+from workers.effects import call_key, request_hash
+from workers.journal import Journal, JournalEntry
+
+
+def scenario(program: str, *, extra_rules: list[dict[str, Any]] | None = None,
+             match: str = "do it", delay_ms: int = 0) -> dict[str, Any]:
+    rules = list(extra_rules or [])
+    rules.append({"match": "", "match_system": "^You classify", "response": "warm",
+                  "delay_ms": delay_ms})
+    rules.append({"match": match, "response": f"The plan.\n\n```python\n{program}```\n"})
+    return {"rules": rules}
+
+
+CLASSIFY_EACH = """\
+sheet = sheets.open("signups")
+def label(row):
+    return ai.classify(row["Company"], ["warm", "cold"])
+labels = each(sheet.rows(), label)
+print(labels.count("warm"), "warm")
+"""
+
+
+async def approve(stack: Stack, thread_id: str, **extra: Any) -> dict[str, Any]:
+    [plan] = await stack.messages(thread_id, "plan")
+    button = next(b for b in plan["buttons"] if b["action"] == "approve")
+    status, body = await stack.call("POST", "/api/actions", {
+        "message_id": plan["id"], "action": "approve", "value": button["value"], "user": "ana",
+        **extra})
+    assert status == 200, body
+    return dict(body["message"])
+
+
+def classify_calls(stack: Stack) -> int:
+    return sum(1 for r in stack.model.requests
+               if r.status == 200 and str(r.messages[0]["content"]).startswith("You classify"))
+
+
+async def test_budget_pauses_asks_and_resumes_without_redoing_work(
+        redis_server: Any, tmp_path: Path) -> None:
+    async with Stack.running(redis_url=redis_server.url, home=tmp_path,
+                             scenario=scenario(CLASSIFY_EACH)) as stack:
+        thread_id = await stack.ask("do it")
+        await stack.drain()
+        await approve(stack, thread_id, budget_usd=0.0000001)
+        await stack.drain()
+        [question] = await stack.messages(thread_id, "question")
+        assert "budget" in question["text"]
+        run = await stack.store.get_run(question["meta"]["run_id"])
+        assert run.state == RunState.WAITING_APPROVAL
+        spent_at_pause = run.spent_usd
+        assert spent_at_pause > 0 and classify_calls(stack) == 1
+
+        status, _ = await stack.click(question, "raise_budget")
+        assert status == 200
+        await stack.drain()
+        # Each resume spends one more call, then pauses again: keep allowing more.
+        for _ in range(10):
+            run = await stack.store.get_run(run.id)
+            if run.state != RunState.WAITING_APPROVAL:
+                break
+            question = (await stack.messages(thread_id, "question"))[-1]
+            await stack.click(question, "raise_budget")
+            await stack.drain()
+        run = await stack.store.get_run(run.id)
+        assert run.state == RunState.SUCCEEDED, run.error
+        assert classify_calls(stack) == 7  # every row classified once, none redone on resume
+        assert run.spent_usd >= spent_at_pause  # spend counters are never reset
+        [result] = await stack.messages(thread_id, "result")
+        assert "7 warm" in result["text"]
+
+
+async def test_cancel_from_the_thread_stops_a_running_job(redis_server: Any,
+                                                          tmp_path: Path) -> None:
+    program = CLASSIFY_EACH.replace("each(sheet.rows(), label)",
+                                    "each(sheet.rows() * 20, label)")
+    async with Stack.running(redis_url=redis_server.url, home=tmp_path,
+                             scenario=scenario(program, delay_ms=100)) as stack:
+        thread_id = await stack.ask("do it")
+        await stack.drain()
+        status_msg = await approve(stack, thread_id)
+        work = asyncio.create_task(stack.drain())
+        while classify_calls(stack) < 3:
+            await asyncio.sleep(0.05)
+        status, body = await stack.click(status_msg, "cancel_run")
+        assert status == 200 and "Cancelling" in body["message"]["text"]
+        await work
+        run = await stack.store.get_run(status_msg["meta"]["run_id"])
+        assert run.state == RunState.CANCELLED
+        assert classify_calls(stack) < 140  # it stopped long before the 140 items
+        [result] = await stack.messages(thread_id, "result")
+        assert result["text"].startswith("Cancelled.")
+
+
+APPEND = 'sheet = sheets.open("signups")\nsheet.append({"Name": "Zoe", "Email": "zoe@z.example"})\n'
+
+
+async def _journal_before(stack: Stack, run_id: str, path: str, call: EffectCall,
+                          status: str) -> None:
+    journal = Journal(stack.store.engine, run_id)
+    await journal.record(JournalEntry(path=path, kind="write", call=call_key(call),
+                                      request_hash=request_hash(call), status=status),  # type: ignore[arg-type]
+                         durable=True)
+    await journal.close()
+
+
+async def test_unconfirmed_write_is_raised_to_a_person(redis_server: Any, tmp_path: Path) -> None:
+    async with Stack.running(redis_url=redis_server.url, home=tmp_path,
+                             scenario=scenario(APPEND)) as stack:
+        thread_id = await stack.ask("do it")
+        await stack.drain()
+        status_msg = await approve(stack, thread_id)
+        run_id = status_msg["meta"]["run_id"]
+        # A worker died after recording its intent to append, before confirming it.
+        append = EffectCall(integration="sheets", action="append",
+                            args=[{"Name": "Zoe", "Email": "zoe@z.example"}], kwargs={},
+                            handle=("sheets", "Sheet", "signups"), path="call#2")
+        await _journal_before(stack, run_id, "call#2", append, "intent")
+        await stack.drain()
+        [question] = await stack.messages(thread_id, "question")
+        assert "can't tell whether" in question["text"] and "append" in question["text"]
+        assert [b["action"] for b in question["buttons"]] == [
+            "resolve_done", "resolve_redo", "cancel_run"]
+        rows = (stack.sheets_dir / "signups.csv").read_text()
+        assert "Zoe" not in rows  # nothing was repeated silently
+
+        await stack.click(question, "resolve_redo")
+        await stack.drain()
+        run = await stack.store.get_run(run_id)
+        assert run.state == RunState.SUCCEEDED, run.error
+        assert (stack.sheets_dir / "signups.csv").read_text().count("Zoe") == 1
+
+
+async def test_a_different_effect_at_a_journaled_path_stops_the_run(redis_server: Any,
+                                                                    tmp_path: Path) -> None:
+    async with Stack.running(redis_url=redis_server.url, home=tmp_path,
+                             scenario=scenario(APPEND)) as stack:
+        thread_id = await stack.ask("do it")
+        await stack.drain()
+        status_msg = await approve(stack, thread_id)
+        other = EffectCall(integration="sheets", action="open", args=["leads"], kwargs={},
+                           path="call#1")
+        await _journal_before(stack, status_msg["meta"]["run_id"], "call#1", other, "done")
+        await stack.drain()
+        [error] = await stack.messages(thread_id, "error")
+        assert "not deterministic" in error["text"]
+        assert "Zoe" not in (stack.sheets_dir / "signups.csv").read_text()
+
+
+FIRST = """\
+sheet = sheets.open("signups")
+missing = [row["Email"] for row in sheet.rows() if not row["Budget"]]
+print(len(missing), "missing")
+"""
+SECOND = """\
+print("still missing:", ", ".join(sorted(missing)))
+"""
+
+
+async def test_a_follow_up_in_the_thread_starts_with_its_variables(redis_server: Any,
+                                                                   tmp_path: Path) -> None:
+    rules = [{"match": "^now list them", "response": f"List.\n\n```python\n{SECOND}```\n"}]
+    async with Stack.running(redis_url=redis_server.url, home=tmp_path,
+                             scenario=scenario(FIRST, extra_rules=rules)) as stack:
+        thread_id = await stack.ask("do it")
+        await stack.drain()
+        await approve(stack, thread_id)
+        await stack.drain()
+        await stack.ok("POST", f"/api/threads/{thread_id}/messages",
+                       {"text": "now list them", "user": "ana"})
+        await stack.drain()
+        planning = [r for r in stack.model.requests if "now list them" in
+                    str(r.messages[-1]["content"])]
+        workspace = str(planning[0].messages[-2]["content"])
+        assert "missing" in workspace and "a list of 4 items" in workspace
+        plans = await stack.messages(thread_id, "plan")
+        await stack.click(plans[-1], "approve")
+        await stack.drain()
+        results = await stack.messages(thread_id, "result")
+        assert "still missing: ben@okafor.example, chloe@martin.example" in results[-1]["text"]
+        values, _ = await stack.store.thread_state(thread_id)
+        assert json.dumps(values["missing"]).count("@") == 4

@@ -1,0 +1,166 @@
+"""A thread's variables between runs (ARCHITECTURE.md, "State outlives the process").
+
+After a successful run the sandbox child encodes the variables the program bound with
+`encode_state`; the worker saves them with the thread, and the next run's child gets them back with
+`decode_state`. Encoded forms are JSON: a DataFrame is `{"__dataframe__": <its to_json(orient=
+"split")>}`, everything else is `integrations.wire` form (lists, dicts with string keys, strings,
+numbers, booleans, None, dates, datetimes, decimals, rows). What cannot be kept this way (a
+generator, a resource handle, an object, more than the size cap) is listed with the reason, so
+the person and the model know to rebuild it.
+
+Imported by the sandbox child, so standard library and `integrations.wire` only at import time;
+pandas is imported when a DataFrame is decoded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import io
+import json
+import logging
+import sys
+import types
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from integrations import wire
+from integrations.base import Resource, Row
+
+__all__ = ["MAX_STATE_BYTES", "decode_state", "encode_state"]
+
+logger = logging.getLogger(__name__)
+
+MAX_STATE_BYTES = 8 * 1024 * 1024
+_MAX_DEPTH = 100
+_DATAFRAME = "__dataframe__"
+# Bound names that are code, not data: left out silently.
+_CODE = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+         functools.partial)
+_PLAIN = (str, int, float, bool, dt.date, Decimal)
+
+
+class _Unsaveable(Exception):
+    """`reason` says why a value cannot be kept, for the person and the model."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def encode_state(
+    namespace: Mapping[str, Any], *, max_bytes: int = MAX_STATE_BYTES
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The variables of `namespace` that can be kept, encoded, and those that cannot.
+
+    Names starting with "_", modules, functions and classes are left out silently. Variables are
+    kept in binding order until their encoded size reaches `max_bytes`; later ones that would go
+    over are listed as unsaved.
+
+    Returns:
+        `({name: encoded}, [{"name": ..., "reason": ...}])`.
+    """
+    variables: dict[str, Any] = {}
+    unsaved: list[dict[str, str]] = []
+    used = 0
+    for name, value in namespace.items():
+        if name.startswith("_") or isinstance(value, _CODE):
+            continue
+        try:
+            encoded = encode_value(value)
+        except _Unsaveable as exc:
+            unsaved.append({"name": name, "reason": exc.reason})
+            continue
+        size = _size(encoded)
+        if used + size > max_bytes:
+            reason = f"it would take the saved variables over {_size_text(max_bytes)}"
+            unsaved.append({"name": name, "reason": reason})
+            continue
+        variables[name] = encoded
+        used += size
+    return variables, unsaved
+
+
+def decode_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The variables of an encoded state; one that cannot be decoded is left out (and logged)."""
+    variables: dict[str, Any] = {}
+    for name, encoded in state.items():
+        try:
+            variables[name] = decode_value(encoded)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            logger.warning("state: variable %r could not be decoded: %s", name, exc)
+    return variables
+
+
+def encode_value(value: Any) -> Any:
+    """The JSON form of one variable. Raises _Unsaveable with the reason when there is none."""
+    pandas = sys.modules.get("pandas")
+    if pandas is not None and isinstance(value, pandas.DataFrame):
+        try:
+            return {_DATAFRAME: value.to_json(orient="split", date_format="iso")}
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise _Unsaveable(f"the DataFrame cannot be written as JSON: {exc}") from None
+    return _plain(value, 0)
+
+
+def decode_value(encoded: Any) -> Any:
+    """The inverse of `encode_value`."""
+    if isinstance(encoded, dict) and len(encoded) == 1 and isinstance(encoded.get(_DATAFRAME), str):
+        import pandas  # only runs that kept a DataFrame pay for the import
+
+        # dtype=False: keep "0123" a string rather than guessing it is the number 123.
+        return pandas.read_json(io.StringIO(encoded[_DATAFRAME]), orient="split", dtype=False)
+    return wire.decode(encoded)
+
+
+def _plain(value: Any, depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        raise _Unsaveable(f"it is nested more than {_MAX_DEPTH} levels deep")
+    if value is None or isinstance(value, _PLAIN):
+        return wire.encode(value)
+    if isinstance(value, Row):
+        return {"__row__": [value.id, _plain_dict(value, depth)]}
+    if isinstance(value, dict):
+        return _plain_dict(value, depth)
+    if isinstance(value, list | tuple):
+        return [_plain(item, depth + 1) for item in value]
+    if type(value).__module__ == "numpy" and callable(getattr(value, "item", None)):
+        try:
+            return _plain(value.item(), depth)  # a numpy scalar; an array's item() fails
+        except ValueError:
+            pass
+    raise _Unsaveable(_reason(value))
+
+
+def _plain_dict(value: dict[Any, Any], depth: int) -> dict[str, Any]:
+    if not all(isinstance(key, str) for key in value):
+        raise _Unsaveable("a dict whose keys are not all strings cannot be saved; use string keys")
+    return {key: _plain(item, depth + 1) for key, item in value.items()}
+
+
+def _reason(value: Any) -> str:
+    kind = type(value).__name__
+    if isinstance(value, types.GeneratorType) or hasattr(value, "__next__"):
+        return f"a {kind} can be read only once and cannot be saved; keep list(...) of it instead"
+    if isinstance(value, Resource):
+        return f"a {kind} handle belongs to the run that opened it; open it again when needed"
+    if isinstance(value, set | frozenset):
+        return f"a {kind} cannot be saved; keep sorted(...) of it instead"
+    if isinstance(value, dt.time | dt.timedelta):
+        return f"a {kind} cannot be saved; keep it as a string or a number"
+    if callable(getattr(value, "tolist", None)):
+        return f"a {kind} cannot be saved; keep .tolist() of it, or a DataFrame"
+    return (f"a {kind} object cannot be saved; keep plain data (DataFrames, lists, dicts, "
+            "strings, numbers, dates)")
+
+
+def _size_text(size: int) -> str:
+    mib = 1024 * 1024
+    return f"{size // mib} MiB" if size >= mib else f"{size} bytes"
+
+
+def _size(encoded: Any) -> int:
+    """Bytes `encoded` takes in a frame (escaping included)."""
+    text = json.dumps(encoded, separators=(",", ":"), ensure_ascii=False)
+    return len(text.encode("utf-8", "replace"))

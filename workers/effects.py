@@ -1,0 +1,212 @@
+"""Performing the program's effects through the journal (ARCHITECTURE.md, "Durable execution").
+
+`EffectRunner.perform` is the sandbox's call handler. For each call it looks up the journal at the
+call's path: a recorded effect returns its result without calling out; a different effect at the
+same path stops the run as non-deterministic; a write recorded as started but never confirmed is
+redone only when the integration says a redo is safe (idempotency key, identity), otherwise the
+run stops and a person is asked. Live effects are journaled; writes carry an idempotency key
+derived from the run and the path.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from core.errors import IntegrationError, SluiceError
+from core.protocols import ChatMessage, Completion, ModelClient, TaskKind
+from integrations.base import EffectCall
+from integrations.catalog import Catalog
+from workers.journal import Journal, JournalEntry
+
+_call_cost: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+    "sluice_call_cost", default=None)
+
+
+class StopReason(StrEnum):
+    CANCELLED = "cancelled"
+    BUDGET = "budget"
+    NON_DETERMINISTIC = "non_deterministic"
+    UNCERTAIN_WRITE = "uncertain_write"
+
+
+class RunStopped(SluiceError):
+    """Raised to the sandboxed program to stop it; its type name is what the child looks for."""
+
+    code = "run_stopped"
+
+
+@dataclass
+class Stop:
+    reason: StopReason
+    message: str
+    path: str | None = None
+
+
+class CostedModels:
+    """A ModelClient that adds each answer's cost to the calling effect and to the run total."""
+
+    def __init__(self, inner: ModelClient) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.unknown_price = False
+
+    async def complete(self, messages: list[ChatMessage], *, kind: TaskKind = "plan",
+                       json_schema: dict[str, object] | None = None) -> Completion:
+        completion = await self.inner.complete(messages, kind=kind, json_schema=json_schema)
+        self.calls += 1
+        if completion.cost_usd is None:
+            self.unknown_price = True
+        costs = _call_cost.get()
+        if costs is not None:
+            costs.append(completion.cost_usd or 0.0)
+        return completion
+
+
+@dataclass
+class EffectCounts:
+    reads: dict[str, int] = field(default_factory=dict)
+    writes: dict[str, int] = field(default_factory=dict)
+    replayed: int = 0
+    live: int = 0
+    writes_redone: int = 0
+    spent_usd: float = 0.0
+
+    def add(self, kind: str, key: str) -> None:
+        counts = self.writes if kind == "write" else self.reads
+        counts[key] = counts.get(key, 0) + 1
+
+
+def call_key(call: EffectCall) -> str:
+    """`mail.send`, `Sheet.update`, `runtime.now`: what kind of effect this is."""
+    owner = call.handle[1] if call.handle else call.integration
+    return f"{owner}.{call.action}"
+
+
+def request_hash(call: EffectCall) -> str:
+    """A fingerprint of what was asked, to tell a replayed call from a different one."""
+    body = json.dumps([call_key(call), call.handle and call.handle[2], call.args, call.kwargs],
+                      sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+class EffectRunner:
+    """The sandbox's handler for one run: journal, idempotency, budget and stop checks."""
+
+    def __init__(self, *, run_id: str, catalog: Catalog, journal: Journal,
+                 budget_usd: float | None = None) -> None:
+        self.run_id = run_id
+        self.catalog = catalog
+        self.journal = journal
+        self.budget_usd = budget_usd
+        self.counts = EffectCounts()
+        self.stop: Stop | None = None
+        self.cancel_requested = False
+
+    def replayed_spend(self) -> float:
+        return sum(e.cost_usd for e in self.journal.entries.values())
+
+    def request_stop(self, reason: StopReason, message: str, path: str | None = None) -> None:
+        if self.stop is None:
+            self.stop = Stop(reason, message, path)
+
+    async def perform(self, call: EffectCall) -> Any:
+        key, fingerprint = call_key(call), request_hash(call)
+        entry = self.journal.recorded(call.path)
+        if entry is not None and entry.status != "intent":
+            return self._replay(call, entry, fingerprint)
+        self._check_stop()
+        kind = "clock" if call.integration == "runtime" else self.catalog.effect_of(call)
+        if entry is not None:  # a write that started before a crash and was never confirmed
+            self._check_same(call, entry, fingerprint)
+            self._check_redo_safe(call, key)
+            self.counts.writes_redone += 1
+        if kind == "read" and call.integration == "ai":
+            self._check_budget()
+        return await self._live(call, kind, key, fingerprint)
+
+    def _replay(self, call: EffectCall, entry: JournalEntry, fingerprint: str) -> Any:
+        self._check_same(call, entry, fingerprint)
+        self.counts.replayed += 1
+        self.counts.add(entry.kind, entry.call)
+        if entry.status == "failed":
+            raise IntegrationError(entry.error or "the integration call failed")
+        return entry.result
+
+    def _check_same(self, call: EffectCall, entry: JournalEntry, fingerprint: str) -> None:
+        if entry.request_hash == fingerprint:
+            return
+        message = (f"The program is not deterministic: at {call.path} it asked for "
+                   f"{call_key(call)} where the journal has {entry.call} with other arguments. "
+                   "I stopped instead of guessing; start a new request to run it afresh.")
+        self.request_stop(StopReason.NON_DETERMINISTIC, message, call.path)
+        raise RunStopped(message)
+
+    def _check_redo_safe(self, call: EffectCall, key: str) -> None:
+        if self.catalog.safe_to_redo(call):
+            return
+        message = (f"I can't tell whether {self.catalog.describe_action(call)} was done before "
+                   "the worker stopped, and doing it again could repeat it. Check, then choose.")
+        self.request_stop(StopReason.UNCERTAIN_WRITE, message, call.path)
+        raise RunStopped(message)
+
+    def _check_stop(self) -> None:
+        if self.cancel_requested:
+            self.request_stop(StopReason.CANCELLED, "Cancelled from the thread.")
+        if self.stop is not None:
+            raise RunStopped(self.stop.message)
+
+    def _check_budget(self) -> None:
+        if self.budget_usd is None or self.counts.spent_usd < self.budget_usd:
+            return
+        message = (f"The run has spent ${self.counts.spent_usd:.4f} of its "
+                   f"${self.budget_usd:.4f} budget.")
+        self.request_stop(StopReason.BUDGET, message)
+        raise RunStopped(message)
+
+    async def _live(self, call: EffectCall, kind: str, key: str, fingerprint: str) -> Any:
+        entry = JournalEntry(path=call.path, kind=kind, call=key, request_hash=fingerprint,
+                             status="intent")
+        if kind == "write":
+            await self.journal.record(entry, durable=True)
+            call = self._with_idempotency_key(call)
+        costs: list[float] = []
+        token = _call_cost.set(costs)
+        try:
+            result = await self._dispatch(call)
+        except IntegrationError as exc:
+            await self._finish(entry, "failed", None, exc.message, sum(costs))
+            raise
+        finally:
+            _call_cost.reset(token)
+        await self._finish(entry, "done", result, None, sum(costs))
+        self.counts.live += 1
+        self.counts.add(kind, key)
+        return result
+
+    async def _finish(self, entry: JournalEntry, status: str, result: Any, error: str | None,
+                      cost: float) -> None:
+        entry.status, entry.result, entry.error, entry.cost_usd = (  # type: ignore[assignment]
+            status, result, error, cost)
+        self.counts.spent_usd += cost
+        await self.journal.record(entry, durable=entry.kind == "write")
+
+    async def _dispatch(self, call: EffectCall) -> Any:
+        if call.integration == "runtime":
+            if call.action != "now":
+                raise IntegrationError(f"runtime has no action {call.action!r}")
+            return {"__datetime__": datetime.now(UTC).astimezone().isoformat()}
+        return await self.catalog.dispatch(call)
+
+    def _with_idempotency_key(self, call: EffectCall) -> EffectCall:
+        if not self.catalog.accepts_idempotency_key(call):
+            return call
+        kwargs = {**call.kwargs, "idempotency_key": f"{self.run_id}/{call.path}"}
+        return EffectCall(integration=call.integration, action=call.action, args=call.args,
+                          kwargs=kwargs, handle=call.handle, path=call.path)
+
