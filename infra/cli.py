@@ -22,12 +22,14 @@ from rich.console import Console
 from core.errors import ConfigurationError
 from core.settings import Settings, load_settings
 from infra.cli_jobs import jobs_app
+from infra.cli_sandbox import sandbox_app
 from infra.demo import check_demo, drive_demo, prepare_demo, thread_text
 from infra.stack import LocalStack
 
 app = typer.Typer(help="Sluice: one short program per job, run durably.", no_args_is_help=True,
                   add_completion=False)
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(sandbox_app, name="sandbox")
 out = Console()
 err = Console(stderr=True)
 

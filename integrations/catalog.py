@@ -90,10 +90,15 @@ _IMPORTED: dict[Any, str] = {
     dt.timedelta: "timedelta",
     Decimal: "Decimal",
 }
-_SECRET = re.compile(
-    r"(?i)(://[^/\s:@]+:)[^@\s]+@|\b(password|passwd|pwd|secret|token|api[_-]?key|authorization)"
-    r"(\s*[=:]\s*)\S+"
-)
+# What looks like a credential in error text, and what to leave of it.
+_SECRETS = [
+    (re.compile(r"(://[^/\s:@]*:)[^@\s]+@"), r"\1***@"),  # user:password@ in URLs
+    (re.compile(r"(?i)([?&](?:key|api[_-]?key|token|access_token|sig|signature)=)[^&\s]+"),
+     r"\1***"),
+    (re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=-]{6,}"), r"\1\2***"),
+    (re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|authorization)"
+                r"(\s*[=:]\s*)\S+"), r"\1\2***"),
+]
 
 
 # Stub rendering.
@@ -318,15 +323,22 @@ def _show(value: Any, width: int = 40) -> str:
 
 
 def _safe_message(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    text = _SECRET.sub(lambda m: f"{m[1]}***@" if m[1] else f"{m[2]}{m[3]}***", text)
+    return _safe_message_text(f"{type(exc).__name__}: {exc}")
+
+
+def _safe_message_text(text: str) -> str:
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
     return text if len(text) <= 300 else text[:299] + "…"
 
 
 class Catalog:
     """The integrations of one worker, by the names programs use for them."""
 
-    def __init__(self, integrations: Sequence[Integration]) -> None:
+    def __init__(self, integrations: Sequence[Integration], *,
+                 secrets: Sequence[str] = ()) -> None:
+        """`secrets`: values (API keys, passwords) scrubbed from any message the program sees."""
+        self.secrets = tuple(s for s in secrets if s and len(s) >= 4)
         self.integrations: dict[str, Integration] = {}
         for integration in integrations:
             if integration.name in self.integrations:
@@ -423,12 +435,21 @@ class Catalog:
             fn = getattr(type(target), call.action)
             _check_arguments(label, fn, [target, *args], kwargs)
             return encode(await fn(target, *args, **kwargs))
-        except IntegrationError:
+        except IntegrationError as exc:
+            exc.message = self._scrub(exc.message)
+            exc.args = (exc.message,)
             raise
         except Exception as exc:
-            logger.warning("%s failed", label, exc_info=True)
-            raise IntegrationError(f"{label} failed: {_safe_message(exc)}",
-                                   action=label) from exc
+            # The text of an unexpected error may quote a URL, header or token: the program
+            # gets the type only; the worker's log gets the (redacted) rest.
+            logger.warning("%s failed: %s", label, self._scrub(_safe_message(exc)))
+            raise IntegrationError(f"{label} failed ({type(exc).__name__}); the details are in "
+                                   "the worker's log.", action=label) from exc
+
+    def _scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return _safe_message_text(text)
 
     async def describe(self) -> dict[str, Any]:
         """Every integration's user-defined schema, by integration name, for the prompt."""
@@ -524,6 +545,7 @@ def build_local_catalog(
     on_completion: Callable[[Completion], None] | None = None,
 ) -> Catalog:
     """The embedded defaults: sheets from a folder, mail through the local SMTP outbox, ai."""
+    secrets = [settings.model_api_key or ""]
     return Catalog([
         LocalSheets(settings.effective_sheets_dir),
         LocalMail(
@@ -534,4 +556,4 @@ def build_local_catalog(
             server_dedups=settings.smtp_dedups_message_id,
         ),
         AI(models, on_completion=on_completion),
-    ])
+    ], secrets=secrets)

@@ -28,6 +28,8 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import types
 from collections.abc import Iterator
@@ -41,6 +43,7 @@ from core.errors import SandboxError
 from core.protocols import ChatMessage, Completion, TaskKind
 from core.settings import Settings, load_settings
 from integrations.catalog import Catalog, build_local_catalog
+from workers import _isolation
 from workers.sandbox import SandboxLimits, SandboxOutcome, detect_isolation, run_sandboxed
 
 CANARY = "canary-" + secrets.token_hex(16)
@@ -493,7 +496,7 @@ BREAKOUTS = [
              "imp('time').sleep(0.3)\n"
              "print('output before the wall clock is flushed on the next write')\n"
              "while True:\n"
-             "    pass\n", "forked 20", fails=True, id="fork-and-linger", wall_s=2.0),
+             "    pass\n", "forked 20", fails=True, id="fork-and-linger", wall_s=3.0),
     breakout(VIA_ATTRGETTER + "runtime = peek('_runtime')(sheets.open)\n"
              "forged = [('sheets', 'rows', ('sheets', 'Sheet', '../.env')),\n"
              "          ('sheets', 'path_of', None), ('sheets', '__init__', None),\n"
@@ -569,6 +572,9 @@ def _refused(outcome: SandboxOutcome) -> bool:
     return not outcome.ok and in_process and "ESCAPED" not in outcome.output
 
 
+# Still open: the static policy misses these; the process isolation (bwrap) contains them.
+OPEN_HOLE = pytest.mark.xfail(strict=True,
+                              reason="the policy's deny-lists miss this; bwrap contains it")
 HOLES = [
     pytest.param("import re\nprint('ESCAPED', re.enum.bltns.open)\n",
                  id="builtins-module-as-re-enum-bltns"),
@@ -579,16 +585,17 @@ HOLES = [
     pytest.param(crafted_attribute_program("_os").replace(PAST, "ESCAPED"),
                  id="types-codetype-as-dataclasses-types"),
     pytest.param("template = '{0.__class__.__mro__}'\nprint('ESCAPED', template.format(1))\n",
-                 id="format-template-not-a-literal"),
+                 id="format-template-not-a-literal", marks=OPEN_HOLE),
     pytest.param("import pandas as pd\nwrite = pd.DataFrame({'a': [1]}).to_csv\n"
-                 "write('written.csv')\nprint('ESCAPED')\n", id="to-csv-path-through-an-alias"),
+                 "write('written.csv')\nprint('ESCAPED')\n", id="to-csv-path-through-an-alias",
+                 marks=OPEN_HOLE),
     pytest.param("import numpy as np\nprint('ESCAPED', np.load('missing.npy', None, True))\n",
-                 id="numpy-load-positional-allow-pickle"),
+                 id="numpy-load-positional-allow-pickle", marks=OPEN_HOLE),
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="the policy's deny-lists miss these ways to internals; "
-                   "the isolation contains them (see test_breakout_is_contained_and_leaks_nothing)")
+# Modules reached as attributes of allowed ones (`re.enum`, `typing.operator`,
+# `dataclasses.types`) are refused at run time by the sandbox's module wrapper.
 @pytest.mark.parametrize("program", HOLES)
 async def test_policy_refuses_the_ways_past_it(world: World, program: str) -> None:
     outcome = await run(world, program, memory_mb=1024)
@@ -606,22 +613,30 @@ def _works(level: str) -> bool:
         return False
 
 
-@pytest.mark.xfail(strict=True, reason="below bwrap, hidden_paths hides nothing (unshare) and the "
-                   "worker's /proc is visible (rlimits); with the policy bypassable, the home's "
-                   ".env and the worker's environment leak")
-@pytest.mark.parametrize("level", [pytest.param(level, marks=pytest.mark.skipif(
-    not _works(level), reason=f"{level} does not work here")) for level in WEAKER])
-async def test_weaker_isolation_still_hides_the_home_and_the_worker(
-        world: World, level: str) -> None:
-    program = VIA_BUILTINS + ("attempt('home', lambda: b.open('@HOME@/.env').read())\n"
-                              "attempt('worker', lambda: b.open('/proc/@WORKER_PID@/environ')"
-                              ".read())\n")
-    outcome = await run(world, program, isolation=level)
-    assert_no_canary(outcome)
+def _level_param(level: str) -> Any:
+    marks = [pytest.mark.skipif(not _works(level), reason=f"{level} does not work here")]
+    if level == "rlimits":
+        marks.append(pytest.mark.xfail(strict=True, reason="with rlimits only, the child shares "
+                                       "the worker's /proc and filesystem: use bwrap or unshare"))
+    return pytest.param(level, marks=marks)
 
 
-@pytest.mark.xfail(strict=True, reason="Catalog.dispatch hands the program the text of a failed "
-                   "action; its redaction misses '?key=' (and 'Bearer x', 'token x', ':pw@')")
+@pytest.mark.parametrize("level", [_level_param(level) for level in WEAKER])
+def test_weaker_isolation_still_hides_the_home_and_the_worker(world: World, level: str) -> None:
+    """As if a program got past every in-process guard: plain Python under `level` alone."""
+    code = world.render("import os\nfor path in ('@HOME@/.env', '/proc/@WORKER_PID@/environ'):\n"
+                      "    try:\n        print(open(path).read())\n"
+                      "    except OSError as exc:\n        print('denied', path, exc)\n")
+    with tempfile.TemporaryDirectory() as workdir:
+        argv = _isolation.wrap_command(level, [sys.executable, "-s", "-P", "-c", code],
+                                       workdir=workdir, hide=[str(world.home)],
+                                       python=sys.executable)
+        done = subprocess.run(argv, cwd=workdir, env=_isolation.child_env(), text=True,
+                              capture_output=True, timeout=30, check=False)
+    assert done.stdout.count("denied") == 2, done.stdout + done.stderr
+    assert CANARY not in done.stdout + done.stderr
+
+
 async def test_a_failing_integration_does_not_hand_its_secret_to_the_program(
         world: World) -> None:
     program = (f"try:\n    ai.generate({LEAKY_PROMPT!r})\n"

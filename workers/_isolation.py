@@ -20,6 +20,7 @@ import importlib.util
 import logging
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -96,8 +97,25 @@ def wrap_command(
         return [*_bwrap_args(workdir, list(hide), python), "--", *argv]
     if level == "unshare":
         as_user = ["--map-root-user"] if os.getuid() != 0 else []  # needs a user namespace
-        return [*_UNSHARE, *as_user, "--", *argv]
+        return [*_UNSHARE, "--mount", *as_user, "--", *_unshare_hiding(list(hide), python),
+                *argv]
     return list(argv)
+
+
+def _unshare_hiding(hide: list[str], python: str) -> list[str]:
+    """A shell prefix that, inside unshare's private mount namespace, lays an empty tmpfs over
+    each hidden folder (except those holding what the child imports) and /dev/null over the
+    worker's `.env`, then execs the child."""
+    visible = _existing_dirs(_visible_dirs(python))
+    mounts = [f"mount -t tmpfs -o size=1m,mode=700 sluice-hidden {shlex.quote(d)}"
+              for d in _existing_dirs([*_HIDDEN, *hide])
+              if not any(_is_under(v, d) for v in visible)]
+    dotenv = Path.cwd() / ".env"
+    if dotenv.is_file():
+        mounts.append(f"mount --bind /dev/null {shlex.quote(str(dotenv))}")
+    if not mounts:
+        return []
+    return ["/bin/sh", "-c", " && ".join([*mounts, 'exec "$@"']), "sluice-sandbox"]
 
 
 def _bwrap_args(workdir: str, hide: list[str], python: str) -> list[str]:

@@ -250,7 +250,61 @@ def guarded_import(name: str, globals: Any = None, locals: Any = None,
     module: types.ModuleType = builtins.__import__(name, globals, locals, tuple(fromlist or ()), 0)
     if name.split(".")[0] == "pandas":
         harden_pandas()
-    return module
+    target = sys.modules.get(name, module) if fromlist else module
+    for item in fromlist or ():
+        value = getattr(target, item, None)
+        if isinstance(value, types.ModuleType) and not module_allowed(value):
+            raise ImportError(f"'{name}.{item}' cannot be imported in the sandbox")
+    return SafeModule(module)
+
+
+# Submodules of allowed packages that reach the machine (C calls, compilers, files).
+_DENIED_SUBMODULES = ("numpy.ctypeslib", "numpy.f2py", "numpy.distutils", "numpy.testing",
+                      "numpy.lib.format", "pandas.testing", "pandas.io.pickle")
+
+
+def module_allowed(module: types.ModuleType) -> bool:
+    """Whether a program may hold `module`: its root is allow-listed and it is no gadget.
+
+    A module reached as an attribute counts by its own name: `re.enum` is `enum` (refused), and
+    `enum.bltns` is the real builtins.
+    """
+    name = module.__name__
+    if is_forbidden_module(name):
+        return False
+    return not any(name == d or name.startswith(d + ".") for d in _DENIED_SUBMODULES)
+
+
+class SafeModule(types.ModuleType):
+    """What a program gets for an imported module: its public names, and another module only
+    when the program could import that module itself."""
+
+    def __init__(self, module: types.ModuleType) -> None:
+        super().__init__(module.__name__)
+        object.__setattr__(self, "_sluice_module", module)
+
+    def __getattr__(self, name: str) -> Any:
+        module: types.ModuleType = object.__getattribute__(self, "_sluice_module")
+        if name.startswith("_"):
+            raise AttributeError(f"module {module.__name__!r}: private names are not available "
+                                 "in the sandbox")
+        value = getattr(module, name)
+        if isinstance(value, types.ModuleType):
+            if not module_allowed(value):
+                raise AttributeError(f"module {module.__name__!r}: {name!r} is a module the "
+                                     "sandbox does not allow")
+            return SafeModule(value)
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("modules cannot be changed in the sandbox")
+
+    def __dir__(self) -> list[str]:
+        module: types.ModuleType = object.__getattribute__(self, "_sluice_module")
+        return [n for n in dir(module) if not n.startswith("_")]
+
+    def __repr__(self) -> str:
+        return f"<module {self.__name__!r}>"
 
 
 def harden_pandas() -> None:

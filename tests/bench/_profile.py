@@ -6,6 +6,7 @@ import cProfile
 import pstats
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 _SITE = re.compile(r"site-packages/([^/]+)/")
@@ -36,8 +37,8 @@ def load(path: Path) -> pstats.Stats:
     return pstats.Stats(str(path))
 
 
-def _largest(items: object, count: int) -> list[tuple[str, float]]:
-    return sorted(items, key=lambda item: item[1], reverse=True)[:count]  # type: ignore[call-overload]
+def _largest(items: Iterable[tuple[str, float]], count: int) -> list[tuple[str, float]]:
+    return sorted(items, key=lambda item: item[1], reverse=True)[:count]
 
 
 def _area(filename: str, name: str) -> str:

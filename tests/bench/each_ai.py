@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from codegen.models import LiteLLMModels
+from codegen.models import LiteLLMModels, scripted_route
 from core.protocols import ChatMessage
 from core.settings import load_settings
 from integrations.base import EffectCall
@@ -32,7 +32,7 @@ from workers.effects import CostedModels, EffectRunner
 from workers.journal import Journal
 from workers.sandbox import SandboxLimits, run_sandboxed
 
-DEFAULT_ITEMS = 2_000
+DEFAULT_ITEMS = 1_000
 FULL_ITEMS = 100_000
 CONCURRENCY = 64
 LATENCY_MS = 50
@@ -118,7 +118,16 @@ async def litellm_alone(url: str, calls: int) -> dict[str, float]:
     """`LiteLLMModels.complete` alone, 64 at a time: CPU ms per call and calls per second."""
     settings = load_settings({"SLUICE_HOME": "/nonexistent", "SLUICE_SCRIPTED_MODEL_URL": url},
                              env_file=False)
-    models = LiteLLMModels.from_settings(settings)
+    alone = await _litellm_rate(LiteLLMModels.from_settings(settings), calls)
+    # The same server under a model name litellm can price: litellm then skips its zero-cost
+    # diagnostic, which walks the price map on every call it cannot price.
+    priced = LiteLLMModels(primary=scripted_route(url, "gpt-4o-mini", price_as="gpt-4o-mini"))
+    priced_cpu, _ = await _litellm_rate(priced, calls)
+    return {"litellm_cpu_ms_per_call": alone[0], "litellm_alone_calls_per_s": alone[1],
+            "litellm_priced_route_cpu_ms_per_call": priced_cpu}
+
+
+async def _litellm_rate(models: LiteLLMModels, calls: int) -> tuple[float, float]:
     await models.complete([_prompt("warm-up")], kind="write")
     gate = asyncio.Semaphore(CONCURRENCY)
 
@@ -130,8 +139,7 @@ async def litellm_alone(url: str, calls: int) -> dict[str, float]:
     await asyncio.gather(*(one(i) for i in range(calls)))
     cpu, wall = cpu_seconds() - cpu, time.perf_counter() - start
     models.close()
-    return {"litellm_cpu_ms_per_call": round(cpu / calls * 1000, 2),
-            "litellm_alone_calls_per_s": round(calls / wall, 1)}
+    return round(cpu / calls * 1000, 2), round(calls / wall, 1)
 
 
 async def run(*, full: bool = False, items: int | None = None) -> list[Outcome]:
@@ -164,6 +172,11 @@ def explain(figures: dict[str, Any]) -> list[str]:
         f"sandbox; litellm alone managed {figures['litellm_alone_calls_per_s']} calls/s at "
         f"concurrency {CONCURRENCY}). The run finished {figures['calls_per_s']} calls/s: the "
         "worker's CPU, not the model's latency, sets the pace.",
+        "The scripted route is priced by Sluice (price_as), not by litellm, so litellm also "
+        "runs its zero-cost diagnostic on every answer (zero_cost_diagnostic in the profile "
+        "below); under a model name litellm can price, the same calls cost "
+        f"{figures['litellm_priced_route_cpu_ms_per_call']} ms of CPU each. Either way litellm "
+        "alone needs over ten times the CPU budget per call.",
     ]
     if figures["peak_in_flight"] < CONCURRENCY:
         lines.append(

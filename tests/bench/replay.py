@@ -32,7 +32,7 @@ from workers.journal import Journal
 
 ITEMS = 100_000
 GOAL_PER_S = 100_000
-PROFILE_ITEMS = 20_000
+PROFILE_ITEMS = 10_000
 CHUNK = 10_000
 
 
