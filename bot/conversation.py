@@ -47,7 +47,7 @@ async def receive_request(deps: BotDeps, request: Request) -> Message:
     return message
 
 
-RUN_ACTIONS = {"cancel_run", "raise_budget", "resolve_done", "resolve_redo"}
+RUN_ACTIONS = {"cancel_run", "raise_budget", "resolve_done", "resolve_redo", "retry_failed"}
 
 
 async def decide(deps: BotDeps, decision: Decision) -> Message:
@@ -79,15 +79,19 @@ async def _start_run(deps: BotDeps, plan_id: str, thread_id: str, decision: Deci
                      limit: int | None, budget: float) -> Message:
     run = Run(plan_id=plan_id, thread_id=thread_id, limit_items=limit, approved_by=decision.user,
               budget_usd=budget)
-    await deps.store.create_run(run)
     scope = f"the first {limit} items" if limit else "everything"
-    status = await deps.store.add_message(thread_id, author="sluice", kind="status",
-                                          text=f"Queued: running on {scope}.",
-                                          buttons=[cancel_run_button(run.id)],
-                                          meta={"run_id": run.id, "plan_id": plan_id})
+    return await _queue_run(deps, run, f"Queued: running on {scope}.")
+
+
+async def _queue_run(deps: BotDeps, run: Run, text: str) -> Message:
+    """Store `run`, give it a status message with a Cancel button, and enqueue it."""
+    await deps.store.create_run(run)
+    status = await deps.store.add_message(run.thread_id, author="sluice", kind="status",
+                                          text=text, buttons=[cancel_run_button(run.id)],
+                                          meta={"run_id": run.id, "plan_id": run.plan_id})
     await deps.store.update_run(run.id, status_message_id=status.id)
     await enqueue(deps.redis, RUN_PROGRAM, RunProgramJob(run_id=run.id), job_id=f"run:{run.id}")
-    log.info("run %s of plan %s enqueued (approved by %s)", run.id, plan_id, decision.user)
+    log.info("run %s of plan %s enqueued (approved by %s)", run.id, run.plan_id, run.approved_by)
     return status
 
 
@@ -110,6 +114,8 @@ async def decide_run(deps: BotDeps, message: Message, decision: Decision) -> Mes
     """Cancel a run, or answer its question (budget, uncertain write) and resume it."""
     button = _find_button(message, decision)
     run = await deps.store.get_run(button.value)
+    if decision.action == "retry_failed":
+        return await _retry_failed(deps, message, run, decision)
     if decision.action == "cancel_run":
         state = await deps.store.request_cancel(run.id)
         await deps.store.update_message(message.id, buttons=[])
@@ -131,6 +137,22 @@ async def decide_run(deps: BotDeps, message: Message, decision: Decision) -> Mes
     return await deps.store.add_message(run.thread_id, author="sluice", kind="decision",
                                         text="Resuming from where it stopped.",
                                         meta={"run_id": run.id})
+
+
+async def _retry_failed(deps: BotDeps, message: Message, run: Run,
+                        decision: Decision) -> Message:
+    """A new run of the same plan whose each() loops visit only the items that failed."""
+    failures = run.result.failures if run.result else []
+    only: dict[str, list[int]] = {}
+    for failure in failures:
+        only.setdefault(str(failure.get("loop")), []).append(int(failure.get("index", -1)))
+    if not only:
+        raise InvalidInputError("This run has no failed items to retry.")
+    await deps.store.update_message(message.id, buttons=[])
+    retry = Run(plan_id=run.plan_id, thread_id=run.thread_id, approved_by=decision.user,
+                budget_usd=run.budget_usd, retry_of=run.id, only_items=only)
+    count = sum(len(v) for v in only.values())
+    return await _queue_run(deps, retry, f"Queued: retrying the {count} failed items.")
 
 
 def _find_button(message: Message, decision: Decision) -> Button:

@@ -152,19 +152,30 @@ async def _finished(deps: BotDeps, event: JobEvent) -> None:
     text = _result_text(run) if ok else (f"The run failed. {event.text}\nNothing more will run; "
                                          "reply with a changed request to try again.")
     attachments = [run.result.table] if ok and run.result and run.result.table else []
+    failed = run.result.failures if ok and run.result else []
+    buttons = [Button(action="retry_failed", label=f"Retry the {len(failed)} failed",
+                      value=run.id)] if failed else []
     await deps.store.add_message(run.thread_id, author="sluice", kind="result" if ok else "error",
-                                 text=text, attachments=attachments, meta={"run_id": run.id})
+                                 text=text, attachments=attachments, buttons=buttons,
+                                 meta={"run_id": run.id})
 
 
 def _result_text(run: Run) -> str:
     assert run.result is not None
     parts = [run.result.summary]
     for failure in run.result.failures[:10]:
-        parts.append(f"- item {failure.get('index')}: {failure.get('error')}")
+        parts.append(f"- item {failure.get('index')} ({failure.get('item')}): "
+                     f"{failure.get('error')}")
+    if len(run.result.failures) > 10:
+        parts.append(f"- … and {len(run.result.failures) - 10} more")
     if run.result.output.strip():
         parts.append("Output:\n" + run.result.output.strip()[-2000:])
     if run.result.table is not None:
         parts.append(f"Table attached: {run.result.table.name} ({run.result.table_rows} rows).")
+    if run.result.saved_variables:
+        parts.append("Kept for the next request here: " + ", ".join(run.result.saved_variables))
+    for unsaved in run.result.unsaved_variables[:10]:
+        parts.append(f"Not kept: {unsaved.get('name')} ({unsaved.get('reason')})")
     return "\n".join(parts)
 
 

@@ -194,7 +194,8 @@ class Store:
             s.add(RunRow(id=run.id, plan_id=run.plan_id, thread_id=run.thread_id,
                          state=run.state, limit_items=run.limit_items,
                          approved_by=run.approved_by, progress=run.progress.model_dump(),
-                         budget_usd=run.budget_usd))
+                         budget_usd=run.budget_usd, retry_of=run.retry_of,
+                         only_items=run.only_items))
 
     async def get_run(self, run_id: str) -> Run:
         async with self.session() as s:
@@ -395,4 +396,5 @@ def _run(row: RunRow) -> Run:
                result=RunResult.model_validate(row.result) if row.result else None,
                error=row.error, budget_usd=row.budget_usd, spent_usd=row.spent_usd,
                cancel_requested=row.cancel_requested, waiting_reason=row.waiting_reason,
-               waiting_path=row.waiting_path, attempts=row.attempts)
+               waiting_path=row.waiting_path, attempts=row.attempts, retry_of=row.retry_of,
+               only_items=row.only_items)

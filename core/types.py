@@ -31,7 +31,7 @@ class Button(_Model):
     """A button under a message. `action` is what a click does; `value` names its target."""
 
     action: Literal["approve", "run_first", "cancel", "cancel_run", "raise_budget",
-                    "resolve_done", "resolve_redo"]
+                    "resolve_done", "resolve_redo", "retry_failed"]
     label: str
     value: str
     style: Literal["primary", "danger", "default"] = "default"
@@ -103,6 +103,7 @@ class Progress(_Model):
     total: int | None = None
     elapsed_s: float = 0.0
     cost_usd: float = 0.0
+    per_item_s: float | None = None
 
 
 class RunResult(_Model):
@@ -137,6 +138,9 @@ class Run(_Model):
     waiting_reason: str | None = None
     waiting_path: str | None = None
     attempts: int = 0
+    retry_of: str | None = None
+    only_items: dict[str, list[int]] | None = Field(
+        default=None, description="each() loop path -> item indexes: a retry of failed items.")
     isolation: str | None = None
     progress: Progress = Field(default_factory=Progress)
     result: RunResult | None = None

@@ -192,3 +192,39 @@ async def test_a_follow_up_in_the_thread_starts_with_its_variables(redis_server:
         assert "still missing: ben@okafor.example, chloe@martin.example" in results[-1]["text"]
         values, _ = await stack.store.thread_state(thread_id)
         assert json.dumps(values["missing"]).count("@") == 4
+
+
+CHECK_BUDGETS = """\
+sheet = sheets.open("signups")
+def check(row):
+    if not row["Budget"]:
+        raise ValueError(f"{row['Name']} has no budget yet")
+    sheet.update(row, {"Checked": "yes"})
+each(sheet.rows(), check)
+"""
+
+
+async def test_retry_the_failed_ones_runs_just_those(redis_server: Any, tmp_path: Path) -> None:
+    async with Stack.running(redis_url=redis_server.url, home=tmp_path,
+                             scenario=scenario(CHECK_BUDGETS)) as stack:
+        thread_id = await stack.ask("do it")
+        await stack.drain()
+        await approve(stack, thread_id)
+        await stack.drain()
+        [result] = await stack.messages(thread_id, "result")
+        assert "7 items processed, 4 failed" in result["text"]
+        assert "Ben Okafor has no budget yet" in result["text"]
+        [retry] = [b for b in result["buttons"] if b["action"] == "retry_failed"]
+        assert retry["label"] == "Retry the 4 failed"
+
+        sheet = stack.sheets_dir / "signups.csv"
+        sheet.write_text(sheet.read_text().replace(",,", ",5000,"))  # the budgets came in
+        status, body = await stack.click(result, "retry_failed")
+        assert status == 200 and "retrying the 4 failed" in body["message"]["text"]
+        await stack.drain()
+        results = await stack.messages(thread_id, "result")
+        assert "4 items processed, none failed" in results[-1]["text"]
+        assert "updated 4 rows" in results[-1]["text"]
+        retried = await stack.store.get_run(body["message"]["meta"]["run_id"])
+        assert retried.retry_of == result["meta"]["run_id"]
+        assert retried.progress.total == 4

@@ -140,10 +140,14 @@ class Batch:
     """
 
     def __init__(self, loop: str, fn: Callable[[Any], Any], items: list[Any], *,
-                 scopes: Scopes, progress: Progress | None, record: RecordFailure) -> None:
+                 scopes: Scopes, progress: Progress | None, record: RecordFailure,
+                 visit: list[int] | None = None) -> None:
         self.loop = loop
         self.fn = fn
         self.items = items
+        # The indexes to visit, in order: all of them, or those of a "retry the failed ones".
+        self.order = list(range(len(items))) if visit is None else \
+            [i for i in visit if 0 <= i < len(items)]
         self.results: list[Any] = [None] * len(items)
         self.scopes = scopes
         self.progress = progress
@@ -168,7 +172,7 @@ class Batch:
         if self.error is not None:
             raise self.error
         if self.progress is not None:
-            self.progress.final(self.loop, self._done, self._failed, len(self.items))
+            self.progress.final(self.loop, self._done, self._failed, len(self.order))
         return self.results
 
     def _start_helper(self, number: int, budget: ThreadBudget) -> None:
@@ -202,10 +206,10 @@ class Batch:
 
     def _take(self) -> int | None:
         with self._changed:
-            if self.error is not None or self._next >= len(self.items):
+            if self.error is not None or self._next >= len(self.order):
                 return None
             self._next += 1
-            return self._next - 1
+            return self.order[self._next - 1]
 
     def _visit(self, index: int) -> None:
         item = self.items[index]
@@ -223,7 +227,7 @@ class Batch:
                 self._failed += 1
             done, failed = self._done, self._failed
         if self.progress is not None:
-            self.progress.tick(self.loop, done, failed, len(self.items))
+            self.progress.tick(self.loop, done, failed, len(self.order))
 
     def _stop(self, exc: BaseException) -> None:
         with self._changed:

@@ -67,6 +67,10 @@ class Runtime:
         self.integrations: dict[str, Any] = manifest.get("integrations") or {}
         self.resources: dict[str, Any] = manifest.get("resources") or {}
         self.limit_items: int | None = start.get("limit_items")
+        only = start.get("only_items")
+        self.only_items: dict[str, set[int]] | None = (
+            {str(k): {int(i) for i in v} for k, v in only.items()} if isinstance(only, dict)
+            else None)
         self.preview = bool(start.get("preview"))
         # Send a little more than the parent keeps, so that it notices the overflow.
         self._output_left = int(start.get("output_bytes") or 256 * 1024) + 1024
@@ -184,10 +188,12 @@ class Runtime:
         if self.limit_items is not None:
             rows = itertools.islice(rows, self.limit_items)
         scope = self.scopes.current()
-        batch = Batch(scope.next_loop(), fn, list(rows), scopes=self.scopes,
+        loop = scope.next_loop()
+        visit = None if self.only_items is None else sorted(self.only_items.get(loop, ()))
+        batch = Batch(loop, fn, list(rows), scopes=self.scopes,
                       progress=None if scope.in_item else self.progress,
-                      record=self._record_failure)
-        helpers = self.threads.take(min(concurrency, len(batch.items)) - 1)
+                      record=self._record_failure, visit=visit)
+        helpers = self.threads.take(max(1, min(concurrency, len(batch.order))) - 1)
         return batch.run(helpers, self.threads)
 
     def _record_failure(self, loop: str, index: int, item: Any, exc: Exception) -> None:

@@ -46,9 +46,11 @@ class RunContext:
         self.progress = Progress()
 
     async def on_progress(self, tick: ProgressTick) -> None:
+        visited = tick.done + tick.failed
         self.progress = Progress(loop=tick.loop, done=tick.done, failed=tick.failed,
                                  total=tick.total, elapsed_s=round(self.elapsed(), 2),
-                                 cost_usd=round(self.runner.counts.spent_usd, 6))
+                                 cost_usd=round(self.runner.counts.spent_usd, 6),
+                                 per_item_s=round(tick.elapsed_s / visited, 4) if visited else None)
         now = time.monotonic()
         finished = tick.total is not None and tick.done + tick.failed >= tick.total
         if now - self.last_report < PROGRESS_EVERY_S and not finished:
@@ -142,7 +144,7 @@ async def _sandbox(deps: Deps, run: Run, plan: Plan, live: RunContext) -> Sandbo
         plan.program, manifest=live.runner.catalog.manifest(), handler=live.runner.perform,
         limits=SandboxLimits.from_settings(deps.settings), limit_items=run.limit_items,
         on_progress=live.on_progress, isolation=deps.settings.sandbox_isolation,
-        state=state, seed=zlib.crc32(run.id.encode()))
+        state=state, seed=zlib.crc32(run.id.encode()), only_items=run.only_items)
 
 
 async def _finish(deps: Deps, live: RunContext, outcome: SandboxOutcome) -> str:

@@ -191,6 +191,7 @@ async def run_sandboxed(
     python: str = sys.executable,
     state: dict[str, Any] | None = None,
     seed: int = 0,
+    only_items: dict[str, list[int]] | None = None,
 ) -> SandboxOutcome:
     """Run `program` in a confined child process and serve its integration calls with `handler`.
 
@@ -212,6 +213,8 @@ async def run_sandboxed(
         python: The interpreter of the child.
         state: The thread's saved variables, as a previous outcome's `variables`.
         seed: Seeds the program's `random` module.
+        only_items: `{loop path: [item index, ...]}`: each() visits only those items, and
+            loops not named visit none ("retry the failed ones").
 
     Returns:
         The outcome; program errors and broken limits are reported in it, never raised.
@@ -224,7 +227,8 @@ async def run_sandboxed(
     level = await asyncio.to_thread(detect_isolation, isolation)
     start = {"op": "start", "program": program, "manifest": manifest, "preview": preview,
              "limit_items": limit_items, "output_bytes": limits.output_kb * 1024,
-             "cpu_s": limits.cpu_s, "seed": seed, "state": state or {}}
+             "cpu_s": limits.cpu_s, "seed": seed, "state": state or {},
+             "only_items": only_items}
     workdir = tempfile.mkdtemp(prefix="sluice-sandbox-")
     try:
         proc = await _spawn(level, workdir, limits, python)

@@ -1,7 +1,8 @@
 """`python -m tests.bench`: run the benchmarks side by side, write results.json, print a table.
 
 Options: `--full` (each() over 100,000 items instead of the default), `--ai-items N`,
-`--only NAME` (repeatable: sandbox, journal, replay, each, resume), `--output PATH`.
+`--only NAME` (repeatable: sandbox, journal, replay, each, resume; the results of the others
+stay in the file as they were), `--output PATH`.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = asyncio.run(run_all(args))
     options = {"full": args.full, "ai_items": args.ai_items, "only": args.only,
                "seconds": round(time.perf_counter() - started, 1)}
-    write_results(args.output, outcomes, options)
+    write_results(args.output, outcomes, options, keep_others=bool(args.only))
     print()
     print(table(outcomes))
     print(f"\nresults: {args.output} ({options['seconds']} s)")

@@ -88,13 +88,27 @@ def _memory_gb() -> float | None:
     return round(pages * size / 2**30, 1)
 
 
-def write_results(path: Path, outcomes: list[Outcome], options: dict[str, Any]) -> None:
-    """The results file: machine, python, date, options and every outcome."""
+def write_results(path: Path, outcomes: list[Outcome], options: dict[str, Any], *,
+                  keep_others: bool = False) -> None:
+    """The results file: machine, python, date, options and every outcome, each with the date it
+    was measured. With `keep_others`, outcomes of benchmarks not run now stay as they were."""
     info = machine()
-    data = {"machine": info, "python": info["python"],
-            "date": datetime.now(UTC).isoformat(timespec="seconds"), "options": options,
-            "benchmarks": [outcome.to_json() for outcome in outcomes]}
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    fresh = [{**outcome.to_json(), "measured_at": now} for outcome in outcomes]
+    names = {entry["name"] for entry in fresh}
+    kept = [entry for entry in _previous(path) if entry.get("name") not in names] \
+        if keep_others else []
+    data = {"machine": info, "python": info["python"], "date": now, "options": options,
+            "benchmarks": kept + fresh}
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _previous(path: Path) -> list[dict[str, Any]]:
+    try:
+        entries = json.loads(path.read_text()).get("benchmarks", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [entry for entry in entries if isinstance(entry, dict)]
 
 
 def table(outcomes: list[Outcome]) -> str:

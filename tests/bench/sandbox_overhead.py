@@ -4,8 +4,10 @@ The program builds 100,000 dicts, does string work per row and makes one integra
 row. In the sandbox the call crosses the RPC channel to a trivial in-process handler; under plain
 CPython it is a plain function. Also measured: the sandbox's start-up (an empty program), the
 same program without the calls (what the restricted, instrumented program costs by itself) and
-the RPC round trip (a loop of bare calls). When the ratio misses the goal, both sides of a
-smaller run are profiled with cProfile (the child under rlimits isolation, to write its profile).
+the RPC round trip (a loop of bare calls), the CPU time each side spends per call, and the
+machine's floor (one byte to another process over pipes and back). When the ratio misses the
+goal, both sides of smaller runs are profiled with cProfile (the child under rlimits isolation,
+so that it can write its profile).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def pipe_round_trip_us(rounds: int = 5_000) -> float:
 
 
 def _cpu_split() -> tuple[float, float]:
-    """CPU seconds of this process and of its reaped children (the sandbox, bwrap included)."""
+    """CPU seconds of this process and of its reaped children."""
     own, children = os.times(), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.user + own.system, children.ru_utime + children.ru_stime
 
