@@ -28,6 +28,7 @@ demo: $(STAMP) sandbox-tools
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 test: $(STAMP) sandbox-tools lint
 	$(BIN)/pytest -q

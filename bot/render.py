@@ -21,9 +21,8 @@ def estimate_lines(estimate: Estimate) -> list[str]:
     cost = "price unknown" if estimate.cost_usd is None else f"~${estimate.cost_usd:.4f}"
     lines = [f"Estimate: {items} items · {estimate.model_calls} AI calls · {cost} · "
              f"~{_duration(estimate.seconds)}"]
-    if estimate.writes:
-        writes = ", ".join(f"{key} ×{n}" for key, n in sorted(estimate.writes.items()))
-        lines.append(f"Writes (at most): {writes}")
+    if estimate.write_lines:
+        lines.append("It will " + ", ".join(estimate.write_lines) + ".")
     lines += [f"Note: {note}" for note in estimate.notes]
     return lines
 

@@ -158,13 +158,15 @@ def _per_item(program: _Program, fn: ast.expr) -> _Calls:
 
 
 def estimate_program(source: str, *, effects: dict[str, str], workspace: dict[str, Any],
-                     prices: tuple[float, float] | None) -> Estimate:
+                     prices: tuple[float, float] | None,
+                     previews: dict[str, str] | None = None) -> Estimate:
     """Estimate items, model calls, tokens, cost and time of `source` before running it.
 
     Args:
         effects: "integration.action" (or "Resource.action") -> "read" | "write".
         workspace: integrations' `describe()` output; `workspace["sheets"]` gives row counts.
         prices: ($ per input token, $ per output token) of the model behind `ai.*`, or None.
+        previews: "integration.action" -> how n writes read, e.g. "send {n} emails".
     """
     tree = ast.parse(source)
     program = _Program(tree, effects, dict(workspace.get("sheets", {})))
@@ -188,8 +190,11 @@ def estimate_program(source: str, *, effects: dict[str, str], workspace: dict[st
         notes.append("The AI model's price is unknown, so the cost is unknown.")
     seconds = (SECONDS_TO_START + total.ai * SECONDS_PER_AI_CALL
                + total.other * SECONDS_PER_INTEGRATION_CALL)
+    lines = [(previews or {}).get(key, f"{key} ×{{n}}").format(n=f"up to {n}")
+             for key, n in sorted(total.writes.items())]
     return Estimate(items=items, model_calls=total.ai, tokens=tokens, cost_usd=cost,
-                    seconds=round(seconds, 1), writes=total.writes, notes=notes)
+                    seconds=round(seconds, 1), writes=total.writes, write_lines=lines,
+                    notes=notes)
 
 
 def _outside_loops(program: _Program) -> _Calls:

@@ -147,6 +147,10 @@ class LiteLLMModels:
         return cls(primary=primary, fallback=fallback, timeout_s=settings.model_timeout_s,
                    num_retries=num_retries, scripted_scenario=settings.scripted_scenario)
 
+    def warm(self) -> None:
+        """Import litellm and build the Router now (seconds), so the first request need not."""
+        _ = self._router
+
     @property
     def priced_as(self) -> str:
         """The model whose prices the primary deployment reports (for `price_per_token`)."""

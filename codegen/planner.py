@@ -29,6 +29,7 @@ class PlanningContext:
     effects: dict[str, str]
     workspace: dict[str, Any]
     ai_prices: tuple[float, float] | None
+    previews: dict[str, str] = field(default_factory=dict)  # "mail.send" -> "send {n} emails"
 
 
 @dataclass
@@ -81,7 +82,7 @@ async def make_plan(request: Request, *, models: ModelClient, context: PlanningC
 def _plan(request: Request, summary: str, program: str, context: PlanningContext,
           outcome: PlanningOutcome) -> Plan:
     estimate = estimate_program(program, effects=context.effects, workspace=context.workspace,
-                                prices=context.ai_prices)
+                                prices=context.ai_prices, previews=context.previews)
     return Plan(request_id=request.id, thread_id=request.thread_id, summary=summary,
                 program=program, estimate=estimate, model_calls=outcome.model_calls,
                 cost_usd=outcome.cost_usd)

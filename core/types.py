@@ -65,6 +65,7 @@ class Estimate(_Model):
     cost_usd: float | None = Field(default=None, description="None when a price is unknown.")
     seconds: float = 0.0
     writes: dict[str, int] = Field(default_factory=dict, description="action -> expected count")
+    write_lines: list[str] = Field(default_factory=list, description='"send up to 7 emails"')
     notes: list[str] = Field(default_factory=list)
 
 

@@ -63,7 +63,9 @@ def _progress_text(run: Run) -> str:
 def list_runs(limit: Annotated[int, typer.Option(min=1, max=1000)] = 20) -> None:
     """The most recent runs."""
     runs = _with_store(lambda _s, store: store.list_runs(limit=limit))
-    table = Table("run", "state", "progress", "spent", "thread")
+    table = Table()
+    for name in ("run", "state", "progress", "spent", "thread"):
+        table.add_column(name, no_wrap=name in {"run", "state"}, overflow="fold")
     for run in runs:
         table.add_row(run.id, run.state, _progress_text(run), f"${run.spent_usd:.4f}",
                       run.thread_id)

@@ -128,7 +128,7 @@ class LocalStack:
     def _check_children(self) -> None:
         for proc in self.children:
             if proc.poll() is not None:
-                name = proc.args[2]  # type: ignore[index]
+                name = str(proc.args[2])  # type: ignore[index]
                 raise ConfigurationError(
                     f"`python -m {name}` exited with code {proc.returncode} at start; see "
                     f"{self.log_dir / (name + '.log')}:\n{self._tail(name)}")

@@ -377,6 +377,13 @@ class Catalog:
             "resources": {cls.__name__: effects(cls) for cls in self.resource_types},
         }
 
+    def previews(self) -> dict[str, str]:
+        """`integration.action` / `Resource.action` -> how n writes read ("send {n} emails")."""
+        owners: list[tuple[str, type]] = [(n, type(i)) for n, i in self.integrations.items()]
+        owners += [(cls.__name__, cls) for cls in self.resource_types]
+        return {f"{owner}.{name}": spec.preview for owner, cls in owners
+                for name, spec in actions_of(cls).items() if spec.preview}
+
     def action_spec(self, call: EffectCall) -> ActionSpec:
         """The declared action `call` names. Raises IntegrationError when there is none."""
         owner, cls = self._callee(call)

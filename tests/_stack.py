@@ -22,6 +22,7 @@ from core.settings import Settings, load_settings
 from core.store import Store
 from infra.outbox import Outbox, start_outbox
 from infra.scripted_model import ScriptedModelServer, start_scripted_model
+from tests._database import database_url
 from workers.deps import Deps
 from workers.settings import build_worker
 
@@ -49,9 +50,17 @@ class Stack:
     @asynccontextmanager
     async def running(cls, *, redis_url: str, home: Path,
                       scenario: Any = None) -> AsyncIterator[Stack]:
+        async with database_url(home) as url, cls._running(
+                redis_url=redis_url, home=home, scenario=scenario, url=url) as stack:
+            yield stack
+
+    @classmethod
+    @asynccontextmanager
+    async def _running(cls, *, redis_url: str, home: Path, scenario: Any,
+                       url: str) -> AsyncIterator[Stack]:
         sheets = home / "sheets"
         shutil.copytree(EXAMPLES / "signups" / "sheets", sheets)
-        engine = create_engine(f"sqlite+aiosqlite:///{home / 'sluice.db'}")
+        engine = create_engine(url)
         await migrate(engine)
         store = Store(engine)
         redis = await connect(redis_url)
@@ -60,7 +69,7 @@ class Stack:
         outbox = await start_outbox(store)
         settings = load_settings({
             "SLUICE_HOME": str(home), "SLUICE_REDIS_URL": redis_url,
-            "SLUICE_DATABASE_URL": str(engine.url), "SLUICE_SCRIPTED_MODEL_URL": model.url,
+            "SLUICE_DATABASE_URL": url, "SLUICE_SCRIPTED_MODEL_URL": model.url,
             "SLUICE_SMTP_PORT": str(outbox.port), "SLUICE_SHEETS_DIR": str(sheets),
             "SLUICE_SANDBOX_WALL_S": "60", "SLUICE_LEASE_TTL_S": "0.6",
         }, env_file=False)

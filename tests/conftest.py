@@ -33,6 +33,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 
 @pytest.fixture
+async def db_url(tmp_path: Path) -> AsyncIterator[str]:
+    """SQLite in the test's folder, or a fresh Postgres database (see tests/_database.py)."""
+    from tests._database import database_url
+
+    async with database_url(tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
 async def stack(redis_server: EmbeddedRedis, tmp_path: Path) -> AsyncIterator[object]:
     from tests._stack import Stack
 

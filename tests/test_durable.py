@@ -117,17 +117,16 @@ def worker_env(home: Path, redis_url: str, db_url: str, smtp_port: int) -> dict[
 
 @pytest.mark.slow
 async def test_sigkill_twenty_times_loses_and_repeats_nothing(
-        redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+        redis_server: EmbeddedRedis, tmp_path: Path, db_url: str) -> None:
     write_sheet(tmp_path / "sheets", ITEMS)
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'sluice.db'}")
+    engine = create_engine(db_url)
     await migrate(engine)
     store = Store(engine)
     redis = await connect(redis_server.url)
     await redis.flushdb()
     await redis.aclose()
     outbox = await start_outbox(store)
-    workers = Workers(worker_env(tmp_path, redis_server.url, str(engine.url), outbox.port),
-                      tmp_path)
+    workers = Workers(worker_env(tmp_path, redis_server.url, db_url, outbox.port), tmp_path)
     run = await setup_run(store, redis_server.url, PROGRAM)
     rng = random.Random(20261126)
     journal_sizes = [0]
@@ -182,16 +181,16 @@ async def journal_size(store: Store, run_id: str) -> int:
 
 
 @pytest.mark.slow
-async def test_redis_restart_in_the_middle_of_a_job(tmp_path: Path) -> None:
+async def test_redis_restart_in_the_middle_of_a_job(tmp_path: Path, db_url: str) -> None:
     redis = EmbeddedRedis(tmp_path / "redis", use_socket=False, persist=True)
     redis.start()
     items = 300
     write_sheet(tmp_path / "sheets", items)
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'sluice.db'}")
+    engine = create_engine(db_url)
     await migrate(engine)
     store = Store(engine)
     outbox = await start_outbox(store)
-    workers = Workers(worker_env(tmp_path, redis.url, str(engine.url), outbox.port), tmp_path)
+    workers = Workers(worker_env(tmp_path, redis.url, db_url, outbox.port), tmp_path)
     run = await setup_run(store, redis.url, PROGRAM)
     try:
         workers.start()

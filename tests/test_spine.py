@@ -30,7 +30,7 @@ async def test_request_is_planned_previewed_run_and_reported(stack: Stack) -> No
     [plan] = await stack.messages(thread_id, "plan")
     assert "Budget asked on" in plan["meta"]["program"]
     assert "up to 7 items" in plan["text"]  # the sheet has 7 rows before the filter
-    assert "mail.send ×7" in plan["text"]
+    assert "It will update up to 7 rows, send up to 7 emails." in plan["text"]
     assert [b["action"] for b in plan["buttons"]] == ["approve", "run_first", "cancel"]
     assert await stack.outbox_mails() == []  # nothing is sent before approval
 

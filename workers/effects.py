@@ -22,7 +22,7 @@ from core.errors import IntegrationError, SluiceError
 from core.protocols import ChatMessage, Completion, ModelClient, TaskKind
 from integrations.base import EffectCall
 from integrations.catalog import Catalog
-from workers.journal import Journal, JournalEntry
+from workers.journal import Journal, JournalEntry, Status
 
 _call_cost: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
     "sluice_call_cost", default=None)
@@ -189,10 +189,9 @@ class EffectRunner:
         self.counts.add(kind, key)
         return result
 
-    async def _finish(self, entry: JournalEntry, status: str, result: Any, error: str | None,
+    async def _finish(self, entry: JournalEntry, status: Status, result: Any, error: str | None,
                       cost: float) -> None:
-        entry.status, entry.result, entry.error, entry.cost_usd = (  # type: ignore[assignment]
-            status, result, error, cost)
+        entry.status, entry.result, entry.error, entry.cost_usd = status, result, error, cost
         self.counts.spent_usd += cost
         await self.journal.record(entry, durable=entry.kind == "write")
 

@@ -53,6 +53,7 @@ class Journal:
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
         self._seq = 0
         self.commits = 0
 
@@ -88,20 +89,25 @@ class Journal:
         await waiter
 
     async def close(self) -> None:
-        """Commit everything pending and stop the flusher."""
+        """Commit everything pending and stop the flusher.
+
+        The flusher is asked to stop, never cancelled: cancelling a commit half-way can leave
+        an SQLite connection holding the write lock, and every other writer then waits.
+        """
+        self._closing = True
+        self._wake.set()
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(Exception):
                 await self._flusher
             self._flusher = None
         await self._flush()
 
     def _ensure_flusher(self) -> None:
-        if self._flusher is None or self._flusher.done():
+        if not self._closing and (self._flusher is None or self._flusher.done()):
             self._flusher = asyncio.create_task(self._flush_forever())
 
     async def _flush_forever(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(BATCH_DELAY_S):
                     await self._wake.wait()

@@ -33,7 +33,8 @@ async def planning_context(deps: Deps, catalog: Catalog, thread_id: str) -> Plan
     if summaries:
         workspace["variables_from_earlier_requests_in_this_thread"] = summaries
     return PlanningContext(stubs=catalog.stubs(), effects=effects_of(catalog),
-                           workspace=workspace, ai_prices=price_per_token(_ai_model(deps)))
+                           workspace=workspace, ai_prices=price_per_token(_ai_model(deps)),
+                           previews=catalog.previews())
 
 
 def _ai_model(deps: Deps) -> str:

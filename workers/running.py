@@ -44,6 +44,7 @@ class RunContext:
         self.started = time.monotonic()
         self.last_report = 0.0
         self.progress = Progress()
+        self.stopping = asyncio.Event()
 
     async def on_progress(self, tick: ProgressTick) -> None:
         visited = tick.done + tick.failed
@@ -63,10 +64,17 @@ class RunContext:
         await publish(self.deps.redis, event)
 
     async def watch(self) -> None:
-        """Renew the lease and notice a cancel request, until cancelled."""
+        """Renew the lease and notice a cancel request, until `stopping` is set.
+
+        It is stopped by that event, not cancelled, so no database write is cut half-way.
+        """
         ttl = self.deps.settings.lease_ttl_s
         while True:
-            await asyncio.sleep(ttl / 3)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ttl / 3):
+                    await self.stopping.wait()
+            if self.stopping.is_set():
+                return
             await self.deps.store.renew_lease(self.run.id, owner=WORKER_ID, ttl_s=ttl)
             current = await self.deps.store.get_run(self.run.id)
             self.runner.cancel_requested = current.cancel_requested
@@ -130,8 +138,8 @@ async def _run_leased(deps: Deps, run: Run) -> str:
     try:
         outcome = await _sandbox(deps, run, plan, live)
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        live.stopping.set()
+        with contextlib.suppress(Exception):
             await watcher
         await journal.close()
         await catalog.aclose()

@@ -26,6 +26,9 @@ def build_worker(settings: Settings, *, burst: bool = False, deps: Deps | None =
     async def on_startup(ctx: dict[str, Any]) -> None:
         ctx["deps"] = deps or await Deps.create(settings, redis=ctx["redis"])
         if not burst:
+            warm = getattr(ctx["deps"].models, "warm", None)
+            if warm is not None:  # importing litellm takes seconds: do it before a request asks
+                ctx["warming"] = asyncio.create_task(asyncio.to_thread(warm))
             ctx["sweeper"] = asyncio.create_task(
                 sweep_forever(ctx["deps"], every_s=settings.sweep_every_s))
 
@@ -36,7 +39,7 @@ def build_worker(settings: Settings, *, burst: bool = False, deps: Deps | None =
             await ctx["deps"].close()
 
     return Worker(
-        functions=[plan_request, run_program],  # type: ignore[list-item]
+        functions=[plan_request, run_program],
         redis_settings=redis_settings(settings.require_redis_url()),
         job_serializer=serialize, job_deserializer=deserialize,
         on_startup=on_startup, on_shutdown=on_shutdown,

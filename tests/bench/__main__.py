@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -50,15 +51,26 @@ async def run_all(args: argparse.Namespace) -> list[Outcome]:
     for name in args.only or list(BENCHMARKS):
         print(f"→ {name} ...", flush=True)
         load, start = os.getloadavg()[0], time.perf_counter()
-        results = await BENCHMARKS[name](args)
+        results = await guarded(name, args)
         took = time.perf_counter() - start
         for outcome in results:
-            if outcome.skipped is None:
+            if outcome.skipped is None and outcome.error is None:
                 outcome.figures.setdefault("load_avg_1min_before", round(load, 2))
             print(f"  {outcome.name}: {outcome.status}", flush=True)
         print(f"← {name} in {took:.1f} s", flush=True)
         outcomes += results
     return outcomes
+
+
+async def guarded(name: str, args: argparse.Namespace) -> list[Outcome]:
+    """The benchmark's outcomes; one that raises is reported as an error, and the run goes on."""
+    try:
+        return await BENCHMARKS[name](args)
+    except Exception as exc:
+        trace = traceback.format_exc().splitlines()[-12:]
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        return [Outcome(name=name, title=f"{name} (did not finish)", error=message,
+                        analysis=trace)]
 
 
 def main(argv: list[str] | None = None) -> int:

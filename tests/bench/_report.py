@@ -48,9 +48,12 @@ class Outcome:
     analysis: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
+    error: str | None = None
 
     @property
     def status(self) -> str:
+        if self.error is not None:
+            return "error"
         if self.skipped is not None:
             return "skipped"
         return "pass" if all(goal.met(self.figures) for goal in self.goals) else "fail"
@@ -58,7 +61,7 @@ class Outcome:
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "title": self.title, "status": self.status,
-            "skipped": self.skipped, "figures": self.figures,
+            "skipped": self.skipped, "error": self.error, "figures": self.figures,
             "goals": [{"goal": g.text(), "pass": g.met(self.figures)} for g in self.goals],
             "analysis": self.analysis, "notes": self.notes,
         }
@@ -115,8 +118,8 @@ def table(outcomes: list[Outcome]) -> str:
     """A short plain-text table: benchmark, headline figure, goals, status."""
     rows = [("benchmark", "measured", "goal", "status")]
     for outcome in outcomes:
-        measured = _shown(outcome.headline, outcome.figures.get(outcome.headline)) \
-            if outcome.skipped is None else outcome.skipped
+        measured = outcome.error or outcome.skipped or _shown(
+            outcome.headline, outcome.figures.get(outcome.headline))
         goals = "; ".join(goal.text() for goal in outcome.goals) or "-"
         rows.append((outcome.name, measured, goals, outcome.status.upper()))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]

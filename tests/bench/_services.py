@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -12,7 +13,8 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from core.db import create_engine, migrate
 
@@ -39,12 +41,23 @@ def postgres_url() -> str | None:
 
 @asynccontextmanager
 async def postgres_engine(url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(url)
+    """A migrated, throwaway database on the Postgres server of `url`, dropped afterwards (the
+    database `url` names is never touched)."""
+    name = f"sluice_bench_{secrets.token_hex(6)}"
+    admin = create_async_engine(url, isolation_level="AUTOCOMMIT")
     try:
-        await migrate(engine)
-        yield engine
+        async with admin.connect() as conn:
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        engine = create_engine(url.rsplit("/", 1)[0] + f"/{name}")
+        try:
+            await migrate(engine)
+            yield engine
+        finally:
+            await engine.dispose()
     finally:
-        await engine.dispose()
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
 
 
 @contextmanager

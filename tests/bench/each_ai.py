@@ -164,19 +164,25 @@ def explain(figures: dict[str, Any]) -> list[str]:
     """Why the wall time is what it is, in the measured numbers."""
     needed = CONCURRENCY / (LATENCY_MS / 1000)
     budget_ms = 1000 / needed
+    cpu_ms = figures["worker_cpu_ms_per_call"]
+    busy = cpu_ms * figures["calls_per_s"] / 1000
+    cheapest = min(figures["litellm_cpu_ms_per_call"],
+                   figures["litellm_priced_route_cpu_ms_per_call"])
     lines = [
         f"To keep {CONCURRENCY} calls of {LATENCY_MS} ms in flight the worker must finish "
         f"{needed:,.0f} calls/s, i.e. spend at most {budget_ms:.2f} ms of CPU per call (one "
-        f"event loop, one core). It spent {figures['worker_cpu_ms_per_call']} ms per call, "
+        f"event loop, one core). It spent {cpu_ms} ms per call, "
         f"{figures['litellm_cpu_ms_per_call']} ms of it in litellm alone (measured without the "
         f"sandbox; litellm alone managed {figures['litellm_alone_calls_per_s']} calls/s at "
-        f"concurrency {CONCURRENCY}). The run finished {figures['calls_per_s']} calls/s: the "
-        "worker's CPU, not the model's latency, sets the pace.",
+        f"concurrency {CONCURRENCY}). The run finished {figures['calls_per_s']} calls/s with "
+        f"the worker on CPU {busy:.0%} of the time; the rest it waited for the sandbox's item "
+        "threads and for the other processes sharing this machine's cores.",
         "The scripted route is priced by Sluice (price_as), not by litellm, so litellm also "
         "runs its zero-cost diagnostic on every answer (zero_cost_diagnostic in the profile "
         "below); under a model name litellm can price, the same calls cost "
         f"{figures['litellm_priced_route_cpu_ms_per_call']} ms of CPU each. Either way litellm "
-        "alone needs over ten times the CPU budget per call.",
+        f"alone needs {cheapest / budget_ms:.0f}x the CPU budget per call: one worker process "
+        "cannot drive this concurrency through litellm.",
     ]
     if figures["peak_in_flight"] < CONCURRENCY:
         lines.append(

@@ -7,7 +7,8 @@ call would:
 - writes: an `intent` committed before the call and a `done` after it, both durable (the caller
   waits for the commit), exactly as `EffectRunner` records a write; group commit shares each
   transaction among the waiting writers.
-On SQLite (WAL, as the worker opens it) always; on Postgres only when `DATABASE_URL` names one.
+On SQLite (WAL, as the worker opens it) always; on Postgres only when `DATABASE_URL` names
+one, in a throwaway database created on that server and dropped afterwards.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.db import JournalRow
@@ -151,8 +152,8 @@ async def on(engine: AsyncEngine, database: str, run_prefix: str,
 def explain(figures: dict[str, Any]) -> list[str]:
     busy = figures["process_cpu_s"] / figures["seconds"]
     lines = [f"{figures['commits']:,} commits of {figures['entries_per_commit']} entries, "
-             f"{figures['ms_per_commit']} ms each; the process was on CPU {busy:.0%} of the "
-             "wall time (the aiosqlite thread included)."]
+             f"{figures['ms_per_commit']} ms each; this process was on CPU {busy:.0%} of the "
+             "wall time (its driver threads included)."]
     if "fsync_ms" in figures:
         lines.append(f"The disk's fsync takes {figures['fsync_ms']} ms (median), so the commits "
                      "are bound by the CPU spent per commit, not by the disk.")
@@ -170,7 +171,8 @@ async def profile(engine: AsyncEngine, mix: Mix, run_id: str) -> list[str]:
     await mix(engine, run_id, count)
     profiler.disable()
     return [f"Profile of {count:,} effects of the same mix (the event-loop thread only: its "
-            "epoll wait is mostly the aiosqlite thread running the SQL):",
+            "epoll wait is mostly the database running the SQL, in aiosqlite's thread or the "
+            "Postgres server):",
             *_profile.summary(profiler)]
 
 
@@ -193,10 +195,5 @@ async def on_postgres() -> list[Outcome]:
         reason = "DATABASE_URL does not name a Postgres database"
         return [Outcome(name=f"journal_postgres_{mix}", title=f"Journaled {mix} on Postgres",
                         skipped=reason) for mix in ("reads", "writes")]
-    prefix = f"bench-{time.time_ns()}"
     async with postgres_engine(url) as engine:
-        try:
-            return await on(engine, "postgres", prefix, {})
-        finally:
-            async with engine.begin() as conn:
-                await conn.execute(delete(JournalRow).where(JournalRow.run_id.like(f"{prefix}%")))
+        return await on(engine, "postgres", "bench", {})

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import subprocess
 import tempfile
 import time
+import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,8 @@ async def run() -> list[Outcome]:
         redis.start()
         try:
             figures, logs = await measure(folder, redis.url)
+        except Exception as exc:
+            return [failed(exc, log_tails(folder))]
         finally:
             redis.stop()
     outcome = Outcome(name="resume_after_sigkill", title="Resume after SIGKILL of a worker",
@@ -77,7 +81,7 @@ async def measure(folder: Path, redis_url: str) -> tuple[dict[str, Any], list[st
                                          timeout=TIMEOUT_S)
             figures["kill_to_finish_s"] = round(time.monotonic() - figures.pop("_killed"), 2)
         finally:
-            workers.stop()
+            stop(workers)
             await outbox.stop()
         figures.update(await check(store, final, outbox, folder))
     # Every path is asked again on resume; one done at the kill and not replayed was redone.
@@ -85,15 +89,23 @@ async def measure(folder: Path, redis_url: str) -> tuple[dict[str, Any], list[st
     return figures, log_tails(folder)
 
 
+def stop(workers: Workers) -> None:
+    """SIGTERM, and SIGKILL when the worker has not stopped within 30 s."""
+    try:
+        workers.stop()
+    except subprocess.TimeoutExpired:
+        workers.kill()
+
+
 async def kill_and_resume(store: Store, workers: Workers, run_id: str) -> dict[str, Any]:
     workers.start()
     started = time.monotonic()
-    await grown_by(store, run_id, KILL_AT, timeout=120)
+    await grown_by(store, run_id, KILL_AT, timeout=TIMEOUT_S)
     workers.kill()
     killed = time.monotonic()
     at_kill = await store.journal_count(run_id)
     if sum(at_kill.values()) < KILL_AT:
-        raise RuntimeError(f"the first worker wrote only {at_kill} in 120 s")
+        raise RuntimeError(f"the first worker wrote only {at_kill} in {TIMEOUT_S:.0f} s")
     workers.start()
     resumed = await first_change(store, run_id, at_kill)
     return {"items": ITEMS, "ran_before_kill_s": round(killed - started, 2),
@@ -128,6 +140,14 @@ async def check(store: Store, final: Run, outbox: Outbox, folder: Path) -> dict[
             "emails_stored": len(mails),
             "duplicates_stored": sum(n - 1 for n in per_recipient.values()),
             "rows_updated": updated, "journal_final": journal}
+
+
+def failed(exc: Exception, logs: list[str]) -> Outcome:
+    """The outcome of a run that did not finish, with the workers' last words."""
+    return Outcome(name="resume_after_sigkill", title="Resume after SIGKILL of a worker",
+                   error=f"{type(exc).__name__}: {exc}"[:200],
+                   analysis=[*traceback.format_exc().splitlines()[-8:], "Worker logs (tails):",
+                             *logs])
 
 
 def explain(figures: dict[str, Any]) -> list[str]:

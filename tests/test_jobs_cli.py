@@ -1,0 +1,87 @@
+"""`sluice jobs`: list, show, cancel and resume runs from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from core.db import create_engine, migrate
+from core.jobs import connect
+from core.store import Store
+from core.types import Estimate, Plan, Request, Run, RunState
+from infra.cli import app
+from infra.redis import EmbeddedRedis
+
+
+async def _make_runs(url: str) -> tuple[str, str]:
+    engine = create_engine(url)
+    await migrate(engine)
+    store = Store(engine)
+    thread = await store.create_thread(surface="cli")
+    request = Request(thread_id=thread.id, user="ana", text="do it")
+    await store.add_user_request(request)
+    plan = Plan(request_id=request.id, thread_id=thread.id, summary="s", program="print(1)\n",
+                estimate=Estimate())
+    await store.save_plan(plan)
+    queued = Run(plan_id=plan.id, thread_id=thread.id, budget_usd=0.5)
+    waiting = Run(plan_id=plan.id, thread_id=thread.id, budget_usd=0.5)
+    for run in (queued, waiting):
+        await store.create_run(run)
+    await store.update_run(waiting.id, state=RunState.WAITING_APPROVAL, spent_usd=0.5,
+                           waiting_reason="The run has spent $0.5000 of its $0.5000 budget.")
+    await engine.dispose()
+    return queued.id, waiting.id
+
+
+@pytest.fixture
+def env(tmp_path: Path, redis_server: EmbeddedRedis) -> dict[str, Any]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'sluice.db'}"
+    queued, waiting = asyncio.run(_make_runs(url))
+    return {"SLUICE_DATABASE_URL": url, "SLUICE_REDIS_URL": redis_server.url,
+            "SLUICE_HOME": str(tmp_path), "queued": queued, "waiting": waiting}
+
+
+def sluice(env: dict[str, Any], *args: str) -> Any:
+    variables = {k: v for k, v in env.items() if k.startswith("SLUICE_")}
+    return CliRunner().invoke(app, list(args), env=variables)
+
+
+def test_list_and_show(env: dict[str, Any]) -> None:
+    listed = sluice(env, "jobs", "list")
+    assert listed.exit_code == 0
+    assert env["queued"] in listed.stdout and "waiting_approval" in listed.stdout
+    shown = sluice(env, "jobs", "show", env["waiting"][:10])
+    assert shown.exit_code == 0
+    assert "waiting for a person: The run has spent $0.5000" in shown.stdout
+
+
+def test_cancel_a_queued_run_at_once(env: dict[str, Any]) -> None:
+    done = sluice(env, "jobs", "cancel", env["queued"])
+    assert done.exit_code == 0 and "cancelled" in done.stdout
+    again = sluice(env, "jobs", "resume", env["queued"])
+    assert "nothing to resume" in again.stdout
+
+
+def test_resume_a_waiting_run_requeues_it_with_more_budget(env: dict[str, Any]) -> None:
+    done = sluice(env, "jobs", "resume", env["waiting"])
+    assert done.exit_code == 0 and "queued to resume" in done.stdout
+    shown = sluice(env, "jobs", "show", env["waiting"])
+    assert "queued" in shown.stdout and "budget $1.00" in shown.stdout
+
+    async def queued_jobs() -> int:
+        redis = await connect(env["SLUICE_REDIS_URL"])
+        try:
+            return int(await redis.zcard("arq:queue"))
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(queued_jobs()) == 1
+
+
+def test_unknown_run_says_how_to_find_ids(env: dict[str, Any]) -> None:
+    done = sluice(env, "jobs", "show", "run_nope")
+    assert done.exit_code == 1 and "sluice jobs list" in done.output
