@@ -16,10 +16,9 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.db import JournalRow
@@ -40,6 +39,32 @@ class JournalEntry:
     result: Any = None
     error: str | None = None
     cost_usd: float = 0.0
+    raw_result: str | None = None  # as loaded: parsed only when the effect is replayed
+
+    def value(self) -> Any:
+        """The recorded result (parsed on first use, for entries loaded from the database)."""
+        if self.raw_result is not None:
+            self.result, self.raw_result = json.loads(self.raw_result), None
+        return self.result
+
+
+_COLUMNS = ("run_id", "path", "kind", "call", "request_hash", "status", "result", "error",
+            "cost_usd", "seq")
+_UPDATED = ("status", "result", "error", "cost_usd", "seq")
+_PLACEHOLDERS = {"qmark": "?", "format": "%s", "numeric_dollar": "${n}", "numeric": ":{n}"}
+
+
+def upsert_sql(paramstyle: str) -> str:
+    """One INSERT ... ON CONFLICT for a batch, in the driver's own parameter style.
+
+    Sent with the driver's executemany: building an SQLAlchemy statement per commit cost more
+    CPU than the commit itself.
+    """
+    mark = _PLACEHOLDERS[paramstyle]
+    values = ", ".join(mark.format(n=i + 1) for i in range(len(_COLUMNS)))
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _UPDATED)
+    return (f"INSERT INTO journal ({', '.join(_COLUMNS)}) VALUES ({values}) "
+            f"ON CONFLICT (run_id, path) DO UPDATE SET {updates}")
 
 
 class Journal:
@@ -59,15 +84,15 @@ class Journal:
 
     async def load(self) -> int:
         """Read every recorded entry of this run; returns how many there are."""
+        columns = (JournalRow.path, JournalRow.kind, JournalRow.call, JournalRow.request_hash,
+                   JournalRow.status, JournalRow.result, JournalRow.error, JournalRow.cost_usd)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(JournalRow).where(
-                JournalRow.run_id == self.run_id))).mappings().all()
-        for row in rows:
-            self.entries[row["path"]] = JournalEntry(
-                path=row["path"], kind=row["kind"], call=row["call"],
-                request_hash=row["request_hash"], status=row["status"],
-                result=json.loads(row["result"]) if row["result"] is not None else None,
-                error=row["error"], cost_usd=row["cost_usd"])
+            rows = (await conn.execute(select(*columns).where(
+                JournalRow.run_id == self.run_id))).all()
+        entries = self.entries
+        for path, kind, call, fingerprint, status, raw, error, cost in rows:
+            entries[path] = JournalEntry(path, kind, call, fingerprint, cast(Status, status),
+                                         None, error, cost, raw)
         self._seq = len(rows)
         return len(rows)
 
@@ -135,18 +160,11 @@ class Journal:
         rows = []
         for entry in latest.values():
             self._seq += 1
-            rows.append({"run_id": self.run_id, "path": entry.path, "kind": entry.kind,
-                         "call": entry.call, "request_hash": entry.request_hash,
-                         "status": entry.status, "result": _dump(entry.result),
-                         "error": entry.error, "cost_usd": entry.cost_usd, "seq": self._seq})
+            rows.append((self.run_id, entry.path, entry.kind, entry.call, entry.request_hash,
+                         entry.status, _dump(entry.value()), entry.error, entry.cost_usd,
+                         self._seq))
         async with self.engine.begin() as conn:
-            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-            stmt = dialect.insert(JournalRow)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["run_id", "path"],
-                set_={c: stmt.excluded[c] for c in ("status", "result", "error", "cost_usd",
-                                                    "seq")})
-            await conn.execute(stmt, rows)
+            await conn.exec_driver_sql(upsert_sql(conn.dialect.paramstyle), rows)
         self.commits += 1
 
 
