@@ -72,14 +72,16 @@ def test_resume_a_waiting_run_requeues_it_with_more_budget(env: dict[str, Any]) 
     shown = sluice(env, "jobs", "show", env["waiting"])
     assert "queued" in shown.stdout and "budget $1.00" in shown.stdout
 
-    async def queued_jobs() -> int:
+    async def queued_jobs() -> list[str]:
         redis = await connect(env["SLUICE_REDIS_URL"])
         try:
-            return int(await redis.zcard("arq:queue"))
+            members = await redis.zrange("arq:queue", 0, -1)
+            return [m.decode() for m in members if env["waiting"] in m.decode()]
         finally:
             await redis.aclose()
 
-    assert asyncio.run(queued_jobs()) == 1
+    [job] = asyncio.run(queued_jobs())
+    assert job.startswith(f"run:{env['waiting']}:")
 
 
 def test_unknown_run_says_how_to_find_ids(env: dict[str, Any]) -> None:
