@@ -92,25 +92,38 @@ async def _plan_failed(deps: BotDeps, event: JobEvent) -> None:
                                  meta={"failed_request": event.request_id})
 
 
+async def _status(deps: BotDeps, event: JobEvent, text: str,
+                  buttons: list[Button] | None = None) -> None:
+    """Edit the run's one status message (there is none for runs started elsewhere)."""
+    assert event.run_id is not None
+    message_id = await deps.store.run_status_message(event.run_id)
+    if message_id:
+        await deps.store.update_message(message_id, text=text, buttons=buttons)
+
+
+async def _posted(deps: BotDeps, run: Run, kinds: set[str], **meta: object) -> bool:
+    """Whether the thread already has a message of `kinds` for this run (a redelivered event)."""
+    thread = await deps.store.get_thread(run.thread_id)
+    return any(m.kind in kinds and m.meta.get("run_id") == run.id
+               and all(m.meta.get(k) == v for k, v in meta.items()) for m in thread.messages)
+
+
 async def _progress(deps: BotDeps, event: JobEvent) -> None:
-    run = await _run(deps, event)
-    message_id = await deps.store.run_status_message(run.id)
-    if message_id and event.progress is not None:
-        await deps.store.update_message(message_id, text=progress_text(event.progress))
+    if event.progress is not None:
+        await _status(deps, event, progress_text(event.progress))
 
 
 async def _started(deps: BotDeps, event: JobEvent) -> None:
-    run = await _run(deps, event)
-    message_id = await deps.store.run_status_message(run.id)
-    if message_id:
-        text = "Running: starting the program…" if event.text == "starting" else \
-            f"Running again after an interruption, {event.text}…"
-        await deps.store.update_message(message_id, text=text, buttons=[cancel_run_button(run.id)])
+    assert event.run_id is not None
+    text = "Running: starting the program…" if event.text == "starting" else \
+        f"Running again after an interruption, {event.text}…"
+    await _status(deps, event, text, [cancel_run_button(event.run_id)])
 
 
 async def _waiting(deps: BotDeps, event: JobEvent) -> None:
     run = await _run(deps, event)
-    if run.state != RunState.WAITING_APPROVAL:
+    if run.state != RunState.WAITING_APPROVAL or await _posted(
+            deps, run, {"question"}, attempt=run.attempts):
         return
     if run.waiting_path:
         buttons = [Button(action="resolve_done", label="It was done: continue", value=run.id),
@@ -127,10 +140,9 @@ async def _waiting(deps: BotDeps, event: JobEvent) -> None:
 
 async def _cancelled(deps: BotDeps, event: JobEvent) -> None:
     run = await _run(deps, event)
-    message_id = await deps.store.run_status_message(run.id)
-    if message_id:
-        await deps.store.update_message(message_id, text=progress_text(run.progress,
-                                                                       finished=True), buttons=[])
+    if await _posted(deps, run, {"result", "error"}):
+        return
+    await _status(deps, event, progress_text(run.progress, finished=True), [])
     done = run.result.summary if run.result else ""
     await deps.store.add_message(run.thread_id, author="sluice", kind="result",
                                  text=f"Cancelled. What was done before it stopped: {done}",
@@ -139,15 +151,11 @@ async def _cancelled(deps: BotDeps, event: JobEvent) -> None:
 
 async def _finished(deps: BotDeps, event: JobEvent) -> None:
     run = await _run(deps, event)
-    message_id = await deps.store.run_status_message(run.id)
-    thread = await deps.store.get_thread(run.thread_id)
-    if any(m.kind in {"result", "error"} and m.meta.get("run_id") == run.id
-           for m in thread.messages):
+    if await _posted(deps, run, {"result", "error"}):
         return
     ok = event.kind == EventKind.RUN_FINISHED
-    if message_id:
-        status = progress_text(run.progress, finished=True) if ok else "Stopped."
-        await deps.store.update_message(message_id, text=status, buttons=[])
+    await _status(deps, event, progress_text(run.progress, finished=True) if ok else "Stopped.",
+                  [])
     text = _result_text(run) if ok else (f"The run failed. {event.text}\nNothing more will run; "
                                          "reply with a changed request to try again.")
     attachments = [run.result.table] if ok and run.result and run.result.table else []

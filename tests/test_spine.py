@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from core.events import publish
+from core.types import EventKind, JobEvent
 from tests._stack import DEMO_REQUEST, Stack
 
 MISSING = ["ben@okafor.example", "chloe@martin.example", "eva@novak.example",
@@ -52,6 +54,16 @@ async def test_request_is_planned_previewed_run_and_reported(stack: Stack) -> No
     today = date.today().isoformat()
     for row in sheet_rows(stack.sheets_dir):
         assert row["Budget asked on"] == (today if row["Email"] in MISSING else "")
+
+    # An event delivered again (a surface died before acknowledging it) changes nothing.
+    finished = JobEvent(kind=EventKind.RUN_FINISHED, thread_id=thread_id,
+                        run_id=result["meta"]["run_id"])
+    await publish(stack.redis, finished)
+    await publish(stack.redis, JobEvent(kind=EventKind.PLAN_READY, thread_id=thread_id,
+                                        plan_id=plan["meta"]["plan_id"]))
+    await stack.settled()
+    assert [m["kind"] for m in await stack.messages(thread_id)] == [
+        "request", "ack", "plan", "status", "result"]
 
     [attachment] = result["attachments"]
     async with stack.http.get(f"{stack.base_url}/api/attachments/{attachment['id']}") as resp:
