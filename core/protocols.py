@@ -1,8 +1,9 @@
 """Seams between packages: what one side needs of another, without importing it.
 
 `codegen` talks to models through `ModelClient`; `integrations.ai` uses the same protocol, and
-`workers` hands both the litellm-backed implementation. `codegen` never executes generated code:
-it is handed a `ProgramExecutor` that `workers` implements with the sandbox.
+`workers` hands both the litellm-backed implementation. `codegen` never executes generated code;
+the sample runs of the planner (a later issue) will be handed an executor protocol defined here
+and implemented by `workers` with the sandbox.
 """
 
 from __future__ import annotations
