@@ -22,7 +22,10 @@ How to write the program:
 - For many items, write a function that handles ONE item and hand it to `each(items, fn)`.
   `each` shows progress, runs "first N only" trials, and records a failing item instead of
   stopping the run. Never call a model once per item to decide what to do: decide in code, and
-  use `ai.*` functions only for work that needs language understanding.
+  use `ai.*` functions only for work that needs language understanding. When each item waits
+  on something slow (an `ai.*` call, an email), pass `concurrency=8`.
+- Every call is journaled: a run that is interrupted resumes where it stopped, so write the
+  program straight through; do not add retries or checks for work already done.
 - Address rows by identity and columns by header: `sheet.update(row, {"Column": value})`.
 - Use `today()` and `now()` for dates; do not import time.
 - Only these imports are allowed: json, math, re, datetime, collections, itertools, functools,
