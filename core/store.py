@@ -335,11 +335,6 @@ class Store:
                 ThreadStateRow.thread_id == thread_id))).all()
         return ({r.name: json.loads(r.value) for r in rows}, {r.name: r.summary for r in rows})
 
-    async def runs_for_plan(self, plan_id: str) -> list[Run]:
-        async with self.session() as s:
-            rows = (await s.scalars(select(RunRow).where(RunRow.plan_id == plan_id))).all()
-        return [_run(r) for r in rows]
-
     # Attachments ------------------------------------------------------------------------------
 
     async def add_attachment(self, thread_id: str, *, name: str, content_type: str,

@@ -7,7 +7,6 @@ stopped with the process that started it. `REDIS_URL` replaces it with an extern
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import subprocess
@@ -128,10 +127,3 @@ class EmbeddedRedis:
     async def __aexit__(self, *_exc: object) -> None:
         await asyncio.to_thread(self.stop)
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
