@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from bot.deps import BotDeps
-from core.errors import InvalidInputError, NotFoundError, SluiceError
+from core.errors import InvalidInputError, SluiceError
 from core.jobs import PLAN_REQUEST, RUN_PROGRAM, PlanRequestJob, RunProgramJob, enqueue
 from core.types import Button, Message, PlanStatus, Request, Run, RunState, utcnow
 
@@ -166,5 +166,5 @@ def _find_button(message: Message, decision: Decision) -> Button:
                             f"{decision.value!r}. Buttons: {offered}.")
 
 
-__all__ = ["ACK_TEXT", "AlreadyDecidedError", "Decision", "NotFoundError", "decide",
+__all__ = ["ACK_TEXT", "AlreadyDecidedError", "Decision", "decide",
            "receive_request"]

@@ -136,12 +136,6 @@ class Store:
                              created_at=request.created_at))
         return _message(msg)
 
-    async def add_request(self, request: Request, *, message_id: str | None = None) -> None:
-        async with self.session() as s, s.begin():
-            s.add(RequestRow(id=request.id, thread_id=request.thread_id, message_id=message_id,
-                             surface=request.surface, user=request.user, text=request.text,
-                             created_at=request.created_at))
-
     async def get_request(self, request_id: str) -> Request:
         async with self.session() as s:
             row = await s.get(RequestRow, request_id)
@@ -244,6 +238,11 @@ class Store:
                            RunRow.lease_expires_at < now))
                 .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=ttl_s)))
         return bool(getattr(result, "rowcount", 0))
+
+    async def cancel_requested(self, run_id: str) -> bool:
+        async with self.session() as s:
+            return bool(await s.scalar(select(RunRow.cancel_requested)
+                                       .where(RunRow.id == run_id)))
 
     async def renew_lease(self, run_id: str, *, owner: str, ttl_s: float) -> bool:
         async with self.session() as s, s.begin():

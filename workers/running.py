@@ -76,8 +76,7 @@ class RunContext:
             if self.stopping.is_set():
                 return
             await self.deps.store.renew_lease(self.run.id, owner=WORKER_ID, ttl_s=ttl)
-            current = await self.deps.store.get_run(self.run.id)
-            self.runner.cancel_requested = current.cancel_requested
+            self.runner.cancel_requested = await self.deps.store.cancel_requested(self.run.id)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
