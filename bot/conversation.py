@@ -166,5 +166,5 @@ def _find_button(message: Message, decision: Decision) -> Button:
                             f"{decision.value!r}. Buttons: {offered}.")
 
 
-__all__ = ["ACK_TEXT", "AlreadyDecidedError", "Decision", "decide",
-           "receive_request"]
+__all__ = ["ACK_TEXT", "AlreadyDecidedError", "Decision", "budget_step", "cancel_run_button",
+           "decide", "decide_run", "receive_request"]
