@@ -14,7 +14,7 @@ from typing import NoReturn
 from bot.deps import BotDeps
 from core.errors import InvalidInputError, SluiceError
 from core.jobs import PLAN_REQUEST, RUN_PROGRAM, PlanRequestJob, RunProgramJob, enqueue
-from core.types import Button, Message, PlanStatus, Request, Run, RunState, utcnow
+from core.types import Button, Message, Plan, PlanStatus, Request, Run, RunState, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,32 @@ async def decide(deps: BotDeps, decision: Decision) -> Message:
     budget = decision.budget_usd if decision.budget_usd is not None else max(
         deps.settings.run_budget_usd, 2 * (plan.estimate.cost_usd or 0.0))
     return await _start_run(deps, plan.id, plan.thread_id, decision, limit, budget)
+
+
+AUTO_APPROVER = "the auto-approval policy"
+
+
+def auto_approves(plan: Plan, *, below_usd: float) -> bool:
+    """Whether `plan` may start without asking: it writes nothing, and even its highest
+    estimated cost is known and below the workspace's threshold."""
+    estimate = plan.estimate
+    writes = bool(estimate.writes) or bool(plan.sample and plan.sample.write_counts)
+    high = estimate.cost_range[1] if estimate.cost_range else estimate.cost_usd
+    return below_usd > 0 and not writes and high is not None and high < below_usd
+
+
+async def approve_automatically(deps: BotDeps, plan: Plan, message: Message) -> Message | None:
+    """Start `plan` at once under the auto-approval policy (once, however often it is asked)."""
+    if not await deps.store.decide_plan(plan.id, status=PlanStatus.APPROVED, user=AUTO_APPROVER):
+        return None
+    below = deps.settings.auto_approve_below_usd
+    note = (f"Started at once: it writes nothing and costs under ${below:.2f} "
+            "(the auto-approval policy).")
+    await deps.store.update_message(message.id, text=f"{message.text}\n\n{note}", buttons=[])
+    decision = Decision(action="approve", message_id=message.id, value=plan.id,
+                        user=AUTO_APPROVER)
+    budget = max(deps.settings.run_budget_usd, 2 * (plan.estimate.cost_usd or 0.0))
+    return await _start_run(deps, plan.id, plan.thread_id, decision, None, budget)
 
 
 async def _start_run(deps: BotDeps, plan_id: str, thread_id: str, decision: Decision,
@@ -166,5 +192,6 @@ def _find_button(message: Message, decision: Decision) -> Button:
                             f"{decision.value!r}. Buttons: {offered}.")
 
 
-__all__ = ["ACK_TEXT", "AlreadyDecidedError", "Decision", "budget_step", "cancel_run_button",
+__all__ = ["ACK_TEXT", "AUTO_APPROVER", "AlreadyDecidedError", "Decision",
+           "approve_automatically", "auto_approves", "budget_step", "cancel_run_button",
            "decide", "decide_run", "receive_request"]

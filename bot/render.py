@@ -7,28 +7,88 @@ its message already there and changes nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from bot.conversation import budget_step, cancel_run_button
+from bot.conversation import (
+    approve_automatically,
+    auto_approves,
+    budget_step,
+    cancel_run_button,
+)
 from bot.deps import BotDeps
-from core.types import Button, Estimate, EventKind, JobEvent, Plan, Progress, Run, RunState
+from core.types import (
+    Button,
+    Estimate,
+    EventKind,
+    JobEvent,
+    Plan,
+    PlanStatus,
+    Progress,
+    Run,
+    RunState,
+    SampleRun,
+)
 
 log = logging.getLogger(__name__)
 RUN_FIRST_N = 3
+SAMPLE_LINES_SHOWN = 5
 
 
 def estimate_lines(estimate: Estimate) -> list[str]:
-    items = "unknown" if estimate.items is None else f"up to {estimate.items}"
-    cost = "price unknown" if estimate.cost_usd is None else f"~${estimate.cost_usd:.4f}"
-    lines = [f"Estimate: {items} items · {estimate.model_calls} AI calls · {cost} · "
-             f"~{_duration(estimate.seconds)}"]
+    items = "unknown" if estimate.items is None else (
+        f"{estimate.items}" if estimate.measured else f"up to {estimate.items}")
+    lines = [f"Estimate: {items} items · {estimate.model_calls} AI calls · "
+             f"{_cost_text(estimate)} · {_time_text(estimate)}"]
     if estimate.write_lines:
         lines.append("It will " + ", ".join(estimate.write_lines) + ".")
     lines += [f"Note: {note}" for note in estimate.notes]
     return lines
 
 
+def _cost_text(estimate: Estimate) -> str:
+    if estimate.cost_usd is None:
+        return "price unknown"
+    if estimate.model_calls == 0 and estimate.cost_usd == 0:
+        return "no AI cost"
+    return _ranged(f"${estimate.cost_usd:.4f}", estimate.cost_range,
+                   lambda value: f"${value:.4f}")
+
+
+def _time_text(estimate: Estimate) -> str:
+    return _ranged(_duration(estimate.seconds), estimate.seconds_range, _duration)
+
+
+def _ranged(middle: str, bounds: tuple[float, float] | None,
+            show: Callable[[float], str]) -> str:
+    """"~5 s (4–7 s)", or "~5 s" when the range shows as one value."""
+    if bounds is None:
+        return f"~{middle}"
+    low, high = show(bounds[0]), show(bounds[1])
+    return f"~{middle}" if low == high else f"~{middle} ({low}–{high})"
+
+
+def sample_lines(sample: SampleRun) -> list[str]:
+    """What the sample run did, for the person approving: output, writes, failures, result."""
+    of = f" of {sample.available}" if sample.available is not None else ""
+    lines = [f"Tried on the first {sample.items}{of} items (writes only previewed):"]
+    output = [line for line in sample.output.strip().splitlines() if line.strip()]
+    lines += [f"  > {line}" for line in output[:SAMPLE_LINES_SHOWN]]
+    if sample.writes:
+        lines.append("Would:")
+        lines += [f"  • {write.text}" for write in sample.writes[:SAMPLE_LINES_SHOWN]]
+        more = sum(sample.write_counts.values()) - min(len(sample.writes), SAMPLE_LINES_SHOWN)
+        lines += [f"  • … and {more} more"] if more > 0 else []
+    else:
+        lines.append("Would write nothing.")
+    lines += [f"  ✗ item {f.get('index')}: {f.get('error')}" for f in sample.failures[:3]]
+    if sample.table_rows is not None:
+        lines.append(f"Result: a table of {sample.table_rows} rows on the sample.")
+    return lines
+
+
 def plan_text(plan: Plan) -> str:
-    return "\n".join([f"Plan: {plan.summary}", "", *estimate_lines(plan.estimate), "",
+    sample = ["", *sample_lines(plan.sample)] if plan.sample is not None else []
+    return "\n".join([f"Plan: {plan.summary}", *sample, "", *estimate_lines(plan.estimate), "",
                       "Approve to run it, or Cancel."])
 
 
@@ -72,15 +132,21 @@ async def render(deps: BotDeps, event: JobEvent) -> None:
 
 async def _plan_ready(deps: BotDeps, event: JobEvent) -> None:
     assert event.plan_id is not None
-    if await deps.store.plan_message_id(event.plan_id):
-        return
     plan = await deps.store.get_plan(event.plan_id)
-    message = await deps.store.add_message(
-        plan.thread_id, author="sluice", kind="plan", text=plan_text(plan),
-        buttons=plan_buttons(plan),
-        meta={"plan_id": plan.id, "program": plan.program,
-              "estimate": plan.estimate.model_dump(mode="json")})
-    await deps.store.set_plan_message(plan.id, message.id)
+    message_id = await deps.store.plan_message_id(plan.id)
+    if message_id is None:
+        message = await deps.store.add_message(
+            plan.thread_id, author="sluice", kind="plan", text=plan_text(plan),
+            buttons=plan_buttons(plan),
+            meta={"plan_id": plan.id, "program": plan.program,
+                  "estimate": plan.estimate.model_dump(mode="json"),
+                  "sample": plan.sample.model_dump(mode="json") if plan.sample else None})
+        await deps.store.set_plan_message(plan.id, message.id)
+    else:  # a redelivered event: the message is there; the policy may not have been applied
+        message = await deps.store.get_message(message_id)
+    if plan.status == PlanStatus.AWAITING_APPROVAL and auto_approves(
+            plan, below_usd=deps.settings.auto_approve_below_usd):
+        await approve_automatically(deps, plan, message)
 
 
 async def _plan_failed(deps: BotDeps, event: JobEvent) -> None:

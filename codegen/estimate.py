@@ -1,18 +1,24 @@
 """A first estimate from the program's shape (ARCHITECTURE.md, "Preview before spending").
 
-Static analysis only: loops and `each()` over collections whose size the integrations report
-(sheet row counts), the integration and AI calls inside them, and prices from litellm's map.
-The sample run (a later stage) refines it with measured time and tokens per item.
+`estimate_program` is static analysis: loops and `each()` over collections whose size the
+integrations report (sheet row counts), the integration and AI calls inside them, and prices from
+litellm's map. `refine_estimate` then combines it with the sample run's measured seconds,
+tokens, model calls and dollars per item, into figures with a range.
 """
 
 from __future__ import annotations
 
 import ast
+import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.types import Estimate
+from core.types import Estimate, SampleRun
 
+_UNKNOWN_SIZE = "A loop goes over a collection whose size is unknown"
+_AT_MOST = "At most"
+_COUNT_NOTES = (_UNKNOWN_SIZE, _AT_MOST)
 # Rough figures until a sample run measures them; stated in the estimate's notes.
 TOKENS_IN_PER_AI_CALL = 600
 TOKENS_OUT_PER_AI_CALL = 200
@@ -179,9 +185,9 @@ def estimate_program(source: str, *, effects: dict[str, str], workspace: dict[st
         _add(total, per_item, n)
         items = n if items is None else max(items, n)
         if size.count is None:
-            notes.append("A loop goes over a collection whose size is unknown before the run.")
+            notes.append(f"{_UNKNOWN_SIZE} before the run.")
         elif size.filtered:
-            notes.append(f"At most {size.count} items: {size.source}, before the filter.")
+            notes.append(f"{_AT_MOST} {size.count} items: {size.source}, before the filter.")
     _add(total, _outside_loops(program))
     tokens = total.ai * (TOKENS_IN_PER_AI_CALL + TOKENS_OUT_PER_AI_CALL)
     cost = None if prices is None else total.ai * (
@@ -208,3 +214,70 @@ def _outside_loops(program: _Program) -> _Calls:
             continue
         _add(calls, program.calls_in([stmt]))
     return calls
+
+
+def refine_estimate(static: Estimate, sample: SampleRun, *, program: str,
+                    previews: dict[str, str] | None = None) -> Estimate:
+    """Combine the static estimate with what a sample run measured per item.
+
+    Items come from the sample (the loop's real length) or else the static count; seconds,
+    model calls, tokens and dollars per item are the sample's means, with a range from its
+    fastest and slowest (cheapest and dearest) items. Items run `concurrency` at a time when the
+    program's each() says so; the sample's time outside items' work is counted once.
+    """
+    items = sample.available if sample.available is not None else static.items
+    visited = len(sample.item_seconds)
+    if not sample.ok or items is None or visited == 0:
+        return static
+    waves = math.ceil(items / _concurrency(program))
+    fixed = sample.fixed_seconds
+    seconds = fixed + waves * statistics.fmean(sample.item_seconds)
+    low_s = fixed + waves * min(sample.item_seconds) * (1 - _MARGIN)
+    high_s = fixed + waves * max(sample.item_seconds) * (1 + _MARGIN)
+    once_calls = sample.model_calls - sum(sample.item_model_calls)
+    once_tokens = sample.tokens - sum(sample.item_tokens)
+    calls = once_calls + round(items * statistics.fmean(sample.item_model_calls))
+    tokens = once_tokens + round(items * statistics.fmean(sample.item_tokens))
+    cost, cost_range = _cost(sample, items)
+    writes = {key: round(n * items / visited) for key, n in sample.write_counts.items()}
+    lines = [(previews or {}).get(key, f"{key} ×{{n}}").format(n=n)
+             for key, n in sorted(writes.items())]
+    # The sample counted the items, so notes about counting them before the run are moot.
+    notes = [n for n in static.notes if not n.startswith(_COUNT_NOTES)]
+    notes.append(f"Measured on {visited} sample item{'s' if visited != 1 else ''}: "
+                 f"{statistics.fmean(sample.item_seconds):.2f} s per item.")
+    return static.model_copy(update={
+        "items": items, "model_calls": calls, "tokens": tokens, "cost_usd": cost,
+        "cost_range": cost_range, "seconds": round(seconds, 1),
+        "seconds_range": (round(low_s, 1), round(high_s, 1)), "writes": writes or static.writes,
+        "write_lines": lines or static.write_lines, "notes": notes, "measured": True})
+
+
+_MARGIN = 0.1
+
+
+def _cost(sample: SampleRun, items: int) -> tuple[float | None, tuple[float, float] | None]:
+    if sample.cost_usd is None or not sample.item_costs:
+        return None, None
+    once = max(0.0, sample.cost_usd - sum(sample.item_costs))
+    mean = once + items * statistics.fmean(sample.item_costs)
+    low = once + items * min(sample.item_costs) * (1 - _MARGIN)
+    high = once + items * max(sample.item_costs) * (1 + _MARGIN)
+    return mean, (low, high)
+
+
+def _concurrency(program: str) -> int:
+    """The largest `concurrency=` a top-level each() asks for, as a literal; else 1."""
+    found = 1
+    for node in ast.walk(ast.parse(program)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id == "each":
+            for keyword in node.keywords:
+                value = keyword.value
+                if keyword.arg == "concurrency" and isinstance(value, ast.Constant) \
+                        and isinstance(value.value, int) and value.value > 0:
+                    found = max(found, min(value.value, _MAX_CONCURRENCY))
+    return found
+
+
+_MAX_CONCURRENCY = 64  # what each() runs at once at most (workers._sandbox_loops.MAX_THREADS)

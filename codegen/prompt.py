@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from core.protocols import ChatMessage
-from core.types import Request
+from core.types import Request, SampleRun
 
 SYSTEM = """\
 You are Sluice, an agent that does real work in a team's apps by writing ONE short Python program
@@ -73,3 +73,40 @@ def feedback(problems: str) -> str:
     return ("Your program was not accepted:\n\n" + problems +
             "\n\nFix it and answer again with the short paragraph and the whole program in one "
             "```python block.")
+
+
+SAMPLE_REVIEW_HEADING = "# Sample run"
+CONFIRM = "CONFIRM"
+_OUTPUT_SHOWN = 1500
+_WRITES_SHOWN = 10
+
+
+def sample_review(sample: SampleRun, *, items: int) -> str:
+    """What the model is shown of its program's sample run, and what it may answer."""
+    parts = [f"{SAMPLE_REVIEW_HEADING}\n\nYour program ran on the first {items} items, in "
+             "preview mode: reads and ai.* calls happened, writes were recorded, not done."]
+    if sample.error:
+        parts.append(f"It stopped with an error:\n{sample.error}")
+    if sample.output.strip():
+        parts.append("Printed:\n" + _shorten(sample.output.strip(), _OUTPUT_SHOWN))
+    if sample.writes:
+        lines = [f"- {w.text}" for w in sample.writes[:_WRITES_SHOWN]]
+        more = sum(sample.write_counts.values()) - len(lines)
+        lines += [f"- … and {more} more"] if more > 0 else []
+        parts.append("Writes it would do:\n" + "\n".join(lines))
+    else:
+        parts.append("Writes it would do: none.")
+    if sample.failures:
+        lines = [f"- item {f.get('index')}: {f.get('error')}" for f in sample.failures[:5]]
+        parts.append("Items that failed:\n" + "\n".join(lines))
+    if sample.table:
+        parts.append("First rows of `result`:\n" + _shorten(
+            json.dumps(sample.table[:3], default=str, indent=1), _OUTPUT_SHOWN))
+    parts.append(f"If this is what the request asks for, answer with the single word {CONFIRM}. "
+                 "Otherwise answer with the short paragraph and the whole corrected program in "
+                 "one ```python block.")
+    return "\n\n".join(parts)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "\n…"

@@ -73,6 +73,7 @@ class PlanRow(Base):
     summary: Mapped[str] = mapped_column(Text)
     program: Mapped[str] = mapped_column(Text)
     estimate: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    sample: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     status: Mapped[str] = mapped_column(String(30))
     model_calls: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float | None] = mapped_column(nullable=True)
@@ -125,6 +126,19 @@ class JournalRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cost_usd: Mapped[float] = mapped_column(default=0.0)
     seq: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class CheckFailureRow(Base):
+    """A check a model's program failed while planning: which rules models break most."""
+
+    __tablename__ = "check_failures"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(40), index=True)
+    model: Mapped[str] = mapped_column(String(100), default="")
+    stage: Mapped[str] = mapped_column(String(20))  # syntax | policy | types | sample
+    rule: Mapped[str] = mapped_column(String(100), index=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = _now_column()
 
 
 class ThreadStateRow(Base):

@@ -1,16 +1,19 @@
 """Seams between packages: what one side needs of another, without importing it.
 
 `codegen` talks to models through `ModelClient`; `integrations.ai` uses the same protocol, and
-`workers` hands both the litellm-backed implementation. `codegen` never executes generated code;
-the sample runs of the planner (a later issue) will be handed an executor protocol defined here
-and implemented by `workers` with the sandbox.
+`workers` hands both the litellm-backed implementation. `codegen` never executes generated code:
+the planner's sample runs go through `ProgramExecutor`, which `workers` implements with the
+sandbox in preview mode.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from core.types import SampleRun
 
 TaskKind = Literal["plan", "extract", "write", "classify", "vision"]
 
@@ -44,4 +47,12 @@ class ModelClient(Protocol):
         Raises:
             core.errors.ModelError: after retries and fallbacks, with a message for the thread.
         """
+        ...
+
+
+class ProgramExecutor(Protocol):
+    async def sample(self, program: str, *, thread_id: str | None, items: int) -> SampleRun:
+        """Run `program` on the first `items` items of its loops in preview mode: reads and AI
+        calls happen, writes are described instead of done. Failures are in the result.
+        `thread_id` names the thread whose saved variables the program starts with."""
         ...

@@ -58,6 +58,15 @@ class Settings(BaseSettings):
     )
     model_timeout_s: float = Field(default=60.0, gt=0)
     plan_rounds: int = Field(default=3, ge=1, le=10)
+    plan_sample_items: int = Field(default=3, ge=0, le=100, description="Items the planner's "
+                                   "sample run visits (0: no sample run).")
+    plan_sample_wall_s: float = Field(default=120.0, gt=0)
+    plan_typecheck: bool = Field(default=True, description="Type-check programs with mypy.")
+    typecheck_cache_dir: Path | None = Field(default=None, description="mypy's cache (default: "
+                                             "~/.cache/sluice/mypy, shared by checkouts).")
+    auto_approve_below_usd: float = Field(
+        default=0.05, ge=0, description="A plan estimated below this, with no writes, runs at "
+        "once without asking (0: always ask).")
 
     # Integrations (local defaults).
     sheets_dir: Path | None = None

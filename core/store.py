@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.db import (
     AttachmentRow,
+    CheckFailureRow,
     JournalRow,
     MessageRow,
     OutboxRow,
@@ -39,6 +40,7 @@ from core.types import (
     Run,
     RunResult,
     RunState,
+    SampleRun,
     Thread,
     new_id,
     utcnow,
@@ -151,6 +153,7 @@ class Store:
             s.add(PlanRow(id=plan.id, request_id=plan.request_id, thread_id=plan.thread_id,
                           summary=plan.summary, program=plan.program,
                           estimate=plan.estimate.model_dump(mode="json"), status=plan.status,
+                          sample=plan.sample.model_dump(mode="json") if plan.sample else None,
                           model_calls=plan.model_calls, cost_usd=plan.cost_usd))
 
     async def get_plan(self, plan_id: str) -> Plan:
@@ -161,7 +164,30 @@ class Store:
         return Plan(id=row.id, request_id=row.request_id, thread_id=row.thread_id,
                     summary=row.summary, program=row.program,
                     estimate=Estimate.model_validate(row.estimate), model_calls=row.model_calls,
+                    sample=SampleRun.model_validate(row.sample) if row.sample else None,
                     cost_usd=row.cost_usd, status=PlanStatus(row.status))
+
+    async def record_check_failures(self, request_id: str, *, model: str,
+                                    failures: list[tuple[str, str, str]]) -> None:
+        """Note the checks a model's program failed: (stage, rule, message) each."""
+        if not failures:
+            return
+        async with self.session() as s, s.begin():
+            s.add_all([CheckFailureRow(request_id=request_id, model=model, stage=stage,
+                                       rule=rule[:100], message=message[:2000])
+                       for stage, rule, message in failures])
+
+    async def check_failure_counts(self, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The rules models broke most, most often first: stage, rule, count, an example."""
+        counted = func.count().label("count")
+        query = (select(CheckFailureRow.stage, CheckFailureRow.rule, counted,
+                        func.max(CheckFailureRow.message).label("example"))
+                 .group_by(CheckFailureRow.stage, CheckFailureRow.rule)
+                 .order_by(counted.desc(), CheckFailureRow.rule).limit(limit))
+        async with self.session() as s:
+            rows = (await s.execute(query)).all()
+        return [{"stage": r[0], "rule": r[1], "count": int(r[2]), "example": r[3]}
+                for r in rows]
 
     async def plan_message_id(self, plan_id: str) -> str | None:
         async with self.session() as s:

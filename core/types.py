@@ -56,6 +56,44 @@ class Request(_Model):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class WritePreview(_Model):
+    """One write a sample run would have done: "email to ana@example.com: “Your budget”"."""
+
+    action: str = Field(description='"mail.send", "Sheet.update"')
+    text: str
+    details: dict[str, Any] = Field(default_factory=dict)
+    path: str = ""
+
+
+class SampleRun(_Model):
+    """The planner's trial of a program on the first few items, with writes only previewed."""
+
+    items: int = Field(default=0, description="Items the main loop visited in the sample.")
+    available: int | None = Field(default=None, description="Items a full run would visit.")
+    failed: int = 0
+    output: str = ""
+    table: list[dict[str, Any]] = Field(default_factory=list, description="First result rows.")
+    table_rows: int | None = None
+    writes: list[WritePreview] = Field(default_factory=list)
+    write_counts: dict[str, int] = Field(default_factory=dict)
+    reads: dict[str, int] = Field(default_factory=dict)
+    model_calls: int = 0
+    tokens: int = 0
+    cost_usd: float | None = Field(default=0.0, description="None when a price is unknown.")
+    seconds: float = 0.0
+    item_seconds: list[float] = Field(default_factory=list, description="Each item's time.")
+    item_costs: list[float] = Field(default_factory=list)
+    item_tokens: list[int] = Field(default_factory=list)
+    item_model_calls: list[int] = Field(default_factory=list)
+    fixed_seconds: float = Field(default=0.0, description="Time outside the items' work.")
+    error: str | None = None
+    failures: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
 class Estimate(_Model):
     """What a run will take: shown before approval, compared with the actual afterwards."""
 
@@ -64,6 +102,9 @@ class Estimate(_Model):
     tokens: int = 0
     cost_usd: float | None = Field(default=None, description="None when a price is unknown.")
     seconds: float = 0.0
+    cost_range: tuple[float, float] | None = None
+    seconds_range: tuple[float, float] | None = None
+    measured: bool = Field(default=False, description="Refined by a sample run's figures.")
     writes: dict[str, int] = Field(default_factory=dict, description="action -> expected count")
     write_lines: list[str] = Field(default_factory=list, description='"send up to 7 emails"')
     notes: list[str] = Field(default_factory=list)
@@ -83,6 +124,7 @@ class Plan(_Model):
     summary: str
     program: str
     estimate: Estimate
+    sample: SampleRun | None = None
     model_calls: int = 0
     cost_usd: float | None = 0.0
     status: PlanStatus = PlanStatus.AWAITING_APPROVAL

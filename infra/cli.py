@@ -1,4 +1,4 @@
-"""The `sluice` command line: `up`, `demo`, `doctor`.
+"""The `sluice` command line: `up`, `demo`, `doctor`, `plan`, `rules`, `jobs`, `sandbox`.
 
 This module is the composition root: it may start every part of Sluice. Settings are read once
 here, from the environment and `.env`.
@@ -22,6 +22,7 @@ from rich.console import Console
 from core.errors import ConfigurationError
 from core.settings import Settings, load_settings
 from infra.cli_jobs import jobs_app
+from infra.cli_plan import eval_command, plan_command, rules_command
 from infra.cli_sandbox import sandbox_app
 from infra.demo import check_demo, drive_demo, prepare_demo, thread_text
 from infra.stack import LocalStack
@@ -30,6 +31,9 @@ app = typer.Typer(help="Sluice: one short program per job, run durably.", no_arg
                   add_completion=False)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(sandbox_app, name="sandbox")
+app.command("plan")(plan_command)
+app.command("rules")(rules_command)
+app.command("eval")(eval_command)
 out = Console()
 err = Console(stderr=True)
 

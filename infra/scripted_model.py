@@ -26,6 +26,8 @@ import yaml
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
+from codegen.prompt import CONFIRM, SAMPLE_REVIEW_HEADING
+
 __all__ = [
     "Scenario",
     "ScenarioSource",
@@ -105,6 +107,9 @@ class Scenario(BaseModel):
 
     rules: list[ScriptedRule] = Field(default_factory=list)
     failures: list[ScriptedFailure] = Field(default_factory=list)
+    confirm_samples: bool = Field(
+        default=True, description="Answer the planner's sample review with CONFIRM when no "
+        "rule matches it (a rule matching '# Sample run' can revise the program instead).")
 
 
 class ScriptedRequest(BaseModel):
@@ -273,6 +278,8 @@ class ScriptedModelServer:
         if failure is not None:
             return self._recorded(body, _failure_response(failure))
         rule = self._script.find_rule(body)
+        if rule is None and self._confirms(body):
+            rule = ScriptedRule(response=CONFIRM)
         if rule is None:
             return self._recorded(body, _no_match(body.last_text("user")))
         text = self._script.next_answer(rule)
@@ -285,6 +292,11 @@ class ScriptedModelServer:
         if body.stream:
             return await _stream(request, answer, include_usage=body.include_usage)
         return web.json_response(answer.completion())
+
+    def _confirms(self, body: _ChatBody) -> bool:
+        """Whether to confirm a sample review nobody scripted an answer for."""
+        return self._script.scenario.confirm_samples and \
+            body.last_text("user").startswith(SAMPLE_REVIEW_HEADING)
 
     def _record(self, body: _ChatBody, status: int) -> None:
         self._requests.append(

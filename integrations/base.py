@@ -64,6 +64,20 @@ def actions_of(cls: type) -> dict[str, ActionSpec]:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """What a write would do, for a sample run: shown to people, and `result` to the program.
+
+    A connector describes a write `act` with a method `preview_act` taking the same arguments
+    and returning a Preview, computed without changing anything (read what it needs to show
+    before → after). Writes without one are described by their call.
+    """
+
+    text: str  # one line: "email to ana@example.com: “Your budget”"
+    details: dict[str, Any]  # the whole of it: recipients, subject, body; or before → after
+    result: Any = None  # what the action would have returned
+
+
+@dataclass(frozen=True)
 class EffectCall:
     """One call from the sandboxed program, as it arrives at the worker.
 

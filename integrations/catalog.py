@@ -25,14 +25,23 @@ import logging
 import re
 import types
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from core.errors import IntegrationError
 from core.protocols import Completion, ModelClient
 from integrations.ai import AI
-from integrations.base import ActionSpec, Effect, EffectCall, Integration, Resource, Row, actions_of
+from integrations.base import (
+    ActionSpec,
+    Effect,
+    EffectCall,
+    Integration,
+    Preview,
+    Resource,
+    Row,
+    actions_of,
+)
 from integrations.mail import LocalMail
 from integrations.sheets import LocalSheets
 from integrations.wire import decode, encode
@@ -433,15 +442,49 @@ class Catalog:
             IntegrationError: for an unknown integration, resource or action, bad arguments,
                 or any failure of the action (other errors are wrapped with a safe message).
         """
+
+        async def perform(target: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+            return encode(await getattr(type(target), call.action)(target, *args, **kwargs))
+
+        return await self._guarded(call, perform)
+
+    async def preview(self, call: EffectCall) -> Preview:
+        """What the write `call` would do, computed without doing it (for a sample run).
+
+        The connector's `preview_<action>` method describes it when there is one (before →
+        after, recipients); otherwise the call itself is the description. `Preview.result` is
+        in wire form, for the program.
+
+        Raises:
+            IntegrationError: as `dispatch` would for the same call (bad arguments, an unknown
+                row, a malformed address), so the sample shows the failure the run would have.
+        """
+
+        async def describe(target: Any, args: list[Any], kwargs: dict[str, Any]) -> Preview:
+            method = getattr(type(target), f"preview_{call.action}", None)
+            if method is None:
+                return Preview(text=self.describe_action(call), details={})
+            shown: Preview = await method(target, *args, **kwargs)
+            return Preview(text=self._scrub(shown.text), details=shown.details,
+                           result=encode(shown.result))
+
+        preview: Preview = await self._guarded(call, describe)
+        return preview
+
+    async def _guarded(
+        self, call: EffectCall,
+        act: Callable[[Any, list[Any], dict[str, Any]], Awaitable[Any]],
+    ) -> Any:
+        """Check `call` against its action, decode its arguments, and `act` on its target;
+        errors become IntegrationErrors with secrets taken out."""
         label = _label(call)
         try:
             self.action_spec(call)
             target = self._target(call)
             args = decode(call.args, self._bind)
             kwargs = decode(call.kwargs, self._bind)
-            fn = getattr(type(target), call.action)
-            _check_arguments(label, fn, [target, *args], kwargs)
-            return encode(await fn(target, *args, **kwargs))
+            _check_arguments(label, getattr(type(target), call.action), [target, *args], kwargs)
+            return await act(target, args, kwargs)
         except IntegrationError as exc:
             exc.message = self._scrub(exc.message)
             exc.args = (exc.message,)

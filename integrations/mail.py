@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from core.errors import IntegrationError
-from integrations.base import ActionSpec, Integration, action
+from integrations.base import ActionSpec, Integration, Preview, action
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +239,25 @@ class LocalMail(Integration):
                                 idempotency_key=idempotency_key)
         await asyncio.to_thread(self._deliver, message)
         return str(message["Message-ID"])
+
+    async def preview_send(
+        self,
+        to: str | list[str],
+        subject: str,
+        body: str,
+        *,
+        cc: str | list[str] | None = None,
+        reply_to: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Preview:
+        """The email `send` would send (addresses checked the same way), without sending it."""
+        message = self._compose(to, subject, body, cc=cc, reply_to=reply_to,
+                                idempotency_key=idempotency_key)
+        details = {"to": _addresses(to, "to"), "cc": _addresses(cc, "cc"),
+                   "subject": subject, "body": body}
+        shown_to = ", ".join(details["to"])
+        return Preview(text=f"email to {shown_to}: “{subject}”", details=details,
+                       result=str(message["Message-ID"]))
 
     @action("read")
     async def inbox(self, *, unread_only: bool = False, limit: int | None = None) -> list[Email]:

@@ -32,7 +32,7 @@ from typing import Any
 import openpyxl
 
 from core.errors import IntegrationError
-from integrations.base import Integration, Resource, Row, action
+from integrations.base import Integration, Preview, Resource, Row, action
 
 _SUFFIXES = (".csv", ".xlsx")  # in order of preference when both exist for one name
 _NEAR_MISS = 0.8
@@ -350,6 +350,21 @@ class Sheet(Resource):
         row_id = row.id if isinstance(row, Row) else str(row)
         return await self._write(lambda table: self._update(table, row_id, values))
 
+    async def preview_update(self, row: Row | str, values: dict[str, Any]) -> Preview:
+        """The cells `update` would change, before → after, without changing the sheet."""
+        row_id = row.id if isinstance(row, Row) else str(row)
+        old = await self._load()
+        new = old.copy()
+        index = self._update(new, row_id, values)
+        return _change_preview(self.key, old, new, index, verb="update")
+
+    async def preview_append(self, values: dict[str, Any]) -> Preview:
+        """The row `append` would add, without changing the sheet."""
+        old = await self._load()
+        new = old.copy()
+        index = self._append(new, values)
+        return _change_preview(self.key, old, new, index, verb="add")
+
     @action("write", preview="add {n} rows")
     async def append(self, values: dict[str, Any]) -> Row:
         """Add one row at the bottom and return it (with its new `row.id`).
@@ -424,6 +439,23 @@ class Sheet(Resource):
                 sheet=table.name, row=new_id,
             )
         return index
+
+
+def _change_preview(sheet: str, old: _Table, new: _Table, index: int, *, verb: str) -> Preview:
+    after = new.to_row(index)
+    before: dict[str, Any] = dict(old.to_row(index)) if index < len(old.rows) else {}
+    changes = {name: {"before": before.get(name), "after": value}
+               for name, value in after.items() if before.get(name) != value}
+    shown = "; ".join(f"{name}: {_brief(c['before'])} → {_brief(c['after'])}"
+                      for name, c in changes.items()) or "no change"
+    return Preview(text=f"{verb} {sheet} {after.id}: {shown}",
+                   details={"sheet": sheet, "row": after.id, "changes": changes},
+                   result=after)
+
+
+def _brief(value: Any) -> str:
+    text = "empty" if value is None or value == "" else repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 class LocalSheets(Integration):

@@ -33,6 +33,11 @@ print(labels.count("warm"), "warm")
 """
 
 
+# These runs write nothing and cost little: without this the auto-approval policy would start
+# them before the test could approve them with its own budget.
+ASK_ALWAYS = {"SLUICE_AUTO_APPROVE_BELOW_USD": "0"}
+
+
 async def approve(stack: Stack, thread_id: str, **extra: Any) -> dict[str, Any]:
     [plan] = await stack.messages(thread_id, "plan")
     button = next(b for b in plan["buttons"] if b["action"] == "approve")
@@ -51,9 +56,10 @@ def classify_calls(stack: Stack) -> int:
 async def test_budget_pauses_asks_and_resumes_without_redoing_work(
         redis_server: Any, tmp_path: Path) -> None:
     async with Stack.running(redis_url=redis_server.url, home=tmp_path,
-                             scenario=scenario(CLASSIFY_EACH)) as stack:
+                             scenario=scenario(CLASSIFY_EACH), env=ASK_ALWAYS) as stack:
         thread_id = await stack.ask("do it")
         await stack.drain()
+        sampled = classify_calls(stack)  # the planner's sample run classified the first rows
         await approve(stack, thread_id, budget_usd=0.0000001)
         await stack.drain()
         [question] = await stack.messages(thread_id, "question")
@@ -61,7 +67,7 @@ async def test_budget_pauses_asks_and_resumes_without_redoing_work(
         run = await stack.store.get_run(question["meta"]["run_id"])
         assert run.state == RunState.WAITING_APPROVAL
         spent_at_pause = run.spent_usd
-        assert spent_at_pause > 0 and classify_calls(stack) == 1
+        assert spent_at_pause > 0 and classify_calls(stack) - sampled == 1
 
         status, _ = await stack.click(question, "raise_budget")
         assert status == 200
@@ -76,7 +82,8 @@ async def test_budget_pauses_asks_and_resumes_without_redoing_work(
             await stack.drain()
         run = await stack.store.get_run(run.id)
         assert run.state == RunState.SUCCEEDED, run.error
-        assert classify_calls(stack) == 7  # every row classified once, none redone on resume
+        # every row classified once by the run, none redone on resume
+        assert classify_calls(stack) - sampled == 7
         assert run.spent_usd >= spent_at_pause  # spend counters are never reset
         [result] = await stack.messages(thread_id, "result")
         assert "7 warm" in result["text"]
@@ -87,19 +94,20 @@ async def test_cancel_from_the_thread_stops_a_running_job(redis_server: Any,
     program = CLASSIFY_EACH.replace("each(sheet.rows(), label)",
                                     "each(sheet.rows() * 20, label)")
     async with Stack.running(redis_url=redis_server.url, home=tmp_path,
-                             scenario=scenario(program, delay_ms=100)) as stack:
+                             scenario=scenario(program, delay_ms=100), env=ASK_ALWAYS) as stack:
         thread_id = await stack.ask("do it")
         await stack.drain()
+        sampled = classify_calls(stack)
         status_msg = await approve(stack, thread_id)
         work = asyncio.create_task(stack.drain())
-        while classify_calls(stack) < 3:
+        while classify_calls(stack) - sampled < 3:
             await asyncio.sleep(0.05)
         status, body = await stack.click(status_msg, "cancel_run")
         assert status == 200 and "Cancelling" in body["message"]["text"]
         await work
         run = await stack.store.get_run(status_msg["meta"]["run_id"])
         assert run.state == RunState.CANCELLED
-        assert classify_calls(stack) < 140  # it stopped long before the 140 items
+        assert classify_calls(stack) - sampled < 140  # it stopped long before the 140 items
         [result] = await stack.messages(thread_id, "result")
         assert result["text"].startswith("Cancelled.")
 
@@ -173,7 +181,7 @@ async def test_a_follow_up_in_the_thread_starts_with_its_variables(redis_server:
                                                                    tmp_path: Path) -> None:
     rules = [{"match": "^now list them", "response": f"List.\n\n```python\n{SECOND}```\n"}]
     async with Stack.running(redis_url=redis_server.url, home=tmp_path,
-                             scenario=scenario(FIRST, extra_rules=rules)) as stack:
+                             scenario=scenario(FIRST, extra_rules=rules), env=ASK_ALWAYS) as stack:
         thread_id = await stack.ask("do it")
         await stack.drain()
         await approve(stack, thread_id)

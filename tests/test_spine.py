@@ -31,8 +31,12 @@ async def test_request_is_planned_previewed_run_and_reported(stack: Stack) -> No
     await stack.drain()
     [plan] = await stack.messages(thread_id, "plan")
     assert "Budget asked on" in plan["meta"]["program"]
-    assert "up to 7 items" in plan["text"]  # the sheet has 7 rows before the filter
-    assert "It will update up to 7 rows, send up to 7 emails." in plan["text"]
+    # The sample run tried the first 3 of the 4 rows missing a budget, writes only previewed.
+    assert "Tried on the first 3 of 4 items" in plan["text"]
+    assert "email to ben@okafor.example: “Your budget for Okafor Logistics”" in plan["text"]
+    assert "update signups row-2: Budget asked on: empty → " in plan["text"]
+    assert "Estimate: 4 items · 0 AI calls · no AI cost" in plan["text"]
+    assert "It will update 4 rows, send 4 emails." in plan["text"]
     assert [b["action"] for b in plan["buttons"]] == ["approve", "run_first", "cancel"]
     assert await stack.outbox_mails() == []  # nothing is sent before approval
 
@@ -117,12 +121,15 @@ async def test_policy_violation_goes_back_to_the_model(redis_server: Any, tmp_pa
         thread_id = await stack.ask(DEMO_REQUEST)
         await stack.drain()
         asked = [r for r in stack.model.requests if r.status == 200]
-        assert len(asked) == 2
+        assert len(asked) == 3  # the program, the fixed program, the sample review
         feedback = str(asked[1].messages[-1]["content"])
         assert "line 1" in feedback.lower() and "os" in feedback
+        review = str(asked[2].messages[-1]["content"])
+        assert review.startswith("# Sample run") and "Printed:\n7" in review
         [plan] = await stack.messages(thread_id, "plan")
         assert "import os" not in plan["meta"]["program"]
-        await stack.click(plan, "approve")
+        # It writes nothing and costs nothing: the auto-approval policy started it at once.
+        assert plan["buttons"] == [] and "Started at once" in plan["text"]
         await stack.drain()
         [result] = await stack.messages(thread_id, "result")
         assert "7" in result["text"]  # the program printed the row count

@@ -111,24 +111,27 @@ class Progress:
         self._last = 0.0
         self._lock = threading.Lock()
 
-    def tick(self, loop: str, done: int, failed: int, total: int | None) -> None:
+    def tick(self, loop: str, done: int, failed: int, total: int | None,
+             available: int | None = None) -> None:
         """Report unless a report went out less than `_TICK_S` ago."""
         with self._lock:
             now = time.monotonic()
             if now - self._last < _TICK_S:
                 return
             self._last = now
-        self._frame(loop, done, failed, total)
+        self._frame(loop, done, failed, total, available)
 
-    def final(self, loop: str, done: int, failed: int, total: int | None) -> None:
+    def final(self, loop: str, done: int, failed: int, total: int | None,
+              available: int | None = None) -> None:
         """Report a loop's last counts."""
         with self._lock:
             self._last = time.monotonic()
-        self._frame(loop, done, failed, total)
+        self._frame(loop, done, failed, total, available)
 
-    def _frame(self, loop: str, done: int, failed: int, total: int | None) -> None:
+    def _frame(self, loop: str, done: int, failed: int, total: int | None,
+               available: int | None) -> None:
         self._send({"op": "progress", "loop": loop, "done": done, "failed": failed,
-                    "total": total})
+                    "total": total, "available": total if available is None else available})
 
 
 class Batch:
@@ -141,8 +144,9 @@ class Batch:
 
     def __init__(self, loop: str, fn: Callable[[Any], Any], items: list[Any], *,
                  scopes: Scopes, progress: Progress | None, record: RecordFailure,
-                 visit: list[int] | None = None) -> None:
+                 visit: list[int] | None = None, available: int | None = None) -> None:
         self.loop = loop
+        self.available = available  # items before a "first N" limit, when they can be counted
         self.fn = fn
         self.items = items
         # The indexes to visit, in order: all of them, or those of a "retry the failed ones".
@@ -172,7 +176,8 @@ class Batch:
         if self.error is not None:
             raise self.error
         if self.progress is not None:
-            self.progress.final(self.loop, self._done, self._failed, len(self.order))
+            self.progress.final(self.loop, self._done, self._failed, len(self.order),
+                                self.available)
         return self.results
 
     def _start_helper(self, number: int, budget: ThreadBudget) -> None:
@@ -227,7 +232,7 @@ class Batch:
                 self._failed += 1
             done, failed = self._done, self._failed
         if self.progress is not None:
-            self.progress.tick(self.loop, done, failed, len(self.order))
+            self.progress.tick(self.loop, done, failed, len(self.order), self.available)
 
     def _stop(self, exc: BaseException) -> None:
         with self._changed:

@@ -29,7 +29,7 @@ from core.errors import IntegrationError
 from integrations import wire
 from integrations.base import Resource
 from workers._channel import CallRouter, FdChannel
-from workers._sandbox_loops import Batch, Progress, Scopes, ThreadBudget, track
+from workers._sandbox_loops import Batch, Progress, Scopes, ThreadBudget, length, track
 
 PROGRAM_FILE = "<program>"
 LOOP_HOOK = "__sluice_loop__"  # the name instrumented `for` loops call; programs cannot spell it
@@ -185,6 +185,7 @@ class Runtime:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError("each(..., concurrency=N): N must be a positive integer")
         rows = _rows_of(items)
+        available = length(items)
         if self.limit_items is not None:
             rows = itertools.islice(rows, self.limit_items)
         scope = self.scopes.current()
@@ -192,7 +193,7 @@ class Runtime:
         visit = None if self.only_items is None else sorted(self.only_items.get(loop, ()))
         batch = Batch(loop, fn, list(rows), scopes=self.scopes,
                       progress=None if scope.in_item else self.progress,
-                      record=self._record_failure, visit=visit)
+                      record=self._record_failure, visit=visit, available=available)
         helpers = self.threads.take(max(1, min(concurrency, len(batch.order))) - 1)
         return batch.run(helpers, self.threads)
 

@@ -10,8 +10,10 @@ derived from the run and the path.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -23,8 +25,9 @@ from integrations.base import EffectCall
 from integrations.catalog import Catalog
 from workers.journal import Journal, JournalEntry, Status
 
-_call_cost: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
-    "sluice_call_cost", default=None)
+# The model answers given while one effect is performed (an `ai.*` call makes one or more).
+_call_answers: contextvars.ContextVar[list[Completion] | None] = contextvars.ContextVar(
+    "sluice_call_answers", default=None)
 
 
 class StopReason(StrEnum):
@@ -53,18 +56,36 @@ class CostedModels:
     def __init__(self, inner: ModelClient) -> None:
         self.inner = inner
         self.calls = 0
+        self.tokens = 0
         self.unknown_price = False
 
     async def complete(self, messages: list[ChatMessage], *, kind: TaskKind = "plan",
                        json_schema: dict[str, object] | None = None) -> Completion:
         completion = await self.inner.complete(messages, kind=kind, json_schema=json_schema)
         self.calls += 1
+        self.tokens += completion.prompt_tokens + completion.completion_tokens
         if completion.cost_usd is None:
             self.unknown_price = True
-        costs = _call_cost.get()
-        if costs is not None:
-            costs.append(completion.cost_usd or 0.0)
+        answers = _call_answers.get()
+        if answers is not None:
+            answers.append(completion)
         return completion
+
+
+@contextlib.contextmanager
+def model_answers() -> Iterator[list[Completion]]:
+    """Collect the model answers given (through `CostedModels`) inside the block."""
+    answers: list[Completion] = []
+    token = _call_answers.set(answers)
+    try:
+        yield answers
+    finally:
+        _call_answers.reset(token)
+
+
+def spent(answers: list[Completion]) -> float:
+    """What `answers` cost, an unknown price counted as 0 (`CostedModels.unknown_price` says)."""
+    return sum(a.cost_usd or 0.0 for a in answers)
 
 
 @dataclass
@@ -79,6 +100,11 @@ class EffectCounts:
     def add(self, kind: str, key: str) -> None:
         counts = self.writes if kind == "write" else self.reads
         counts[key] = counts.get(key, 0) + 1
+
+
+def runtime_now() -> dict[str, str]:
+    """The answer to the program's clock call: local time with its offset, in wire form."""
+    return {"__datetime__": datetime.now(UTC).astimezone().isoformat()}
 
 
 def call_key(call: EffectCall) -> str:
@@ -178,16 +204,13 @@ class EffectRunner:
         if kind == "write":
             await self.journal.record(entry, durable=True)
             call = self._with_idempotency_key(call)
-        costs: list[float] = []
-        token = _call_cost.set(costs)
-        try:
-            result = await self._dispatch(call)
-        except IntegrationError as exc:
-            await self._finish(entry, "failed", None, exc.message, sum(costs))
-            raise
-        finally:
-            _call_cost.reset(token)
-        await self._finish(entry, "done", result, None, sum(costs))
+        with model_answers() as answers:
+            try:
+                result = await self._dispatch(call)
+            except IntegrationError as exc:
+                await self._finish(entry, "failed", None, exc.message, spent(answers))
+                raise
+        await self._finish(entry, "done", result, None, spent(answers))
         self.counts.live += 1
         self.counts.add(kind, key)
         return result
@@ -202,7 +225,7 @@ class EffectRunner:
         if call.integration == "runtime":
             if call.action != "now":
                 raise IntegrationError(f"runtime has no action {call.action!r}")
-            return {"__datetime__": datetime.now(UTC).astimezone().isoformat()}
+            return runtime_now()
         return await self.catalog.dispatch(call)
 
     def _with_idempotency_key(self, call: EffectCall) -> EffectCall:

@@ -6,12 +6,17 @@ import logging
 from typing import Any
 
 from codegen.models import price_per_token
-from codegen.planner import PlanningContext, make_plan
+from codegen.planner import PlanningContext, PlanningOutcome, PlanningTools, make_plan
+from codegen.typecheck import TypeChecker
 from core.events import publish
 from core.jobs import PlanRequestJob
+from core.protocols import ModelClient
+from core.settings import Settings
+from core.store import Store
 from core.types import EventKind, JobEvent
 from integrations.catalog import Catalog, build_local_catalog
 from workers.deps import Deps
+from workers.sampling import SandboxExecutor
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +32,28 @@ def effects_of(catalog: Catalog) -> dict[str, str]:
     return effects
 
 
-async def planning_context(deps: Deps, catalog: Catalog, thread_id: str) -> PlanningContext:
+async def planning_context(settings: Settings, store: Store, catalog: Catalog,
+                           thread_id: str | None) -> PlanningContext:
+    """What the planner is told: stubs, effects, workspace data and the thread's variables."""
     workspace = await catalog.describe()
-    _values, summaries = await deps.store.thread_state(thread_id)
+    summaries: dict[str, str] = {}
+    if thread_id is not None:
+        _values, summaries = await store.thread_state(thread_id)
     if summaries:
         workspace["variables_from_earlier_requests_in_this_thread"] = summaries
+    ai_model = settings.scripted_price_as if settings.using_scripted_model else settings.model
     return PlanningContext(stubs=catalog.stubs(), effects=effects_of(catalog),
-                           workspace=workspace, ai_prices=price_per_token(_ai_model(deps)),
-                           previews=catalog.previews())
+                           workspace=workspace, ai_prices=price_per_token(ai_model),
+                           previews=catalog.previews(), variables=tuple(summaries))
 
 
-def _ai_model(deps: Deps) -> str:
-    settings = deps.settings
-    return settings.scripted_price_as if settings.using_scripted_model else settings.model
+def planning_tools(settings: Settings, store: Store, models: ModelClient) -> PlanningTools:
+    """The type checker and the sandbox's sample runs, as the settings ask."""
+    checker = TypeChecker(cache_dir=settings.typecheck_cache_dir) if settings.plan_typecheck \
+        else None
+    return PlanningTools(checker=checker,
+                         executor=SandboxExecutor(settings=settings, store=store, models=models),
+                         sample_items=settings.plan_sample_items)
 
 
 async def plan_request(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
@@ -49,9 +63,11 @@ async def plan_request(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     request = await deps.store.get_request(job.request_id)
     log.info("→ plan_request %s (thread %s)", request.id, request.thread_id)
     catalog = build_local_catalog(deps.settings, deps.models)
-    context = await planning_context(deps, catalog, request.thread_id)
-    outcome = await make_plan(request, models=deps.models, context=context,
+    context = await planning_context(deps.settings, deps.store, catalog, request.thread_id)
+    tools = planning_tools(deps.settings, deps.store, deps.models)
+    outcome = await make_plan(request, models=deps.models, context=context, tools=tools,
                               rounds=deps.settings.plan_rounds)
+    await _record_checks(deps, request.id, outcome)
     if outcome.plan is None:
         log.info("← plan_request %s failed after %d model calls", request.id, outcome.model_calls)
         await publish(deps.redis, JobEvent(kind=EventKind.PLAN_FAILED, thread_id=request.thread_id,
@@ -62,3 +78,10 @@ async def plan_request(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     await publish(deps.redis, JobEvent(kind=EventKind.PLAN_READY, thread_id=request.thread_id,
                                        request_id=request.id, plan_id=outcome.plan.id))
     return outcome.plan.id
+
+
+async def _record_checks(deps: Deps, request_id: str, outcome: PlanningOutcome) -> None:
+    model = outcome.models_used[-1] if outcome.models_used else ""
+    await deps.store.record_check_failures(
+        request_id, model=model,
+        failures=[(f.stage, f.rule, f.message) for f in outcome.check_failures])

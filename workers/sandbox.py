@@ -92,13 +92,15 @@ class ProgressTick(BaseModel):
     `done` items finished without error, `failed` raised; together they are the items visited.
     `loop` is the loop's path: "each#N" for the Nth each() call at the top level, "for@L" for
     the top-level `for` loop on line L, "for@L/iter#i/each#N" for an each() in its body. Loops
-    inside each() items report no progress of their own.
+    inside each() items report no progress of their own. `available` is how many items the loop
+    has before a "first N" limit (`total` counts those it will visit).
     """
 
     loop: str
     done: int
     failed: int = 0
     total: int | None = None
+    available: int | None = None
     elapsed_s: float = 0.0
 
 
@@ -154,6 +156,7 @@ class _Progress(BaseModel):
     done: int
     failed: int = 0
     total: int | None = None
+    available: int | None = None
 
 
 class _Done(BaseModel):
@@ -394,7 +397,7 @@ class _Session:
             return
         await self.on_progress(ProgressTick(
             loop=frame.loop, done=frame.done, failed=frame.failed, total=frame.total,
-            elapsed_s=round(time.monotonic() - self.started, 3)))
+            available=frame.available, elapsed_s=round(time.monotonic() - self.started, 3)))
 
     async def _write(self, data: bytes) -> None:
         stdin = self.proc.stdin

@@ -8,8 +8,11 @@ from typing import Any
 
 from arq.worker import Worker
 
+from codegen.typecheck import TypeChecker
 from core.jobs import deserialize, redis_settings, serialize
+from core.protocols import ModelClient
 from core.settings import Settings
+from integrations.catalog import build_local_catalog
 from workers.deps import Deps
 from workers.planning import plan_request
 from workers.running import run_program
@@ -29,6 +32,9 @@ def build_worker(settings: Settings, *, burst: bool = False, deps: Deps | None =
             warm = getattr(ctx["deps"].models, "warm", None)
             if warm is not None:  # importing litellm takes seconds: do it before a request asks
                 ctx["warming"] = asyncio.create_task(asyncio.to_thread(warm))
+            if settings.plan_typecheck:  # mypy's first check loads pandas' stubs: seconds
+                ctx["warming_types"] = asyncio.create_task(asyncio.to_thread(
+                    _warm_type_checker, settings, ctx["deps"].models))
             ctx["sweeper"] = asyncio.create_task(
                 sweep_forever(ctx["deps"], every_s=settings.sweep_every_s))
 
@@ -47,3 +53,8 @@ def build_worker(settings: Settings, *, burst: bool = False, deps: Deps | None =
         job_timeout=JOB_TIMEOUT_S, max_jobs=10, keep_result=3600,
         handle_signals=not burst,
     )
+
+
+def _warm_type_checker(settings: Settings, models: ModelClient) -> None:
+    catalog = build_local_catalog(settings, models)
+    TypeChecker(cache_dir=settings.typecheck_cache_dir).warm(stubs=catalog.stubs())
