@@ -236,6 +236,8 @@ async def _finished(deps: BotDeps, event: JobEvent) -> None:
 def _result_text(run: Run) -> str:
     assert run.result is not None
     parts = [run.result.summary]
+    if run.result.estimate_vs_actual:
+        parts.append(run.result.estimate_vs_actual)
     for failure in run.result.failures[:10]:
         parts.append(f"- item {failure.get('index')} ({failure.get('item')}): "
                      f"{failure.get('error')}")

@@ -166,6 +166,8 @@ class RunResult(_Model):
     table: Attachment | None = None
     table_rows: int | None = None
     failures: list[dict[str, Any]] = Field(default_factory=list)
+    estimate_vs_actual: str | None = Field(default=None, description="The plan's estimate "
+                                           "next to what the run took.")
 
 
 class Run(_Model):

@@ -169,7 +169,7 @@ async def test_the_estimate_is_within_a_fifth_of_the_run(redis_server: Any,
                                                          tmp_path: Path) -> None:
     scenario = {"rules": [
         {"match": "Classify every", "response": SLOW_AI},
-        {"match": "Lead \\d+", "response": "person", "delay_ms": 150},
+        {"match": "Lead \\d+", "response": "person", "delay_ms": 250},
     ]}
     async with Stack.running(redis_url=redis_server.url, home=tmp_path,
                              scenario=scenario) as stack:
@@ -188,6 +188,9 @@ async def test_the_estimate_is_within_a_fifth_of_the_run(redis_server: Any,
         assert 0.8 <= ratio <= 1.2, (plan.estimate.seconds, run.result.seconds)
         low, high = plan.estimate.seconds_range or (0, 0)
         assert low <= plan.estimate.seconds <= high
+        [result] = await stack.messages(thread_id, "result")
+        assert f"Estimated ~{plan.estimate.seconds:.1f} s" in result["text"]
+        assert f"it took {run.result.seconds:.1f} s" in result["text"]
 
 
 async def test_a_failing_provider_falls_back_and_the_thread_shows_no_error(

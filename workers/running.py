@@ -26,7 +26,7 @@ from workers.deps import Deps
 from workers.effects import CostedModels, EffectRunner, StopReason
 from workers.journal import Journal
 from workers.sandbox import ProgressTick, SandboxLimits, SandboxOutcome, run_sandboxed
-from workers.summary import run_summary
+from workers.summary import estimate_vs_actual, run_summary
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5
@@ -142,7 +142,7 @@ async def _run_leased(deps: Deps, run: Run) -> str:
             await watcher
         await journal.close()
         await catalog.aclose()
-    return await _finish(deps, live, outcome)
+    return await _finish(deps, live, outcome, plan)
 
 
 async def _sandbox(deps: Deps, run: Run, plan: Plan, live: RunContext) -> SandboxOutcome:
@@ -154,11 +154,15 @@ async def _sandbox(deps: Deps, run: Run, plan: Plan, live: RunContext) -> Sandbo
         state=state, seed=zlib.crc32(run.id.encode()), only_items=run.only_items)
 
 
-async def _finish(deps: Deps, live: RunContext, outcome: SandboxOutcome) -> str:
+async def _finish(deps: Deps, live: RunContext, outcome: SandboxOutcome, plan: Plan) -> str:
     stop = live.runner.stop
     if stop is not None and stop.reason in (StopReason.BUDGET, StopReason.UNCERTAIN_WRITE):
         return await _wait_for_person(deps, live, stop.message, stop.path)
     run, result = live.run, live.result(outcome)
+    if outcome.ok and run.limit_items is None and run.only_items is None:
+        result.estimate_vs_actual = estimate_vs_actual(
+            plan.estimate, seconds=result.seconds, model_calls=result.model_calls,
+            cost_usd=None if live.models.unknown_price else result.cost_usd)
     if outcome.table_csv is not None:
         result.table = await deps.store.add_attachment(
             run.thread_id, name=f"{run.id}.csv", content_type="text/csv",

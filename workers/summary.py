@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from core.types import Estimate
+
 _PHRASES = {
     "mail.send": ("sent {n} email", "sent {n} emails"),
     "Sheet.update": ("updated {n} row", "updated {n} rows"),
@@ -29,3 +31,12 @@ def run_summary(*, writes: dict[str, int], items_done: int | None, failures: int
         cost = "price unknown" if cost_usd is None else f"${cost_usd:.4f}"
         text += f" {model_calls} AI call{'s' if model_calls != 1 else ''} ({cost})."
     return text
+
+
+def estimate_vs_actual(estimate: Estimate, *, seconds: float, cost_usd: float | None,
+                       model_calls: int) -> str:
+    """"Estimated ~12 s and $0.0040 (30 AI calls); it took 11.2 s and $0.0038 (30).\""""
+    est_cost = "price unknown" if estimate.cost_usd is None else f"${estimate.cost_usd:.4f}"
+    cost = "price unknown" if cost_usd is None else f"${cost_usd:.4f}"
+    return (f"Estimated ~{estimate.seconds:.1f} s and {est_cost} ({estimate.model_calls} AI "
+            f"calls); it took {seconds:.1f} s and {cost} ({model_calls}).")
