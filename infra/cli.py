@@ -21,6 +21,8 @@ from rich.console import Console
 
 from core.errors import ConfigurationError
 from core.settings import Settings, load_settings
+from infra.cli_automations import automations_app
+from infra.cli_email import email_app
 from infra.cli_jobs import jobs_app
 from infra.cli_sandbox import sandbox_app
 from infra.demo import check_demo, drive_demo, prepare_demo, thread_text
@@ -30,6 +32,8 @@ app = typer.Typer(help="Sluice: one short program per job, run durably.", no_arg
                   add_completion=False)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(automations_app, name="automations")
+app.add_typer(email_app, name="email")
 out = Console()
 err = Console(stderr=True)
 

@@ -13,6 +13,7 @@ from core.settings import Settings
 from workers.deps import Deps
 from workers.planning import plan_request
 from workers.running import run_program
+from workers.schedules import schedule_forever
 from workers.sweeper import sweep_forever
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,13 @@ def build_worker(settings: Settings, *, burst: bool = False, deps: Deps | None =
                 ctx["warming"] = asyncio.create_task(asyncio.to_thread(warm))
             ctx["sweeper"] = asyncio.create_task(
                 sweep_forever(ctx["deps"], every_s=settings.sweep_every_s))
+            ctx["schedules"] = asyncio.create_task(schedule_forever(ctx["deps"]))
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         if "sweeper" in ctx:
             ctx["sweeper"].cancel()
+        if "schedules" in ctx:
+            ctx["schedules"].cancel()
         if deps is None and "deps" in ctx:
             await ctx["deps"].close()
 
