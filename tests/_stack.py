@@ -48,16 +48,17 @@ class Stack:
 
     @classmethod
     @asynccontextmanager
-    async def running(cls, *, redis_url: str, home: Path,
-                      scenario: Any = None) -> AsyncIterator[Stack]:
+    async def running(cls, *, redis_url: str, home: Path, scenario: Any = None,
+                      env: dict[str, str] | None = None) -> AsyncIterator[Stack]:
         async with database_url(home) as url, cls._running(
-                redis_url=redis_url, home=home, scenario=scenario, url=url) as stack:
+                redis_url=redis_url, home=home, scenario=scenario, url=url,
+                env=env or {}) as stack:
             yield stack
 
     @classmethod
     @asynccontextmanager
     async def _running(cls, *, redis_url: str, home: Path, scenario: Any,
-                       url: str) -> AsyncIterator[Stack]:
+                       url: str, env: dict[str, str]) -> AsyncIterator[Stack]:
         sheets = home / "sheets"
         shutil.copytree(EXAMPLES / "signups" / "sheets", sheets)
         engine = create_engine(url)
@@ -71,7 +72,7 @@ class Stack:
             "SLUICE_HOME": str(home), "SLUICE_REDIS_URL": redis_url,
             "SLUICE_DATABASE_URL": url, "SLUICE_SCRIPTED_MODEL_URL": model.url,
             "SLUICE_SMTP_PORT": str(outbox.port), "SLUICE_SHEETS_DIR": str(sheets),
-            "SLUICE_SANDBOX_WALL_S": "60", "SLUICE_LEASE_TTL_S": "0.6",
+            "SLUICE_SANDBOX_WALL_S": "60", "SLUICE_LEASE_TTL_S": "0.6", **env,
         }, env_file=False)
         deps = await Deps.create(settings, redis=redis)
         runner = web.AppRunner(create_app(settings))

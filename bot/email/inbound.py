@@ -104,6 +104,12 @@ class InboundMail:
             thread.id, {"email": email_input(parsed)},
             {"email": f"the email that started this thread: {parsed.subject!r} from "
                       f"{parsed.sender}, {len(attachments)} attachments"})
+        if attachments:
+            names = ", ".join(a.name for a in attachments)
+            await self.deps.store.add_message(
+                thread.id, author="sluice", kind="files", attachments=attachments,
+                text=f"Received {len(attachments)} attachment(s): {names}. The program reads "
+                     "them as `email[\"attachments\"]` (text files with their text).")
         for warning in parsed.warnings:
             await self.deps.store.add_message(thread.id, author="sluice", kind="note",
                                               text=f"Note: {warning}")
