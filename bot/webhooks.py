@@ -55,6 +55,12 @@ def _unauthorized(message: str) -> web.Response:
                              status=401)
 
 
+def _too_large() -> web.Response:
+    return web.json_response({"error": {
+        "code": "too_large", "message": f"The body is larger than {MAX_HOOK_BODY // 1024} KiB; "
+        "send smaller inputs (or a link to the data)."}}, status=413)
+
+
 def check_signature(secret: str, header: str, body: bytes, now: float) -> str | None:
     """None when `header` signs `body` within the window, else what is wrong."""
     fields = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
@@ -76,15 +82,14 @@ def check_signature(secret: str, header: str, body: bytes, now: float) -> str | 
 async def post_run(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     if request.content_length is not None and request.content_length > MAX_HOOK_BODY:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_HOOK_BODY,
-                                            actual_size=request.content_length)
+        return _too_large()
     automations = Automations(deps.store)
     automation = await automations.get(request.match_info["automation_id"])
     if not automation.enabled:
         raise NotFoundError(f"Automation {automation.id} is disabled.")
     body = await request.read()
     if len(body) > MAX_HOOK_BODY:
-        raise InvalidInputError(f"The body is larger than {MAX_HOOK_BODY // 1024} KiB.")
+        return _too_large()
     now = request.app[CLOCK]() if CLOCK in request.app else time.time()
     problem = check_signature(automation.webhook_secret,
                               request.headers.get(SIGNATURE_HEADER, ""), body, now)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from arq import ArqRedis
 from pydantic import BaseModel, Field
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from core.cron import parse_cron
@@ -147,13 +147,12 @@ class Automations:
                             .values(enabled=enabled))
 
     async def claim_fire(self, automation: Automation, at: datetime) -> bool:
-        """Record that the schedule fired at `at`; False when another worker already did."""
+        """Record that the schedule fired at `at`; False when it already fired then or later."""
         column = AutomationRow.last_fired_at
-        seen = column.is_(None) if automation.last_fired_at is None else \
-            column == automation.last_fired_at
         async with self.store.session() as s, s.begin():
             result = await s.execute(update(AutomationRow).where(
-                AutomationRow.id == automation.id, seen).values(last_fired_at=at))
+                AutomationRow.id == automation.id, or_(column.is_(None), column < at))
+                .values(last_fired_at=at))
         return bool(getattr(result, "rowcount", 0))
 
     async def automation_run(self, run_id: str) -> AutomationRun | None:
@@ -279,7 +278,15 @@ def _automation(row: AutomationRow) -> Automation:
                       budget_usd=row.budget_usd, policy=row.policy,  # type: ignore[arg-type]
                       schedule=row.schedule, webhook_secret=row.webhook_secret,
                       enabled=row.enabled, created_by=row.created_by,
-                      last_fired_at=row.last_fired_at, created_at=row.created_at)
+                      last_fired_at=_aware(row.last_fired_at),
+                      created_at=_aware(row.created_at) or utcnow())
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite gives datetimes back without their zone; they were stored in UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
 
 
 def _automation_run(row: AutomationRunRow) -> AutomationRun:
