@@ -91,7 +91,7 @@ def list_automations() -> None:
     found = _with_automations(lambda _s, automations: automations.all())
     table = Table()
     for column in ("automation", "name", "enabled", "schedule", "policy", "budget", "thread"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column == "automation")
     for a in found:
         table.add_row(a.id, a.name, "yes" if a.enabled else "no", a.schedule or "-", a.policy,
                       f"${a.budget_usd:.2f}", a.thread_id)

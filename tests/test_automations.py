@@ -223,3 +223,18 @@ async def test_unknown_policy_is_refused(redis_server: EmbeddedRedis, tmp_path: 
         run_id = await succeeded_run(stack)
         with pytest.raises(InvalidInputError, match="approval policy"):
             await Automations(stack.store).save_from_run(run_id, user="ana", policy=policy)
+
+
+async def test_save_as_automation_button_on_the_result(stack: Stack) -> None:
+    run_id = await succeeded_run(stack)
+    [result] = [m for m in await stack.messages((await stack.store.get_run(run_id)).thread_id,
+                                                "result")]
+    assert [b["action"] for b in result["buttons"]] == ["save_automation"]
+    status, body = await stack.click(result, "save_automation")
+    assert status == 200, body
+    assert "Saved as automation auto_" in body["message"]["text"]
+    assert "sluice+auto_" in body["message"]["text"]
+    [automation] = await Automations(stack.store).all()
+    assert automation.source_run_id == run_id and automation.created_by == "ana"
+    again, _ = await stack.click(result, "save_automation")
+    assert again == 409  # the button is gone: saved once
