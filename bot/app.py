@@ -15,6 +15,7 @@ from aiohttp import web
 
 from bot.console import DEPS, add_routes, errors_middleware
 from bot.deps import BotDeps
+from bot.email.imap import poll_forever
 from bot.email.inbound import InboundServer, start_inbound
 from bot.email.links import add_link_routes
 from bot.followups import follow_up
@@ -59,7 +60,10 @@ def create_app(settings: Settings) -> web.Application:
         if settings.email_inbound:
             app[INBOUND] = await start_inbound(deps, host=settings.email_host,
                                                port=settings.email_port)
+        imap = asyncio.create_task(poll_forever(deps)) if settings.imap_host else None
         yield
+        if imap is not None:
+            imap.cancel()
         if INBOUND in app:
             await app[INBOUND].stop()
         task.cancel()

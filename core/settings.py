@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     public_url: str | None = Field(default=None, description="The console's address as "
                                    "people reach it (links in email); default host and port.")
 
+    imap_host: str | None = Field(default=None, description="Poll this IMAP server instead "
+                                  "of (or besides) inbound SMTP.")
+    imap_port: int = Field(default=993, ge=1, le=65535)
+    imap_ssl: bool = True
+    imap_user: str | None = None
+    imap_password: str | None = None
+    imap_every_s: float = Field(default=30.0, gt=0)
+
     # Models. With no key, every task kind goes to the scripted model server.
     model: str = Field(default="openai/gpt-4o-mini", description="litellm model for planning.")
     model_api_key: str | None = None

@@ -81,6 +81,10 @@ def up(demo: Annotated[bool, typer.Option(help="Load the bundled signups demo an
                   f"(logs in {stack.log_dir})")
         if stack.settings.using_scripted_model:
             out.print("No model key is set: plans come from the scripted model.")
+        if stack.settings.email_inbound:
+            s = stack.settings
+            out.print(f"Email in: SMTP on {s.email_host}:{s.email_port} for {s.mail_from} "
+                      f"(allowed senders: {s.email_allow or 'none yet; set SLUICE_EMAIL_ALLOW'})")
         if files is not None:
             task = asyncio.create_task(_ask_demo(stack, files.request))
         out.print("Press Ctrl-C to stop everything.")

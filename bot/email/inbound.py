@@ -26,7 +26,7 @@ from bot.email.mirror import mirror_thread
 from bot.email.outgoing import Outgoing, address_for, message_id_for, plus_tag, reply_subject, send
 from bot.email.parse import Command, MailError, ParsedEmail, parse_email
 from core.automations import Automations
-from core.errors import SluiceError
+from core.errors import ConfigurationError, SluiceError
 from core.mail_log import MailLog
 from core.settings import Settings
 from core.types import Message, Request, Thread
@@ -267,8 +267,14 @@ async def start_inbound(deps: BotDeps, *, host: str, port: int) -> InboundServer
     handler = InboundHandler(deps)
     limit = int(deps.settings.email_max_mb * 1_048_576) * 2  # our own limit replies; this cuts
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: SMTP(handler, data_size_limit=limit, enable_SMTPUTF8=True,
-                     hostname="sluice-inbound"),
-        host=host, port=port)
+    try:
+        server = await loop.create_server(
+            lambda: SMTP(handler, data_size_limit=limit, enable_SMTPUTF8=True,
+                         hostname="sluice-inbound"),
+            host=host, port=port)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"Inbound email cannot listen on {host}:{port} ({exc.strerror}). Set "
+            "SLUICE_EMAIL_PORT to a free port, stop what is using it, or set "
+            "SLUICE_EMAIL_INBOUND=false.") from None
     return InboundServer(server)
