@@ -8,6 +8,7 @@ and its policy is "auto"; otherwise the run waits in its thread for a person's a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from dataclasses import dataclass
@@ -213,11 +214,17 @@ class Automations:
         return True
 
     async def _first_run(self, automation_id: str, key: str | None) -> Run:
+        """The run the first call with `key` started (waiting while that call still stores it)."""
         async with self.store.session() as s:
             run_id = await s.scalar(select(AutomationRunRow.run_id).where(
                 AutomationRunRow.automation_id == automation_id,
                 AutomationRunRow.idempotency_key == key))
         assert run_id is not None
+        for _ in range(100):
+            try:
+                return await self.store.get_run(run_id)
+            except NotFoundError:  # the first call recorded the key and is creating the run
+                await asyncio.sleep(0.05)
         return await self.store.get_run(run_id)
 
     async def _plan(self, automation: Automation, trigger: str, user: str,

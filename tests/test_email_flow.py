@@ -16,6 +16,8 @@ from sqlalchemy import select
 from bot.deps import BotDeps
 from bot.email.inbound import InboundServer, start_inbound
 from core.db import MailRow, OutboxRow
+from core.events import publish
+from core.types import EventKind, JobEvent, Progress
 from infra.redis import EmbeddedRedis
 from tests._stack import DEMO_REQUEST, Stack
 
@@ -130,6 +132,16 @@ async def test_approval_by_email_reply_end_to_end(mail: Mail) -> None:
     signups = [m for m in await mail.stack.outbox_mails() if ANA not in m["recipients"]]
     assert len(signups) == 4
 
+    # Progress past half way (a long run) gets one short email, however often it is reported.
+    run_id = result["meta"]["run_id"]
+    for done in (2, 3):
+        await publish(mail.stack.redis, JobEvent(
+            kind=EventKind.PROGRESS, thread_id=thread_id, run_id=run_id,
+            progress=Progress(done=done, total=4, cost_usd=0.5)))
+    await mail.stack.settled()
+    [halfway] = [m for m in await mail.sent_to(ANA) if body(m).startswith("Halfway")]
+    assert "Halfway: 2 of 4 done, 0 failed, $0.5000 so far" in body(halfway)
+
     # The same reply delivered again (an SMTP retry) decides nothing twice.
     await mail.send(reply)
     await mail.stack.drain()
@@ -145,8 +157,9 @@ async def test_reply_run_first_n_and_unclear_reply(mail: Mail) -> None:
                             in_reply_to=plan["Message-ID"]))
     unclear = (await mail.sent_to(ANA))[-1]
     assert "I could not tell what “Maybe later?” decides" in body(unclear)
+    # no In-Reply-To (a client that drops it): the plus address still finds the thread
     await mail.send(compose("> approve\nrun the first 2", to=thread_tag,
-                            message_id="<r2@acme.example>", in_reply_to=plan["Message-ID"]))
+                            message_id="<r2@acme.example>"))
     await mail.stack.drain()
     signups = [m for m in await mail.stack.outbox_mails() if ANA not in m["recipients"]]
     assert len(signups) == 2

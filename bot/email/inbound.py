@@ -24,7 +24,7 @@ from bot.conversation import Decision, decide, receive_request
 from bot.deps import BotDeps
 from bot.email.mirror import mirror_thread
 from bot.email.outgoing import Outgoing, address_for, message_id_for, plus_tag, reply_subject, send
-from bot.email.parse import Command, MailError, ParsedEmail, parse_email
+from bot.email.parse import Command, MailError, ParsedEmail, parse_email, read_command
 from core.automations import Automations
 from core.errors import ConfigurationError, SluiceError
 from core.mail_log import MailLog
@@ -118,9 +118,10 @@ class InboundMail:
                                                  text=parsed.request_text))
 
     async def _in_thread(self, thread: Thread, parsed: ParsedEmail) -> None:
-        target = _open_question(thread, parsed.command) if parsed.command else None
-        if target is not None and parsed.command is not None:
-            await self._decide(thread, target, parsed.command, parsed.sender)
+        command = parsed.command or read_command(parsed.note)  # in a thread, a reply anyway
+        target = _open_question(thread, command) if command else None
+        if target is not None and command is not None:
+            await self._decide(thread, target, command, parsed.sender)
             return
         if _open_question(thread, None) is not None and len(parsed.note) < 60:
             await self.deps.store.add_message(

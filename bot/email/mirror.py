@@ -51,7 +51,8 @@ async def progress_milestone(deps: BotDeps, event: JobEvent) -> None:
     progress = event.progress
     if progress is None or progress.total is None or progress.total < 4 or event.run_id is None:
         return
-    if (progress.done + progress.failed) * 2 < progress.total:
+    visited = progress.done + progress.failed
+    if visited * 2 < progress.total or visited >= progress.total:  # the result mail follows
         return
     thread = await deps.store.find_thread(event.thread_id)
     if thread is None or thread.surface != "email":
