@@ -78,7 +78,7 @@ def compose(text: str, *, subject: str = "Signups", sender: str = ANA,
         msg["In-Reply-To"] = in_reply_to
         msg["References"] = f"<first.1@acme.example> {in_reply_to}"
     msg.set_content(text)
-    return msg.as_bytes()
+    return msg.as_bytes(policy=policy.SMTP)  # CRLF line ends, as mail clients send
 
 
 def body(msg: EmailMessage) -> str:
@@ -259,3 +259,22 @@ async def test_the_bot_starts_inbound_smtp_when_asked(redis_server: EmbeddedRedi
         await asyncio.to_thread(deliver)
         [thread] = await stack.ok("GET", "/api/threads")
         assert thread["surface"] == "email"
+
+
+async def test_too_large_mail_gets_a_reply_and_is_kept(redis_server: EmbeddedRedis,
+                                                       tmp_path: Path) -> None:
+    env = {**ENV, "SLUICE_EMAIL_MAX_MB": "0.01"}  # about 10 KB
+    async with Stack.running(redis_url=redis_server.url, home=tmp_path, env=env) as stack:
+        deps = BotDeps(settings=stack.settings, store=stack.store, redis=stack.redis)
+        server = await start_inbound(deps, host="127.0.0.1", port=0)
+        try:
+            mail = Mail(stack, server)
+            await mail.send(compose("Count the rows\n" + ("x" * 70 + "\n") * 200))
+            [reply] = await mail.sent_to(ANA)
+            assert "I accept up to 10 KB" in body(reply)
+            assert await stack.ok("GET", "/api/threads") == []
+            async with stack.store.session() as s:
+                [row] = (await s.scalars(select(MailRow).where(MailRow.direction == "in"))).all()
+            assert len(row.raw) > 10_240 and row.error is not None
+        finally:
+            await server.stop()

@@ -98,9 +98,9 @@ class ParsedEmail(BaseModel):
 def parse_email(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> ParsedEmail:
     """Read a whole message; raises MailError with the reply its sender should get."""
     if len(raw) > max_bytes:
-        raise MailError(f"Your message is {len(raw) / 1_048_576:.1f} MB; I accept up to "
-                        f"{max_bytes / 1_048_576:.0f} MB. Send it again with smaller or fewer "
-                        "attachments (or a link to them).")
+        raise MailError(f"Your message is {_size(len(raw))}; I accept up to "
+                        f"{_size(max_bytes)}. Nothing was done, and your message is kept. Send "
+                        "it again with smaller or fewer attachments (or a link to them).")
     msg = message_from_bytes(raw, policy=policy.default)
     assert isinstance(msg, EmailMessage)
     if any(isinstance(d, _FATAL_DEFECTS) for part in msg.walk() for d in part.defects):
@@ -129,6 +129,10 @@ def parse_email(raw: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> ParsedEmai
         raise MailError("Your message arrived empty: I found no text and no attachments. Write "
                         "what you would like done, and send it again.")
     return parsed
+
+
+def _size(n: int) -> str:
+    return f"{n / 1_048_576:.1f} MB" if n >= 1_048_576 else f"{n / 1024:.0f} KB"
 
 
 def _clean(value: str) -> str:
