@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from bot.deps import BotDeps
 from bot.email.inbound import InboundServer, start_inbound
+from core.automations import Automations
 from core.db import MailRow, OutboxRow
 from core.events import publish
 from core.types import EventKind, JobEvent, Progress
@@ -278,3 +279,32 @@ async def test_too_large_mail_gets_a_reply_and_is_kept(redis_server: EmbeddedRed
             assert len(row.raw) > 10_240 and row.error is not None
         finally:
             await server.stop()
+
+
+async def test_email_to_an_automation_address_runs_it(mail: Mail) -> None:
+    stack = mail.stack
+    thread_id = await stack.ask(DEMO_REQUEST)
+    await stack.drain()
+    [plan] = await stack.messages(thread_id, "plan")
+    await stack.click(plan, "approve")
+    await stack.drain()
+    [result] = await stack.messages(thread_id, "result")
+    automation = await Automations(stack.store).save_from_run(result["meta"]["run_id"],
+                                                              user="ana")
+    address = f"sluice+{automation.id}@localhost"
+    await mail.send((FIXTURES / "gmail_forward.eml").read_bytes().replace(
+        b"To: sluice@localhost", f"To: {address}".encode()), to=address)
+    [started] = await mail.sent_to(ANA)
+    assert f"Started automation “{automation.name}”" in body(started)
+    assert started["In-Reply-To"] == "<CAJx7Gm0f1=Qk2p@mail.gmail.com>"
+    await stack.drain()
+    results = await stack.messages(thread_id, "result")
+    assert len(results) == 2 and "sent 4 emails" in results[-1]["text"]
+    variables, _ = await stack.store.thread_state(thread_id)
+    assert variables["inputs"]["email"]["forwarded"]["subject"] == "Invoice 2026-118"
+    # an unknown automation address gets a reply saying so, and nothing runs
+    await mail.send(compose("run it", to="sluice+auto_000000000000@localhost",
+                            message_id="<x.9@acme.example>"),
+                    to="sluice+auto_000000000000@localhost")
+    assert "no automation 'auto_000000000000'" in body((await mail.sent_to(ANA))[-1])
+    assert len(await stack.store.list_runs()) == 2

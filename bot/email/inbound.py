@@ -161,7 +161,15 @@ class InboundMail:
                                    parsed.message_id, exc.message)
             return None
         await self.mail_log.update(key, thread_id=triggered.run.thread_id)
-        await mirror_thread(self.deps, triggered.run.thread_id)
+        if not await mirror_thread(self.deps, triggered.run.thread_id):
+            state = "waits for approval in its thread" if triggered.waits_for_approval \
+                else "is queued"
+            url = f"{self.deps.settings.effective_public_url}/?thread={automation.thread_id}"
+            await self._reply_once(f"started:{key}", parsed.sender, parsed.subject,
+                                   parsed.message_id,
+                                   f"Started automation “{automation.name}”: run "
+                                   f"{triggered.run.id} {state}. Its progress and result are "
+                                   f"in its thread: {url}")
         return triggered.run.thread_id
 
     async def _reply_once(self, key: str, to: str, subject: str, in_reply_to: str,
