@@ -15,7 +15,12 @@ from aiohttp import web
 
 from bot.console import DEPS, add_routes, errors_middleware
 from bot.deps import BotDeps
+from bot.email.imap import poll_forever
+from bot.email.inbound import InboundServer, start_inbound
+from bot.email.links import add_link_routes
+from bot.followups import follow_up
 from bot.render import render
+from bot.webhooks import add_webhook_routes
 from core.db import create_engine, migrate
 from core.events import EventReader
 from core.jobs import connect
@@ -23,6 +28,7 @@ from core.settings import Settings
 from core.store import Store
 
 log = logging.getLogger(__name__)
+INBOUND: web.AppKey[InboundServer] = web.AppKey("inbound", InboundServer)
 
 
 async def render_events(deps: BotDeps, reader: EventReader) -> None:
@@ -34,12 +40,15 @@ async def render_events(deps: BotDeps, reader: EventReader) -> None:
             log.exception("could not render event %s (%s) for thread %s", event.id, event.kind,
                           event.thread_id)
             continue
+        await follow_up(deps, event)
         await reader.ack(entry_id)
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
     add_routes(app)
+    add_webhook_routes(app)
+    add_link_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         engine = create_engine(settings.effective_database_url)
@@ -48,7 +57,15 @@ def create_app(settings: Settings) -> web.Application:
         deps = BotDeps(settings=settings, store=Store(engine), redis=redis)
         app[DEPS] = deps
         task = asyncio.create_task(render_events(deps, EventReader(redis)))
+        if settings.email_inbound:
+            app[INBOUND] = await start_inbound(deps, host=settings.email_host,
+                                               port=settings.email_port)
+        imap = asyncio.create_task(poll_forever(deps)) if settings.imap_host else None
         yield
+        if imap is not None:
+            imap.cancel()
+        if INBOUND in app:
+            await app[INBOUND].stop()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

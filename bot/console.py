@@ -44,7 +44,7 @@ class NewMessage(BaseModel):
 class Click(BaseModel):
     message_id: str = Field(min_length=1, max_length=40)
     action: Literal["approve", "run_first", "cancel", "cancel_run", "raise_budget",
-                    "resolve_done", "resolve_redo", "retry_failed"]
+                    "resolve_done", "resolve_redo", "retry_failed", "save_automation"]
     value: str = Field(min_length=1, max_length=40)
     user: str = Field(default="you", min_length=1, max_length=100)
     count: int | None = Field(default=None, ge=1, le=1_000_000)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from bot.deps import BotDeps
+from bot.saving import SAVE_ACTION, save_from_button
 from core.errors import InvalidInputError, SluiceError
 from core.jobs import PLAN_REQUEST, RUN_PROGRAM, PlanRequestJob, RunProgramJob, enqueue
 from core.types import Button, Message, Plan, PlanStatus, Request, Run, RunState, utcnow
@@ -53,6 +54,9 @@ RUN_ACTIONS = {"cancel_run", "raise_budget", "resolve_done", "resolve_redo", "re
 async def decide(deps: BotDeps, decision: Decision) -> Message:
     """Apply a button click; returns the message that says what happened."""
     message = await deps.store.get_message(decision.message_id)
+    if decision.action == SAVE_ACTION:
+        _find_button(message, decision)
+        return await save_from_button(deps, message, decision.user, decision.value)
     if decision.action in RUN_ACTIONS:
         return await decide_run(deps, message, decision)
     if not message.buttons and message.meta.get("plan_id"):

@@ -16,6 +16,7 @@ from bot.conversation import (
     cancel_run_button,
 )
 from bot.deps import BotDeps
+from bot.saving import save_automation_button
 from core.types import (
     Button,
     Estimate,
@@ -228,6 +229,8 @@ async def _finished(deps: BotDeps, event: JobEvent) -> None:
     failed = run.result.failures if ok and run.result else []
     buttons = [Button(action="retry_failed", label=f"Retry the {len(failed)} failed",
                       value=run.id)] if failed else []
+    if ok and run.state == RunState.SUCCEEDED:
+        buttons.append(save_automation_button(run.id))
     await deps.store.add_message(run.thread_id, author="sluice", kind="result" if ok else "error",
                                  text=text, attachments=attachments, buttons=buttons,
                                  meta={"run_id": run.id})

@@ -12,7 +12,17 @@ from typing import Any, ClassVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, LargeBinary, String, Text, event
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -174,6 +184,60 @@ class OutboxRow(Base):
     body: Mapped[str] = mapped_column(Text, default="")
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     received_at: Mapped[datetime] = _now_column()
+
+
+class AutomationRow(Base):
+    """A saved program that runs again on a trigger: webhook, schedule or email."""
+
+    __tablename__ = "automations"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    source_run_id: Mapped[str] = mapped_column(String(40))
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id"), index=True)
+    summary: Mapped[str] = mapped_column(Text)
+    program: Mapped[str] = mapped_column(Text)
+    estimate: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    budget_usd: Mapped[float] = mapped_column(default=1.0)
+    policy: Mapped[str] = mapped_column(String(10), default="auto")  # auto | ask
+    schedule: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    webhook_secret: Mapped[str] = mapped_column(String(100))
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_by: Mapped[str] = mapped_column(String(100), default="")
+    last_fired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                          nullable=True)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class AutomationRunRow(Base):
+    """A run an automation started: how it was triggered, and where its result goes."""
+
+    __tablename__ = "automation_runs"
+    __table_args__ = (UniqueConstraint("automation_id", "idempotency_key"),)
+    run_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    automation_id: Mapped[str] = mapped_column(ForeignKey("automations.id"), index=True)
+    trigger: Mapped[str] = mapped_column(String(20))  # webhook | schedule | email | cli
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    callback_status: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class MailRow(Base):
+    """Every email in or out of a thread, raw bytes kept, so nothing received is lost."""
+
+    __tablename__ = "mail"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(300), unique=True)
+    direction: Mapped[str] = mapped_column(String(3))  # in | out
+    thread_id: Mapped[str | None] = mapped_column(String(40), index=True, nullable=True)
+    message_id: Mapped[str] = mapped_column(String(300), index=True, default="")
+    sender: Mapped[str] = mapped_column(String(300), default="")
+    recipients: Mapped[list[Any]] = mapped_column(default=list)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    raw: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = _now_column()
 
 
 def create_engine(url: str) -> AsyncEngine:

@@ -45,6 +45,26 @@ class Settings(BaseSettings):
         default=True, description="The SMTP server drops a repeated Message-ID (the local outbox "
         "does), so an unconfirmed send may be redone after a crash. Set false for a relay.")
 
+    # Email in (inbound SMTP in the bot process; `sluice up` turns it on) and signed links.
+    email_inbound: bool = Field(default=False, description="Start the inbound SMTP server.")
+    email_host: str = "127.0.0.1"
+    email_port: int = Field(default=8726, ge=0, le=65535, description="Inbound SMTP port.")
+    email_allow: str = Field(default="", description="Comma-separated senders who may start "
+                             "work by email: addresses, or @domain for a whole domain.")
+    email_max_mb: float = Field(default=10.0, gt=0, le=100)
+    signing_key: str | None = Field(default=None, description="Signs console approval links "
+                                    "sent by email; none, no links.")
+    public_url: str | None = Field(default=None, description="The console's address as "
+                                   "people reach it (links in email); default host and port.")
+
+    imap_host: str | None = Field(default=None, description="Poll this IMAP server instead "
+                                  "of (or besides) inbound SMTP.")
+    imap_port: int = Field(default=993, ge=1, le=65535)
+    imap_ssl: bool = True
+    imap_user: str | None = None
+    imap_password: str | None = None
+    imap_every_s: float = Field(default=30.0, gt=0)
+
     # Models. With no key, every task kind goes to the scripted model server.
     model: str = Field(default="openai/gpt-4o-mini", description="litellm model for planning.")
     model_api_key: str | None = None
@@ -110,6 +130,10 @@ class Settings(BaseSettings):
     @property
     def effective_mailbox_dir(self) -> Path:
         return self.mailbox_dir or self.home / "mailbox"
+
+    @property
+    def effective_public_url(self) -> str:
+        return (self.public_url or f"http://{self.console_host}:{self.console_port}").rstrip("/")
 
     def require_redis_url(self) -> str:
         if not self.redis_url:

@@ -31,7 +31,7 @@ class Button(_Model):
     """A button under a message. `action` is what a click does; `value` names its target."""
 
     action: Literal["approve", "run_first", "cancel", "cancel_run", "raise_budget",
-                    "resolve_done", "resolve_redo", "retry_failed"]
+                    "resolve_done", "resolve_redo", "retry_failed", "save_automation"]
     label: str
     value: str
     style: Literal["primary", "danger", "default"] = "default"

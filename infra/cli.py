@@ -21,6 +21,8 @@ from rich.console import Console
 
 from core.errors import ConfigurationError
 from core.settings import Settings, load_settings
+from infra.cli_automations import automations_app
+from infra.cli_email import email_app
 from infra.cli_jobs import jobs_app
 from infra.cli_plan import eval_command, plan_command, rules_command
 from infra.cli_sandbox import sandbox_app
@@ -34,6 +36,8 @@ app.add_typer(sandbox_app, name="sandbox")
 app.command("plan")(plan_command)
 app.command("rules")(rules_command)
 app.command("eval")(eval_command)
+app.add_typer(automations_app, name="automations")
+app.add_typer(email_app, name="email")
 out = Console()
 err = Console(stderr=True)
 
@@ -81,6 +85,10 @@ def up(demo: Annotated[bool, typer.Option(help="Load the bundled signups demo an
                   f"(logs in {stack.log_dir})")
         if stack.settings.using_scripted_model:
             out.print("No model key is set: plans come from the scripted model.")
+        if stack.settings.email_inbound:
+            s = stack.settings
+            out.print(f"Email in: SMTP on {s.email_host}:{s.email_port} for {s.mail_from} "
+                      f"(allowed senders: {s.email_allow or 'none yet; set SLUICE_EMAIL_ALLOW'})")
         if files is not None:
             task = asyncio.create_task(_ask_demo(stack, files.request))
         out.print("Press Ctrl-C to stop everything.")

@@ -76,6 +76,7 @@ class LocalStack:
         env["SLUICE_SMTP_PORT"] = str(self.outbox.port)
         if self.settings.using_scripted_model:
             env["SLUICE_SCRIPTED_MODEL_URL"] = await self._model_server()
+        env["SLUICE_EMAIL_INBOUND"] = self.environ.get("SLUICE_EMAIL_INBOUND", "true")
         self.env = {**self.environ, **env}
         self.settings = load_settings(self.env)
         self._spawn("workers")

@@ -16,7 +16,8 @@ def test_headless_demo_passes_on_embedded_defaults(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("SLUICE_") and k not in {"REDIS_URL", "DATABASE_URL"}}
     env.update({"SLUICE_HOME": str(tmp_path / ".sluice"),
-                "SLUICE_CONSOLE_PORT": str(free_port()), "SLUICE_SMTP_PORT": str(free_port())})
+                "SLUICE_CONSOLE_PORT": str(free_port()), "SLUICE_SMTP_PORT": str(free_port()),
+                "SLUICE_EMAIL_PORT": str(free_port())})
     sluice = Path(sys.executable).parent / "sluice"
     done = subprocess.run([str(sluice), "demo", "--headless"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=240)

@@ -16,6 +16,7 @@ from integrations.catalog import build_local_catalog
 from workers.deps import Deps
 from workers.planning import plan_request
 from workers.running import run_program
+from workers.schedules import schedule_forever
 from workers.sweeper import sweep_forever
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,13 @@ def build_worker(settings: Settings, *, burst: bool = False, deps: Deps | None =
                     _warm_type_checker, settings, ctx["deps"].models))
             ctx["sweeper"] = asyncio.create_task(
                 sweep_forever(ctx["deps"], every_s=settings.sweep_every_s))
+            ctx["schedules"] = asyncio.create_task(schedule_forever(ctx["deps"]))
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         if "sweeper" in ctx:
             ctx["sweeper"].cancel()
+        if "schedules" in ctx:
+            ctx["schedules"].cancel()
         if deps is None and "deps" in ctx:
             await ctx["deps"].close()
 
