@@ -104,8 +104,8 @@ class ModelsFile(BaseModel):
         default=None, ge=0, le=10, description="Retries within one deployment before falling back.")
     timeout_s: float | None = Field(default=None, gt=0, description="Per attempt, seconds.")
     cooldown_s: float | None = Field(
-        default=None, ge=0, description="How long a failed deployment is skipped (a provider's "
-        "Retry-After wins).")
+        default=None, gt=0, description="How long a failed deployment is skipped (a provider's "
+        "Retry-After wins). Never 0: the next deployment is tried only while this one cools.")
 
     def chain_for(self, kind: TaskKind) -> tuple[str, list[DeploymentConfig]]:
         """The key path and the deployments configured for `kind`."""

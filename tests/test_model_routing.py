@@ -421,3 +421,70 @@ def test_doctor_without_keys_shows_the_scripted_model(
     lines = [" ".join(line.split()) for line in result.output.splitlines()]
     assert "models: scripted model (no key set)" in lines
     assert "model for vision: scripted model server" in lines
+
+
+def test_the_readme_example_is_a_valid_models_file(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Choosing models", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "models.yaml"
+    path.write_text(example)
+
+    routes = model_routes(scripted_settings(None, SLUICE_MODELS_FILE=str(path),
+                                            ANTHROPIC_API_KEY="a", OPENAI_API_KEY="b"))
+
+    assert routes.describe()["plan"] == "anthropic/claude-sonnet-4-5 → openai/gpt-4o"
+    assert routes.describe()["vision"] == "openai/my-vision-model"
+    assert (routes.num_retries, routes.timeout_s, routes.cooldown_s) == (1, 60, 30)
+
+
+async def test_a_deployment_timeout_from_the_file_falls_back(tmp_path: Path) -> None:
+    slow = {"rules": [{"match": "", "model": "routing-slow", "response": "late", "delay_ms": 5000},
+                      *ANSWERS["rules"]]}  # type: ignore[misc]
+    async with scripted_model(slow) as server:
+        path = chain_file(tmp_path, server.url, ["routing-slow", "routing-quick"],
+                          extra="")
+        text = path.read_text().replace(
+            "    - model: openai/routing-slow\n",
+            "    - model: openai/routing-slow\n      timeout_s: 0.3\n")
+        path.write_text(text)
+        settings = scripted_settings(None, SLUICE_MODELS_FILE=str(path), ROUTING_KEY=KEY)
+        models = LiteLLMModels.from_settings(settings)
+        try:
+            completion = await models.complete(user("plan this"))
+        finally:
+            models.close()
+
+    assert completion.model == "openai/routing-quick"
+    assert completion.text == "print('planned')"
+
+
+async def test_a_failed_deployment_cools_down_for_the_files_cooldown(tmp_path: Path) -> None:
+    scenario = {**ANSWERS, "failures": [{"model": "routing-cool", "status": 500, "times": 1}]}
+    async with routed(tmp_path, scenario, ["routing-cool", "routing-warm"],
+                      extra="cooldown_s: 600\n") as (server, models):
+        first = await models.complete(user("plan this"))
+        second = await models.complete(user("plan this"))
+
+    assert (first.model, second.model) == ("openai/routing-warm", "openai/routing-warm")
+    # routing-cool recovered after one failure, but it is skipped while it cools down.
+    assert [(r.model, r.status) for r in server.requests] == [
+        ("routing-cool", 500), ("routing-warm", 200), ("routing-warm", 200)]
+
+
+async def test_a_file_whose_keys_are_all_unset_answers_from_the_scripted_model(
+    tmp_path: Path,
+) -> None:
+    async with scripted_model({"rules": [{"match": "plan this", "model": "scripted",
+                                          "response": "scripted plan"}]}) as server:
+        path = chain_file(tmp_path, server.url, ["routing-real"])
+        models = LiteLLMModels.from_settings(
+            scripted_settings(server.url, SLUICE_MODELS_FILE=str(path)))
+        try:
+            completion = await models.complete(user("plan this"))
+        finally:
+            models.close()
+
+    assert models.scripted
+    assert completion.text == "scripted plan"
+    assert [r.model for r in server.requests] == ["scripted"]
