@@ -488,3 +488,15 @@ async def test_a_file_whose_keys_are_all_unset_answers_from_the_scripted_model(
     assert models.scripted
     assert completion.text == "scripted plan"
     assert [r.model for r in server.requests] == ["scripted"]
+
+
+async def test_price_as_borrows_a_known_models_prices(tmp_path: Path) -> None:
+    async with routed(tmp_path, ANSWERS, ["routing-borrowed"],
+                      extra="      price_as: gpt-4o-mini\n") as (_, models):
+        completion = await models.complete(user("plan this"))
+
+    prices = price_per_token("gpt-4o-mini")
+    assert prices is not None
+    assert models.priced_as == "gpt-4o-mini"
+    assert completion.cost_usd == pytest.approx(
+        completion.prompt_tokens * prices[0] + completion.completion_tokens * prices[1])
