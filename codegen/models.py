@@ -1,10 +1,13 @@
-"""Model access through litellm's Router: task kinds become model groups with fallbacks, priced.
+"""Model access through litellm's Router: task kinds become chains of deployments, priced.
 
-See ARCHITECTURE.md, "Models are pluggable". Each task kind (plan, extract, write, classify,
-vision) is a Router model group; with a fallback model configured, `<kind>` falls back to
-`<kind>-fallback`. With no `SLUICE_MODEL_API_KEY` every group points at the scripted model server
-(`infra/scripted_model.py`) over the same OpenAI-compatible HTTP API, so tests and the offline demo
-run the real client path: HTTP, retries, fallbacks, cooldowns and pricing.
+See ARCHITECTURE.md, "Models are pluggable". `codegen.model_config` decides each task kind's chain
+(a models file, `SLUICE_MODEL`, or the scripted model server); here each deployment of a chain is a
+Router model group: `<kind>`, then `<kind>-fallback`, `<kind>-fallback-2`, …. A deployment that
+fails on the provider's side (429, 5xx, timeout, lost connection) hands the same request to the
+next one; a request the provider calls malformed (another 4xx) does not. With no key anywhere
+every kind goes to the scripted model server (`infra/scripted_model.py`) over the same
+OpenAI-compatible HTTP API, so tests and the offline demo run the real client path: HTTP,
+retries, fallbacks, cooldowns and pricing.
 
 litellm takes seconds to import, so it is imported inside functions, never at module import.
 """
@@ -14,12 +17,20 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from core.errors import ConfigurationError, ModelError
+from codegen.model_config import (
+    SCRIPTED_BACKUP_MODEL,
+    SCRIPTED_MODEL,
+    TASK_KINDS,
+    ModelRoute,
+    ModelRoutes,
+    model_routes,
+    scripted_route,
+)
+from core.errors import ModelError
 from core.protocols import ChatMessage, Completion, TaskKind
 from core.settings import Settings
 
@@ -39,12 +50,10 @@ __all__ = [
     "scripted_route",
 ]
 
-TASK_KINDS: Final[tuple[TaskKind, ...]] = ("plan", "extract", "write", "classify", "vision")
-SCRIPTED_MODEL: Final = "scripted"
-SCRIPTED_BACKUP_MODEL: Final = "scripted-backup"
-_SCRIPTED_KEY: Final = "scripted"
 _PROMPT_SHOWN: Final = 200
 _DETAIL_SHOWN: Final = 200
+
+_Gate = Callable[..., Awaitable[bool]]
 
 
 def _litellm_ready() -> None:
@@ -53,50 +62,28 @@ def _litellm_ready() -> None:
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 
 
-@dataclass(frozen=True)
-class ModelRoute:
-    """One deployment: a litellm model name, how to reach it, and which model's prices it costs."""
-
-    model: str
-    price_as: str
-    api_key: str | None = field(default=None, repr=False)
-    api_base: str | None = None
-    scripted: bool = False
-
-    def litellm_params(self, *, timeout_s: float) -> dict[str, object]:
-        params: dict[str, object] = {"model": self.model, "timeout": timeout_s}
-        if self.api_key:
-            params["api_key"] = self.api_key
-        if self.api_base:
-            params["api_base"] = self.api_base
-        return params
-
-
-def scripted_route(url: str, name: str, *, price_as: str) -> ModelRoute:
-    """The scripted model server at `url` serving model `name` (for example "scripted")."""
-    bare = name.removeprefix("openai/")
-    return ModelRoute(model=f"openai/{bare}", price_as=price_as, api_key=_SCRIPTED_KEY,
-                      api_base=f"{url.rstrip('/')}/v1", scripted=True)
-
-
 class LiteLLMModels:
     """`core.protocols.ModelClient` on a litellm Router. Build it with `from_settings`."""
 
     def __init__(
         self,
         *,
-        primary: ModelRoute,
+        primary: ModelRoute | None = None,
         fallback: ModelRoute | None = None,
+        chains: Mapping[TaskKind, Sequence[ModelRoute]] | None = None,
         timeout_s: float = 60.0,
         num_retries: int = 1,
+        cooldown_s: float | None = None,
         scripted_scenario: Path | None = None,
     ) -> None:
-        self._primary = primary
-        self._fallback = fallback
+        """Give either `chains` (kind → deployments, first tried first) or one `primary`
+        (with an optional `fallback`) for every kind."""
+        self._chains = _chains_of(chains, primary, fallback)
         self._timeout_s = timeout_s
         self._scenario = scripted_scenario
-        self._routes = _routes_by_id(primary, fallback)
+        self._routes = _routes_by_id(self._chains)
         self._num_retries = num_retries
+        self._cooldown_s = cooldown_s
         self._built: Any = None
 
     @property
@@ -104,8 +91,9 @@ class LiteLLMModels:
         """The litellm Router, built on first use: importing litellm takes seconds, and a
         worker that only replays a journal or runs programs without AI never needs it."""
         if self._built is None:
-            self._built = _build_router(self._routes, timeout_s=self._timeout_s,
-                                        num_retries=self._num_retries)
+            self._built = _build_router(self._chains, timeout_s=self._timeout_s,
+                                        num_retries=self._num_retries,
+                                        cooldown_s=self._cooldown_s)
         return self._built
 
     @classmethod
@@ -118,34 +106,38 @@ class LiteLLMModels:
         fallback_api_base: str | None = None,
         num_retries: int = 1,
     ) -> LiteLLMModels:
-        """Models for `settings`: the scripted server without a model key, else `settings.model`.
+        """Models for `settings`: the models file, else `settings.model` with its key, else the
+        scripted server (`codegen.model_config.model_routes` says which).
 
         Args:
-            settings: read for the model, key, base URL, scripted server URL and timeout.
-            fallback_model: a litellm model every kind falls back to; with the scripted server,
-                a model name the server answers as (`SCRIPTED_BACKUP_MODEL` in tests).
+            settings: read for the models file, model, keys, scripted server URL and timeout.
+            fallback_model: a litellm model every kind falls back to when no models file is
+                used; with the scripted server, a model name the server answers as
+                (`SCRIPTED_BACKUP_MODEL` in tests).
             fallback_api_key: the fallback's key; litellm reads the provider's usual variable
                 when it is None.
             fallback_api_base: the fallback's base URL, when not the provider's default.
-            num_retries: retries within a model group before giving up or falling back.
+            num_retries: retries within a deployment before falling back, unless the models
+                file sets `num_retries`.
 
         Raises:
-            ConfigurationError: no model key and no SLUICE_SCRIPTED_MODEL_URL.
+            ConfigurationError: a bad models file, or no model key and no
+                SLUICE_SCRIPTED_MODEL_URL.
         """
-        if settings.using_scripted_model:
-            url = _require_scripted_url(settings)
-            price_as = settings.scripted_price_as
-            primary = scripted_route(url, SCRIPTED_MODEL, price_as=price_as)
-            fallback = scripted_route(url, fallback_model, price_as=price_as) if fallback_model \
-                else None
-        else:
-            primary = ModelRoute(model=settings.model, price_as=settings.model,
-                                 api_key=settings.model_api_key, api_base=settings.model_api_base)
-            fallback = ModelRoute(model=fallback_model, price_as=fallback_model,
-                                  api_key=fallback_api_key, api_base=fallback_api_base) \
-                if fallback_model else None
-        return cls(primary=primary, fallback=fallback, timeout_s=settings.model_timeout_s,
-                   num_retries=num_retries, scripted_scenario=settings.scripted_scenario)
+        routes = model_routes(settings, fallback_model=fallback_model,
+                              fallback_api_key=fallback_api_key,
+                              fallback_api_base=fallback_api_base)
+        return cls.from_routes(routes, num_retries=num_retries,
+                               scripted_scenario=settings.scripted_scenario)
+
+    @classmethod
+    def from_routes(
+        cls, routes: ModelRoutes, *, num_retries: int = 1, scripted_scenario: Path | None = None
+    ) -> LiteLLMModels:
+        """Models for chains already resolved (see `codegen.model_config.model_routes`)."""
+        retries = num_retries if routes.num_retries is None else routes.num_retries
+        return cls(chains=routes.chains, timeout_s=routes.timeout_s, num_retries=retries,
+                   cooldown_s=routes.cooldown_s, scripted_scenario=scripted_scenario)
 
     def warm(self) -> None:
         """Import litellm and build the Router now (seconds), so the first request need not."""
@@ -153,8 +145,17 @@ class LiteLLMModels:
 
     @property
     def priced_as(self) -> str:
-        """The model whose prices the primary deployment reports (for `price_per_token`)."""
-        return self._primary.price_as
+        """The model whose prices the first `plan` deployment reports (for `price_per_token`)."""
+        return self.priced_as_for("plan")
+
+    def priced_as_for(self, kind: TaskKind) -> str:
+        """The model whose prices the first deployment for `kind` reports."""
+        return self._chains[kind][0].price_as
+
+    @property
+    def scripted(self) -> bool:
+        """Whether every kind goes to the scripted model server."""
+        return all(route.scripted for chain in self._chains.values() for route in chain)
 
     async def complete(
         self,
@@ -200,10 +201,14 @@ class LiteLLMModels:
         )
 
     def _route_of(self, response: ModelResponse) -> ModelRoute:
-        """The deployment that answered (after a fallback, not the one asked for)."""
+        """The deployment that answered (after a fallback, not the one asked for); a response
+        litellm did not tag is priced as no deployment (price unknown), never as the wrong one."""
         hidden: Mapping[str, object] = getattr(response, "_hidden_params", None) or {}
         route = self._routes.get(str(hidden.get("model_id")))
-        return route if route is not None else self._primary
+        if route is not None:
+            return route
+        return ModelRoute(model=str(getattr(response, "model", "") or "unknown"),
+                          price_as="")
 
     def _model_error(
         self, exc: Exception, *, kind: TaskKind, messages: Sequence[ChatMessage]
@@ -223,24 +228,26 @@ class LiteLLMModels:
         return (f"The scripted model has no answer for this prompt: {shown!r}. Add a rule to the "
                 f"scenario file{where}, or set SLUICE_MODEL_API_KEY to use a real model.")
 
-    def _explain(self, reason: str, *, kind: str, status: int | None, detail: str) -> str:
-        model = self._primary.model
-        if self._primary.scripted and reason == "unavailable":
-            return (f"The scripted model server ({self._primary.api_base}) did not answer the "
+    def _explain(self, reason: str, *, kind: TaskKind, status: int | None, detail: str) -> str:
+        first, *rest = self._chains[kind]
+        model = first.model
+        if first.scripted and reason == "unavailable":
+            return (f"The scripted model server ({first.api_base}) did not answer the "
                     f"{kind} request (HTTP {status or 'no response'}). Start Sluice with "
                     "`sluice up`, or check SLUICE_SCRIPTED_MODEL_URL.")
-        also = f", and the fallback {self._fallback.model} failed too" if self._fallback else ""
+        also = _also_failed(rest)
         messages = {
             "cooling_down": f"{model} failed moments ago and is paused{also}. Try again in a "
                             "minute.",
             "rate_limited": f"The model provider is rate-limiting requests to {model}{also}. "
                             "Try again in a minute.",
             "auth": f"The model provider refused the API key for {model}. Check "
-                    "SLUICE_MODEL_API_KEY (and the fallback model's key).",
-            "timeout": f"{model} did not answer within {self._timeout_s:g} s{also}. Try again, "
-                       "or raise SLUICE_MODEL_TIMEOUT_S.",
+                    f"{_key_names(self._chains[kind])}.",
+            "timeout": f"{model} did not answer within {first.timeout_s or self._timeout_s:g} s"
+                       f"{also}. Try again, or raise SLUICE_MODEL_TIMEOUT_S (or `timeout_s` in "
+                       "the models file).",
             "too_long": f"The request is too long for {model}. Ask for less at once, or use a "
-                        "model with a larger context window (SLUICE_MODEL).",
+                        "model with a larger context window (SLUICE_MODEL or the models file).",
             "rejected": f"{model} refused the {kind} request (HTTP {status}): {detail}. "
                         "Rephrase the request, or report this if it keeps happening.",
         }
@@ -253,10 +260,25 @@ class LiteLLMModels:
         body = getattr(exc, "body", None)
         text = body.get("message") if isinstance(body, dict) else None
         detail = str(text) if text else type(exc).__name__
-        for route in (self._primary, self._fallback):
-            if route is not None and route.api_key:
+        for route in self._routes.values():
+            if route.api_key:
                 detail = detail.replace(route.api_key, "[key]")
         return detail[:_DETAIL_SHOWN]
+
+
+def _also_failed(fallbacks: Sequence[ModelRoute]) -> str:
+    if not fallbacks:
+        return ""
+    if len(fallbacks) == 1:
+        return f", and the fallback {fallbacks[0].model} failed too"
+    return f", and no fallback ({', '.join(r.model for r in fallbacks)}) could answer"
+
+
+def _key_names(chain: Sequence[ModelRoute]) -> str:
+    names = list(dict.fromkeys(r.key_env for r in chain if r.key_env))
+    if not names:
+        return "SLUICE_MODEL_API_KEY (and the fallback model's key)"
+    return " and ".join(names)
 
 
 def price_per_token(model: str) -> tuple[float, float] | None:
@@ -299,72 +321,118 @@ def _price_key(model: str, model_cost: Mapping[str, object]) -> str | None:
     return None
 
 
-def _require_scripted_url(settings: Settings) -> str:
-    if not settings.scripted_model_url:
-        raise ConfigurationError(
-            "No model is configured: SLUICE_MODEL_API_KEY is not set, so Sluice uses the scripted "
-            "model, but SLUICE_SCRIPTED_MODEL_URL is not set either. Start everything with "
-            "`sluice up` (it runs the scripted model), set SLUICE_SCRIPTED_MODEL_URL="
-            "http://127.0.0.1:PORT, or set SLUICE_MODEL_API_KEY to use a real model."
-        )
-    return settings.scripted_model_url
+def _chains_of(
+    chains: Mapping[TaskKind, Sequence[ModelRoute]] | None,
+    primary: ModelRoute | None,
+    fallback: ModelRoute | None,
+) -> dict[TaskKind, tuple[ModelRoute, ...]]:
+    if chains is not None:
+        out = {kind: tuple(chains.get(kind, ())) for kind in TASK_KINDS}
+        empty = [kind for kind, chain in out.items() if not chain]
+        if empty:
+            raise ValueError(f"LiteLLMModels needs a deployment for every task kind: {empty}")
+        return out
+    if primary is None:
+        raise ValueError("LiteLLMModels needs `chains` or a `primary` route")
+    chain = (primary,) if fallback is None else (primary, fallback)
+    return {kind: chain for kind in TASK_KINDS}
 
 
-def _routes_by_id(primary: ModelRoute, fallback: ModelRoute | None) -> dict[str, ModelRoute]:
-    """Deployment id → route: `<kind>` for the primary, `<kind>-fallback` for the fallback."""
-    routes: dict[str, ModelRoute] = {kind: primary for kind in TASK_KINDS}
-    if fallback is not None:
-        routes.update({f"{kind}-fallback": fallback for kind in TASK_KINDS})
-    return routes
+def _group(kind: str, position: int) -> str:
+    """The Router model group (and deployment id) of a chain's `position`-th deployment."""
+    if position == 0:
+        return kind
+    return f"{kind}-fallback" if position == 1 else f"{kind}-fallback-{position}"
+
+
+def _routes_by_id(chains: Mapping[TaskKind, Sequence[ModelRoute]]) -> dict[str, ModelRoute]:
+    """Deployment id → route: `<kind>`, `<kind>-fallback`, `<kind>-fallback-2`, … in order."""
+    return {_group(kind, i): route for kind, chain in chains.items()
+            for i, route in enumerate(chain)}
+
+
+def _earlier_groups(chains: Mapping[TaskKind, Sequence[ModelRoute]]) -> dict[str, tuple[str, ...]]:
+    """Each fallback group → the group it takes over from (the one before it in its chain)."""
+    return {_group(kind, i): (_group(kind, i - 1),)
+            for kind, chain in chains.items() for i in range(1, len(chain))}
+
+
+def _register_prices(routes: Mapping[str, ModelRoute]) -> None:
+    """Put the models file's price overrides into litellm's price list (process-wide)."""
+    import litellm
+
+    for route in routes.values():
+        if route.price is None:
+            continue
+        provider = route.model.split("/", 1)[0] if "/" in route.model else "openai"
+        litellm.register_model({route.price_as: {
+            "input_cost_per_token": route.price[0], "output_cost_per_token": route.price[1],
+            "litellm_provider": provider, "mode": "chat"}})
 
 
 def _build_router(
-    routes: Mapping[str, ModelRoute], *, timeout_s: float, num_retries: int
+    chains: Mapping[TaskKind, Sequence[ModelRoute]], *, timeout_s: float, num_retries: int,
+    cooldown_s: float | None,
 ) -> Router:
-    """One model group per deployment id (the group's name), with fallbacks kind → kind-fallback.
+    """One model group per deployment (the group's name is its id), each chain's groups falling
+    back in order: `<kind>` → `<kind>-fallback` → `<kind>-fallback-2` → …, one hop at a time
+    (each group's only fallback is the next), so the gate judges every hop by the group that
+    just failed.
 
     `allowed_fails=0` puts a deployment in cooldown on its first provider-side failure, for
-    Retry-After seconds when the provider sent one. The fallback gate relies on that.
+    Retry-After seconds when the provider sent one, else `cooldown_s` (litellm's default when
+    None). The fallback gate relies on that.
     """
     _litellm_ready()
     from litellm.router import Router
 
+    routes = _routes_by_id(chains)
+    _register_prices(routes)
     model_list = [
         {"model_name": group, "litellm_params": route.litellm_params(timeout_s=timeout_s),
          "model_info": {"id": group}}
         for group, route in routes.items()
     ]
-    fallbacks = [{kind: [f"{kind}-fallback"]} for kind in TASK_KINDS
-                 if f"{kind}-fallback" in routes]
+    fallbacks = [{_group(kind, i - 1): [_group(kind, i)]}
+                 for kind, chain in chains.items() for i in range(1, len(chain))]
+    optional: dict[str, Any] = {} if cooldown_s is None else {"cooldown_time": cooldown_s}
+    longest = max(len(chain) for chain in chains.values())
     router: Router = Router(
         model_list=model_list,
         fallbacks=fallbacks,
-        fallback_access_check=_fallback_gate,
+        fallback_access_check=_fallback_gate(_earlier_groups(chains)),
         allowed_fails=0,
+        max_fallbacks=max(5, longest),
         num_retries=num_retries,
         timeout=timeout_s,
+        **optional,
     )
     return router
 
 
-async def _fallback_gate(
-    *, model: str, request_kwargs: Mapping[str, object], ctx: RoutingContext
-) -> bool:
-    """Fall back to `<kind>-fallback` only when the `<kind>` deployment is cooling down.
+def _fallback_gate(earlier: Mapping[str, tuple[str, ...]]) -> _Gate:
+    """A gate that falls back to a chain's next deployment only when the one before it is
+    cooling down.
 
     litellm falls back on every error, a 400 included, but a request the provider calls malformed
     (or the scripted model cannot answer) fails the same way elsewhere and should reach the person
     at once. With `allowed_fails=0` litellm cools a deployment down on its first 401/404/408/429,
     5xx, timeout or lost connection, never on another 4xx: so the cooldown tells the two apart.
-    The gate runs right after the failed attempt, before the fallback is called.
+    The gate runs right after the failed attempt, before the fallback is called, so a 400 from
+    the second deployment stops there too.
     """
-    primary = model.removesuffix("-fallback")
-    if primary == model:
-        return True
-    cooling = await ctx.health().cooldowns.async_get_active_cooldowns(
-        model_ids=[primary], parent_otel_span=None
-    )
-    return bool(cooling)
+
+    async def gate(*, model: str, request_kwargs: Mapping[str, object],
+                   ctx: RoutingContext) -> bool:
+        before = earlier.get(model, ())
+        if not before:
+            return True
+        cooling = await ctx.health().cooldowns.async_get_active_cooldowns(
+            model_ids=list(before), parent_otel_span=None
+        )
+        return {model_id for model_id, _ in cooling} >= set(before)
+
+    return gate
 
 
 def _response_format(json_schema: dict[str, object]) -> dict[str, object]:

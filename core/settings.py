@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, PrivateAttr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -77,6 +77,9 @@ class Settings(BaseSettings):
         default="gpt-4o-mini", description="Known model whose prices the scripted model reports."
     )
     model_timeout_s: float = Field(default=60.0, gt=0)
+    models_file: Path | None = Field(
+        default=None, description="YAML or TOML file mapping task kinds to model chains "
+        "(default: HOME/models.yaml or HOME/models.toml when present).")
     plan_rounds: int = Field(default=3, ge=1, le=10)
     plan_sample_items: int = Field(default=3, ge=0, le=100, description="Items the planner's "
                                    "sample run visits (0: no sample run).")
@@ -112,6 +115,14 @@ class Settings(BaseSettings):
                                  "runs whose lease expired.")
 
     worker_poll_delay_s: float = Field(default=0.05, gt=0)
+
+    # The environment these settings were read from, for values named indirectly (a models
+    # file's `api_key_env`). Private: never in repr, dumps or errors.
+    _environ: Mapping[str, str] = PrivateAttr(default_factory=dict)
+
+    def environ_value(self, name: str) -> str | None:
+        """The variable `name` from the environment mapping (or .env) these settings came from."""
+        return self._environ.get(name) or None
 
     @property
     def using_scripted_model(self) -> bool:
@@ -178,9 +189,21 @@ def load_settings(environ: Mapping[str, str] | None = None, *, env_file: bool = 
             return (init_settings, mapped, dotenv_settings) if env_file else (init_settings, mapped)
 
     try:
-        return _Settings()
+        settings = _Settings()
     except ValidationError as exc:
         raise ConfigurationError(_explain(exc)) from None
+    settings._environ = {**(_dotenv_values() if env_file else {}), **source_env}
+    return settings
+
+
+def _dotenv_values() -> dict[str, str]:
+    """Every variable of `.env` in the working directory (a models file's keys may live there)."""
+    from dotenv import dotenv_values
+
+    path = Path(".env")
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
 def _explain(exc: ValidationError) -> str:

@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from codegen.model_config import describe_models
 from core.errors import ConfigurationError
 from core.settings import Settings, load_settings
 from infra.cli_automations import automations_app
@@ -169,6 +170,7 @@ def doctor() -> None:
          else settings.model),
         ("python", sys.version.split()[0]),
     ]
+    rows += describe_models(settings)
     for name, value in rows:
         out.print(f"{name:>18}: {value}")
 

@@ -94,7 +94,7 @@ async def _session(settings: Settings, thread_id: str | None, *,
     try:
         if thread_id is not None:
             await store.get_thread(thread_id)  # a clear error for an unknown thread
-        context = await planning_context(settings, store, catalog, thread_id)
+        context = await planning_context(settings, store, catalog, thread_id, models=models)
         yield _Session(settings, store, models, context, planning_tools(settings, store, models))
     finally:
         await catalog.aclose()

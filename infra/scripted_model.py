@@ -3,6 +3,10 @@
 See ARCHITECTURE.md, "Models are pluggable": tests and the offline demo point litellm at this
 server over loopback, so the real client code path (HTTP, retries, fallbacks, cost) is exercised.
 
+It also speaks the subset of Anthropic's Messages API (`POST /v1/messages`, no streaming) that
+litellm's `anthropic/` provider uses, so Anthropic-style requests (system blocks with
+`cache_control` markers) can be tested the same way.
+
 A scenario is ordered `rules` (the first whose regexes match the prompt answers) and `failures`
 (a model answers 429/500/503 a number of times, then recovers). Every request is recorded, so tests
 can count model calls. Run it alone with `python -m infra.scripted_model --scenario FILE --port N`.
@@ -119,6 +123,8 @@ class ScriptedRequest(BaseModel):
     messages: list[dict[str, JsonValue]]
     status: int
     stream: bool = False
+    api: Literal["openai", "anthropic"] = "openai"
+    system: JsonValue = Field(default=None, description="Anthropic's top-level system blocks.")
 
 
 class _ChatBody(BaseModel):
@@ -141,6 +147,23 @@ class _ChatBody(BaseModel):
             if message.get("role") == role:
                 return _text_of(message.get("content"))
         return ""
+
+
+class _MessagesBody(BaseModel):
+    """The part of an Anthropic Messages request body the server reads."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[dict[str, JsonValue]]
+    system: JsonValue = None
+    stream: bool = False
+
+    def as_chat(self) -> _ChatBody:
+        """The same request in OpenAI's shape, so rules and token counts read it alike."""
+        system: list[dict[str, JsonValue]] = (
+            [{"role": "system", "content": self.system}] if self.system else [])
+        return _ChatBody(model=self.model, messages=[*system, *self.messages])
 
 
 ScenarioSource = Scenario | Mapping[str, object] | str | Path
@@ -245,6 +268,7 @@ class ScriptedModelServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/chat/completions", self._chat)
+        app.router.add_post("/v1/messages", self._messages)
         app.router.add_get("/scripted/requests", self._list_requests)
         app.router.add_delete("/scripted/requests", self._clear_requests)
         app.router.add_post("/scripted/scenario", self._replace_scenario)
@@ -298,6 +322,44 @@ class ScriptedModelServer:
         return self._script.scenario.confirm_samples and \
             body.last_text("user").startswith(SAMPLE_REVIEW_HEADING)
 
+    async def _messages(self, request: web.Request) -> web.Response:
+        """Anthropic's Messages API: the same rules and failures, Anthropic's shapes."""
+        try:
+            body = _MessagesBody.model_validate(await request.json())
+        except (ValueError, ValidationError) as exc:
+            return _anthropic_error(400, f"scripted model: not a messages request: {exc}",
+                                    "invalid_request_error")
+        if body.stream:
+            return self._recorded_messages(body, _anthropic_error(
+                400, "scripted model: streaming is not supported on /v1/messages",
+                "invalid_request_error"))
+        chat = body.as_chat()
+        failure = self._script.take_failure(body.model)
+        if failure is not None:
+            return self._recorded_messages(body, _anthropic_failure(failure))
+        rule = self._script.find_rule(chat)
+        if rule is None and self._confirms(chat):
+            rule = ScriptedRule(response=CONFIRM)
+        if rule is None:
+            prompt = chat.last_text("user")[:_PROMPT_SHOWN]
+            return self._recorded_messages(body, _anthropic_error(
+                400, f"scripted model: no rule matches the prompt: {prompt}",
+                "invalid_request_error"))
+        text = self._script.next_answer(rule)
+        if rule.delay_ms:
+            await asyncio.sleep(rule.delay_ms / 1000)
+        self._served += 1
+        answer = _Answer(f"msg_scripted_{self._served}", body.model, text,
+                         _usage(chat, text, rule.usage))
+        return self._recorded_messages(body, web.json_response(answer.message()))
+
+    def _recorded_messages(self, body: _MessagesBody, response: web.Response) -> web.Response:
+        self._requests.append(
+            ScriptedRequest(model=body.model, messages=body.messages, status=response.status,
+                            api="anthropic", system=body.system)
+        )
+        return response
+
     def _record(self, body: _ChatBody, status: int) -> None:
         self._requests.append(
             ScriptedRequest(model=body.model, messages=body.messages, status=status,
@@ -341,6 +403,15 @@ class _Answer:
         message: dict[str, JsonValue] = {"role": "assistant", "content": self.text}
         choice: dict[str, JsonValue] = {"index": 0, "message": message, "finish_reason": "stop"}
         return {**self._envelope("chat.completion"), "choices": [choice], "usage": {**self.usage}}
+
+    def message(self) -> dict[str, JsonValue]:
+        """The answer as an Anthropic Messages API response."""
+        content: list[JsonValue] = [{"type": "text", "text": self.text}]
+        usage: dict[str, JsonValue] = {"input_tokens": self.usage["prompt_tokens"],
+                                       "output_tokens": self.usage["completion_tokens"]}
+        return {"id": self.id, "type": "message", "role": "assistant", "model": self.model,
+                "content": content, "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": usage}
 
     def chunks(self, *, include_usage: bool) -> list[dict[str, JsonValue]]:
         """Role first, then the text a word at a time, then the stop, then usage if asked."""
@@ -402,6 +473,27 @@ def _failure_response(failure: ScriptedFailure) -> web.Response:
         headers["Retry-After"] = str(failure.retry_after)
     message = f"scripted model: {what} for model {failure.model} (scripted failure)"
     return _error(failure.status, message, kind, code=code, headers=headers)
+
+
+_ANTHROPIC_FAILURES: dict[int, str] = {
+    429: "rate_limit_error", 500: "api_error", 503: "overloaded_error",
+}
+
+
+def _anthropic_failure(failure: ScriptedFailure) -> web.Response:
+    headers = {}
+    if failure.retry_after is not None:
+        headers["retry-after"] = str(failure.retry_after)
+    message = f"scripted model: HTTP {failure.status} for model {failure.model} (scripted failure)"
+    return _anthropic_error(failure.status, message, _ANTHROPIC_FAILURES[failure.status],
+                            headers=headers)
+
+
+def _anthropic_error(
+    status: int, message: str, kind: str, *, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    body = {"type": "error", "error": {"type": kind, "message": message}}
+    return web.json_response(body, status=status, headers=headers)
 
 
 def _no_match(prompt: str) -> web.Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from codegen.models import price_per_token
+from codegen.models import LiteLLMModels, price_per_token
 from codegen.planner import PlanningContext, PlanningOutcome, PlanningTools, make_plan
 from codegen.typecheck import TypeChecker
 from core.events import publish
@@ -33,7 +33,8 @@ def effects_of(catalog: Catalog) -> dict[str, str]:
 
 
 async def planning_context(settings: Settings, store: Store, catalog: Catalog,
-                           thread_id: str | None) -> PlanningContext:
+                           thread_id: str | None, *,
+                           models: ModelClient | None = None) -> PlanningContext:
     """What the planner is told: stubs, effects, workspace data and the thread's variables."""
     workspace = await catalog.describe()
     summaries: dict[str, str] = {}
@@ -41,7 +42,10 @@ async def planning_context(settings: Settings, store: Store, catalog: Catalog,
         _values, summaries = await store.thread_state(thread_id)
     if summaries:
         workspace["variables_from_earlier_requests_in_this_thread"] = summaries
-    ai_model = settings.scripted_price_as if settings.using_scripted_model else settings.model
+    if isinstance(models, LiteLLMModels):  # what the first deployment for ai.* calls costs
+        ai_model = models.priced_as_for("write")
+    else:
+        ai_model = settings.scripted_price_as if settings.using_scripted_model else settings.model
     return PlanningContext(stubs=catalog.stubs(), effects=effects_of(catalog),
                            workspace=workspace, ai_prices=price_per_token(ai_model),
                            previews=catalog.previews(), variables=tuple(summaries))
@@ -63,7 +67,8 @@ async def plan_request(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     request = await deps.store.get_request(job.request_id)
     log.info("→ plan_request %s (thread %s)", request.id, request.thread_id)
     catalog = build_local_catalog(deps.settings, deps.models)
-    context = await planning_context(deps.settings, deps.store, catalog, request.thread_id)
+    context = await planning_context(deps.settings, deps.store, catalog, request.thread_id,
+                                     models=deps.models)
     tools = planning_tools(deps.settings, deps.store, deps.models)
     outcome = await make_plan(request, models=deps.models, context=context, tools=tools,
                               rounds=deps.settings.plan_rounds)

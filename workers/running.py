@@ -75,8 +75,12 @@ class RunContext:
                     await self.stopping.wait()
             if self.stopping.is_set():
                 return
-            await self.deps.store.renew_lease(self.run.id, owner=WORKER_ID, ttl_s=ttl)
-            self.runner.cancel_requested = await self.deps.store.cancel_requested(self.run.id)
+            try:
+                await self.deps.store.renew_lease(self.run.id, owner=WORKER_ID, ttl_s=ttl)
+                self.runner.cancel_requested = await self.deps.store.cancel_requested(self.run.id)
+            except Exception as exc:  # a busy or restarting database: try again next beat
+                log.warning("run %s: could not renew its lease (%s); retrying", self.run.id,
+                            type(exc).__name__)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
