@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     sheets_dir: Path | None = None
     mailbox_dir: Path | None = None
 
+    # Connections to other services (integrations.vault, `sluice connect`).
+    workspace: str = Field(default="default", min_length=1, max_length=100,
+                           description="Whose connections a worker loads from the vault.")
+    vault_key: str | None = Field(
+        default=None, description="Fernet key that encrypts stored credentials; without it, "
+        "a key file in the state folder (vault.key) is created on first use.")
+
     # Sandbox limits.
     sandbox_cpu_s: int = Field(default=300, ge=1)
     sandbox_wall_s: float = Field(default=3600.0, gt=0)

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from core.errors import ConfigurationError
 from core.settings import Settings, load_settings
+from infra.cli_connect import connect_command, connections_app
 from infra.cli_jobs import jobs_app
 from infra.cli_sandbox import sandbox_app
 from infra.demo import check_demo, drive_demo, prepare_demo, thread_text
@@ -30,6 +31,8 @@ app = typer.Typer(help="Sluice: one short program per job, run durably.", no_arg
                   add_completion=False)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(sandbox_app, name="sandbox")
+app.command("connect")(connect_command)
+app.add_typer(connections_app, name="connections")
 out = Console()
 err = Console(stderr=True)
 

@@ -10,7 +10,8 @@ from codegen.planner import PlanningContext, make_plan
 from core.events import publish
 from core.jobs import PlanRequestJob
 from core.types import EventKind, JobEvent
-from integrations.catalog import Catalog, build_local_catalog
+from integrations.catalog import Catalog
+from integrations.registry import build_catalog
 from workers.deps import Deps
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,11 @@ async def plan_request(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     job = PlanRequestJob.model_validate(payload)
     request = await deps.store.get_request(job.request_id)
     log.info("→ plan_request %s (thread %s)", request.id, request.thread_id)
-    catalog = build_local_catalog(deps.settings, deps.models)
-    context = await planning_context(deps, catalog, request.thread_id)
+    catalog = await build_catalog(deps.settings, deps.models, engine=deps.store.engine)
+    try:
+        context = await planning_context(deps, catalog, request.thread_id)
+    finally:
+        await catalog.aclose()
     outcome = await make_plan(request, models=deps.models, context=context,
                               rounds=deps.settings.plan_rounds)
     if outcome.plan is None:
