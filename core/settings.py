@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     sheets_dir: Path | None = None
     mailbox_dir: Path | None = None
 
+    files_dir: Path | None = Field(default=None, description="Uploaded files programs can "
+                                   "read (integrations.files); default: files/ in the home.")
+
     # Connections to other services (integrations.vault, `sluice connect`).
     workspace: str = Field(default="default", min_length=1, max_length=100,
                            description="Whose connections a worker loads from the vault.")
@@ -108,6 +111,10 @@ class Settings(BaseSettings):
     @property
     def effective_mailbox_dir(self) -> Path:
         return self.mailbox_dir or self.home / "mailbox"
+
+    @property
+    def effective_files_dir(self) -> Path:
+        return self.files_dir or self.home / "files"
 
     def require_redis_url(self) -> str:
         if not self.redis_url:

@@ -25,8 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.errors import ConfigurationError, InvalidInputError, SluiceError
 from core.protocols import Completion, ModelClient
 from core.settings import Settings
+from integrations.ai import AI
 from integrations.base import Integration
 from integrations.catalog import Catalog, local_integrations, scrub
+from integrations.files import Files
 from integrations.vault import Credentials, Vault
 
 logger = logging.getLogger(__name__)
@@ -142,14 +144,19 @@ async def build_catalog(
     models: ModelClient,
     *,
     engine: AsyncEngine,
+    thread_id: str | None = None,
     on_completion: Callable[[Completion], None] | None = None,
 ) -> Catalog:
-    """The local integrations plus the workspace's connections, secrets handed to the catalog.
+    """The local integrations, `files` (with `thread_id`'s attachments), and the workspace's
+    connections, every secret value handed to the catalog to scrub.
 
     A connection that cannot be built (its service was removed, its fields are wrong) is left out
     with a warning naming it, so one broken connection does not stop every job.
     """
     integrations = local_integrations(settings, models, on_completion=on_completion)
+    ai = next(i for i in integrations if isinstance(i, AI))
+    integrations.append(Files(folder=settings.effective_files_dir, ai=ai, engine=engine,
+                              thread_id=thread_id))
     secrets = [settings.model_api_key or ""]
     try:
         stored = await Vault.from_settings(settings, engine).load_all(settings.workspace)

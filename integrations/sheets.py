@@ -398,6 +398,16 @@ def _matches(cell: Any, wanted: Any) -> bool:
     return cell is not None and (cell == wanted or _csv_text(cell) == _csv_text(wanted))
 
 
+def read_rows(path: Path) -> builtins.list[Row]:
+    """The rows of a CSV or XLSX file as sheets read them (for files that are not sheets)."""
+    table = _load(path)
+    return [table.to_row(i) for i in range(len(table.rows))]
+
+
+def read_columns(path: Path) -> builtins.list[str]:
+    return _load(path).columns()
+
+
 class Sheet(Resource):
     """One sheet of the local spreadsheets folder. Get one with `sheets.open(name)`."""
 

@@ -158,9 +158,9 @@ async def test_connections_become_integrations_whose_secrets_never_show(
 
     catalog = await build_catalog(settings, CannedModel(), engine=engine)
     try:
-        assert list(catalog.integrations) == ["sheets", "mail", "ai", "crm", "desk"]
+        assert list(catalog.integrations) == ["sheets", "mail", "ai", "files", "crm", "desk"]
         stubs = catalog.stubs()
-        assert stubs.endswith("ai: AI\ncrm: SQL\ndesk: Helpdesk\n")
+        assert stubs.endswith("ai: AI\nfiles: Files\ncrm: SQL\ndesk: Helpdesk\n")
         assert "def whoami(self) -> str:" in stubs and "def query(self, statement: str, /" in stubs
         described = await catalog.describe()
         assert described["crm"]["deals"]["columns"] == ["id", "title"]
@@ -193,7 +193,7 @@ async def test_a_broken_connection_is_left_out_not_fatal(
     await vault.put("default", "gone", "no-such-service", {"token": TOKEN})
     with caplog.at_level(logging.WARNING):
         catalog = await build_catalog(settings, CannedModel(), engine=engine)
-    assert list(catalog.integrations) == ["sheets", "mail", "ai"]
+    assert list(catalog.integrations) == ["sheets", "mail", "ai", "files"]
     assert "connection 'warehouse' (sql) left out" in caplog.text
     assert "connection 'gone' (no-such-service) left out" in caplog.text
     assert TOKEN not in caplog.text

@@ -49,7 +49,8 @@ async def plan_request(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     job = PlanRequestJob.model_validate(payload)
     request = await deps.store.get_request(job.request_id)
     log.info("→ plan_request %s (thread %s)", request.id, request.thread_id)
-    catalog = await build_catalog(deps.settings, deps.models, engine=deps.store.engine)
+    catalog = await build_catalog(deps.settings, deps.models, engine=deps.store.engine,
+                                  thread_id=request.thread_id)
     try:
         context = await planning_context(deps, catalog, request.thread_id)
     finally:

@@ -120,7 +120,8 @@ async def run_program(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
 async def _run_leased(deps: Deps, run: Run) -> str:
     plan = await deps.store.get_plan(run.plan_id)
     models = CostedModels(deps.models)
-    catalog = await build_catalog(deps.settings, models, engine=deps.store.engine)
+    catalog = await build_catalog(deps.settings, models, engine=deps.store.engine,
+                                  thread_id=run.thread_id)
     journal = Journal(deps.store.engine, run.id)
     replaying = await journal.load()
     runner = EffectRunner(run_id=run.id, catalog=catalog, journal=journal,
