@@ -96,6 +96,7 @@ async def _check(credentials: Credentials, settings: Settings) -> None:
     except SluiceError as exc:
         raise ConfigurationError(scrub(exc.message, credentials.secrets())) from None
     try:
+        integration = await integration.ready()
         described = await integration.describe()
     except Exception as exc:
         text = exc.message if isinstance(exc, SluiceError) else f"{type(exc).__name__}: {exc}"

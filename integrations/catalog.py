@@ -277,10 +277,12 @@ def _stub_classes(roots: Sequence[type]) -> tuple[list[type], list[type]]:
         if cls in found:
             return
         found[cls] = None  # mark before recursing: resources may refer to each other
-        hints = _hints(cls) if typing.is_typeddict(cls) else {
-            key: tp for name in actions_of(cls) for key, tp in _hints(getattr(cls, name)).items()
-        }
-        for tp in hints.values():
+        # Every action's types, not a dict by parameter name: "return" of one action must not
+        # hide another's.
+        types_used = list(_hints(cls).values()) if typing.is_typeddict(cls) else [
+            tp for name in actions_of(cls) for tp in _hints(getattr(cls, name)).values()
+        ]
+        for tp in types_used:
             for named in _named_types(tp):
                 if typing.is_typeddict(named) or issubclass(named, Resource):
                     visit(named)

@@ -36,6 +36,7 @@ IntegrationT = TypeVar("IntegrationT", bound=Integration)
 
 # Service name -> "module:attribute" of its `Service`. One line per service.
 SERVICES: dict[str, str] = {
+    "mcp": "integrations.mcp_client:SERVICE",
     "sql": "integrations.sql:SERVICE",
 }
 # Names a connection may not take: the local integrations and the program's runtime names.
@@ -165,8 +166,8 @@ async def build_catalog(
         stored = []
     for credentials in stored:
         try:
-            integrations.append(build_integration(credentials, settings))
-        except (SluiceError, ImportError, TypeError, ValueError) as exc:
+            integrations.append(await build_integration(credentials, settings).ready())
+        except Exception as exc:  # one broken connection must not stop every job
             why = exc.message if isinstance(exc, SluiceError) else type(exc).__name__
             logger.warning("connection %r (%s) left out: %s", credentials.name,
                            credentials.service, scrub(why, credentials.secrets()))

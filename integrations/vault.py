@@ -55,10 +55,22 @@ class Credentials(dict[str, str]):
         for field, value in self.items():
             if field in self.secret_fields and value:
                 found.append(value)
+                found += _json_values(value)
             password = _url_password(value)
             if password:
                 found.append(password)
         return found
+
+
+def _json_values(value: str) -> builtins.list[str]:
+    """The values of a JSON object field (an MCP server's env or headers)."""
+    if not value.lstrip().startswith("{"):
+        return []
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError:
+        return []
+    return [str(v) for v in data.values()] if isinstance(data, dict) else []
 
 
 def _url_password(value: str) -> str | None:
