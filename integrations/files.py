@@ -66,7 +66,7 @@ def _decode(data: bytes) -> str:
         return data.decode("cp1252", errors="replace")
 
 
-def _pdf_pages(name: str, data: bytes) -> builtins.list[str]:
+def pdf_pages(name: str, data: bytes) -> builtins.list[str]:
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
@@ -109,7 +109,7 @@ class Files(Integration):
         found, data = await self._read(name)
         kind = found.info["content_type"]
         if kind == "application/pdf":
-            text = "\n\n".join(p for p in _pdf_pages(found.info["name"], data) if p)
+            text = "\n\n".join(p for p in pdf_pages(found.info["name"], data) if p)
             if not text:
                 raise IntegrationError(f"The PDF '{found.info['name']}' has no text layer (it is "
                                        "probably a scan).", file=found.info["name"])
@@ -125,7 +125,7 @@ class Files(Integration):
         if found.info["content_type"] != "application/pdf":
             raise IntegrationError(f"'{found.info['name']}' is not a PDF; use read_text.",
                                    file=found.info["name"])
-        return _pdf_pages(found.info["name"], data)
+        return pdf_pages(found.info["name"], data)
 
     @action("read")
     async def read_rows(self, name: str) -> builtins.list[Row]:
@@ -139,7 +139,7 @@ class Files(Integration):
         if suffix not in _TABLES:
             raise IntegrationError(f"'{found.info['name']}' is not a CSV or XLSX file; use "
                                    "read_text.", file=found.info["name"])
-        return await asyncio.to_thread(_rows_of, data, suffix)
+        return await asyncio.to_thread(rows_of, data, suffix)
 
     @action("read")
     async def ask_image(self, name: str, question: str) -> str:
@@ -249,7 +249,7 @@ class Files(Integration):
                                    file=name)
 
 
-def _rows_of(data: bytes, suffix: str) -> builtins.list[Row]:
+def rows_of(data: bytes, suffix: str) -> builtins.list[Row]:
     with tempfile.TemporaryDirectory(prefix="sluice-file-") as folder:
         path = Path(folder) / f"file{suffix}"
         path.write_bytes(data)

@@ -36,6 +36,7 @@ IntegrationT = TypeVar("IntegrationT", bound=Integration)
 
 # Service name -> "module:attribute" of its `Service`. One line per service.
 SERVICES: dict[str, str] = {
+    "imap": "integrations.imap:SERVICE",
     "mcp": "integrations.mcp_client:SERVICE",
     "sql": "integrations.sql:SERVICE",
 }
