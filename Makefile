@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint check sandbox-tools imap-tools clean
+.PHONY: demo test bench lint check sandbox-tools mail-tools clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "Sluice needs Python 3.11 ($(PYTHON) not found). Set PYTHON=/path/to/python3.11."; exit 1; }
@@ -22,14 +22,14 @@ sandbox-tools:
 	      || echo "Could not install bubblewrap; the sandbox falls back to weaker isolation (see 'sluice doctor')."; \
 	  else echo "bubblewrap (bwrap) is not installed; the sandbox uses weaker isolation (see 'sluice doctor')."; fi; }
 
-# The IMAP polling tests need a real IMAP server (Dovecot); install it when we can (root with apt).
-imap-tools:
+# The IMAP tests run a real Dovecot; install it when we can (root with apt), else they skip and say so.
+mail-tools:
 	@command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "Installing dovecot-imapd for the IMAP tests..."; \
 	    (apt-get install -y -qq dovecot-imapd >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dovecot-imapd >/dev/null 2>&1)) \
 	      || echo "Could not install dovecot-imapd; the IMAP tests will be skipped."; \
-	  else echo "dovecot is not installed; the IMAP tests will be skipped (apt-get install dovecot-imapd)."; fi; }
+	  else echo "dovecot is not installed; the IMAP tests will be skipped (install dovecot-imapd)."; fi; }
 
 demo: $(STAMP) sandbox-tools
 	$(BIN)/sluice up --demo
@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-test: $(STAMP) sandbox-tools imap-tools lint
+test: $(STAMP) sandbox-tools mail-tools lint
 	$(BIN)/pytest -q
 
 # Benchmarks (not part of `make test`): results in tests/bench/results.json. BENCH_ARGS=--full

@@ -240,6 +240,20 @@ class MailRow(Base):
     created_at: Mapped[datetime] = _now_column()
 
 
+class CredentialRow(Base):
+    """A connection's credentials, encrypted at rest (integrations.vault); names, not values."""
+
+    __tablename__ = "credentials"
+    workspace: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    service: Mapped[str] = mapped_column(String(50))
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)  # a Fernet token of the fields as JSON
+    fields: Mapped[list[Any]] = mapped_column(default=list)  # the field names, for listings
+    created_at: Mapped[datetime] = _now_column()
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                 onupdate=utcnow)
+
+
 def create_engine(url: str) -> AsyncEngine:
     """An async engine; SQLite gets WAL and a busy timeout so several processes can share it."""
     if url.startswith("sqlite"):

@@ -8,9 +8,9 @@ sandbox in preview mode.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 if TYPE_CHECKING:
     from core.types import SampleRun
@@ -21,6 +21,18 @@ TaskKind = Literal["plan", "extract", "write", "classify", "vision"]
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: str
+    images: list[str] = Field(default_factory=list, description="Images for the vision kind, "
+                              "as data: URLs; dumped as OpenAI content parts after the text.")
+
+    @model_serializer(mode="wrap")
+    def _openai_form(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`{"role", "content"}`; with images, content is a list of text and image_url parts."""
+        data: dict[str, Any] = handler(self)
+        images = data.pop("images", None) or []
+        if images:
+            data["content"] = [{"type": "text", "text": self.content}] + [
+                {"type": "image_url", "image_url": {"url": url}} for url in images]
+        return data
 
 
 class Completion(BaseModel):

@@ -95,6 +95,16 @@ class Settings(BaseSettings):
     sheets_dir: Path | None = None
     mailbox_dir: Path | None = None
 
+    files_dir: Path | None = Field(default=None, description="Uploaded files programs can "
+                                   "read (integrations.files); default: files/ in the home.")
+
+    # Connections to other services (integrations.vault, `sluice connect`).
+    workspace: str = Field(default="default", min_length=1, max_length=100,
+                           description="Whose connections a worker loads from the vault.")
+    vault_key: str | None = Field(
+        default=None, description="Fernet key that encrypts stored credentials; without it, "
+        "a key file in the state folder (vault.key) is created on first use.")
+
     # Sandbox limits.
     sandbox_cpu_s: int = Field(default=300, ge=1)
     sandbox_wall_s: float = Field(default=3600.0, gt=0)
@@ -145,6 +155,10 @@ class Settings(BaseSettings):
     @property
     def effective_public_url(self) -> str:
         return (self.public_url or f"http://{self.console_host}:{self.console_port}").rstrip("/")
+
+    @property
+    def effective_files_dir(self) -> Path:
+        return self.files_dir or self.home / "files"
 
     def require_redis_url(self) -> str:
         if not self.redis_url:

@@ -23,6 +23,7 @@ from codegen.model_config import describe_models
 from core.errors import ConfigurationError
 from core.settings import Settings, load_settings
 from infra.cli_automations import automations_app
+from infra.cli_connect import connect_command, connections_app
 from infra.cli_email import email_app
 from infra.cli_jobs import jobs_app
 from infra.cli_plan import eval_command, plan_command, rules_command
@@ -39,6 +40,8 @@ app.command("rules")(rules_command)
 app.command("eval")(eval_command)
 app.add_typer(automations_app, name="automations")
 app.add_typer(email_app, name="email")
+app.command("connect")(connect_command)
+app.add_typer(connections_app, name="connections")
 out = Console()
 err = Console(stderr=True)
 

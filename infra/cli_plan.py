@@ -42,7 +42,7 @@ from core.protocols import ChatMessage, Completion, TaskKind
 from core.settings import Settings, load_settings
 from core.store import Store
 from core.types import Plan, Request
-from integrations.catalog import build_local_catalog
+from integrations.registry import build_catalog
 from workers.planning import planning_context, planning_tools
 
 out = Console(soft_wrap=True)
@@ -90,7 +90,7 @@ async def _session(settings: Settings, thread_id: str | None, *,
     await migrate(engine)
     store = Store(engine)
     models = _models(settings, required=model_required)
-    catalog = build_local_catalog(settings, models)
+    catalog = await build_catalog(settings, models, engine=engine, thread_id=thread_id)
     try:
         if thread_id is not None:
             await store.get_thread(thread_id)  # a clear error for an unknown thread

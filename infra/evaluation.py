@@ -36,7 +36,7 @@ from core.types import PlanStatus, Request, Run, RunState
 from infra.outbox import start_outbox
 from infra.redis import EmbeddedRedis
 from infra.scripted_model import load_scenario, start_scripted_model
-from integrations.catalog import build_local_catalog
+from integrations.registry import build_catalog
 from workers.deps import Deps
 from workers.planning import planning_context, planning_tools
 from workers.running import run_program
@@ -235,7 +235,8 @@ async def _plan_and_run(deps: Deps, task: Task) -> list[str]:
     thread = await deps.store.create_thread(surface="cli", title=task.request[:80])
     request = Request(thread_id=thread.id, surface="cli", user="eval", text=task.request)
     await deps.store.add_user_request(request)
-    catalog = build_local_catalog(deps.settings, deps.models)
+    catalog = await build_catalog(deps.settings, deps.models, engine=deps.store.engine,
+                                  thread_id=thread.id)
     try:
         context = await planning_context(deps.settings, deps.store, catalog, thread.id)
     finally:

@@ -9,6 +9,7 @@ can match them on replay). Every answer's `Completion` is kept in `usage` and ha
 
 from __future__ import annotations
 
+import base64
 import difflib
 import json
 import re
@@ -31,6 +32,10 @@ _EXTRACT_SYSTEM = (
 _CLASSIFY_SYSTEM = (
     "You classify text. Answer with exactly one of these labels, written as given, and "
     "nothing else:\n{labels}"
+)
+_LOOK_SYSTEM = (
+    "You look at images for a team's business workflow. Answer the question about the image "
+    "plainly and only from what it shows; say so when it does not show the answer."
 )
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*")
 
@@ -153,6 +158,29 @@ class AI(Integration):
             )
         return label
 
+    async def look(self, images: list[tuple[bytes, str]], prompt: str, *,
+                   schema: dict[str, str] | None = None) -> str | dict[str, Any]:
+        """Ask the vision model about images ((data, content type) pairs); not an action.
+
+        Without `schema` the answer is text; with one it is {field: value} as extract() gives.
+        Connectors that hold images (files, mail attachments) offer it as their own actions.
+        """
+        urls = [f"data:{ctype};base64,{base64.b64encode(data).decode()}"
+                for data, ctype in images]
+        if schema is None:
+            message = ChatMessage(role="user", content=str(prompt), images=urls)
+            return (await self._complete([_system(_LOOK_SYSTEM), message], kind="vision")).strip()
+        fields = "\n".join(f"- {name}: {about}" for name, about in schema.items())
+        message = ChatMessage(role="user", content=str(prompt), images=urls)
+        answer = await self._complete(
+            [_system(_EXTRACT_SYSTEM.format(fields=fields)), message], kind="vision",
+            json_schema=_json_schema(schema))
+        data = first_json_object(answer)
+        if data is None:
+            raise IntegrationError(f"The model did not answer with a JSON object for the image; "
+                                   f"it said: {_excerpt(answer)}", answer=_excerpt(answer))
+        return _fill(data, schema)
+
     async def _complete(
         self, messages: list[ChatMessage], *, kind: TaskKind,
         json_schema: dict[str, object] | None = None,
@@ -162,6 +190,14 @@ class AI(Integration):
         if self._on_completion is not None:
             self._on_completion(completion)
         return completion.text
+
+
+def _json_schema(schema: dict[str, str]) -> dict[str, object]:
+    return {
+        "type": "object",
+        "properties": {name: {"description": about} for name, about in schema.items()},
+        "required": list(schema),
+    }
 
 
 def _system(content: str) -> ChatMessage:

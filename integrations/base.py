@@ -142,5 +142,11 @@ class Integration:
                 return cls(key, self)
         raise KeyError(f"{self.name} has no resource type {resource_type!r}")
 
+    async def ready(self) -> Integration:
+        """Called once by the catalog builder before the catalog is made; returns the integration
+        to use. Connectors whose actions come from the service (MCP tools) connect here and
+        return an instance of a class made for what they found."""
+        return self
+
     async def aclose(self) -> None:
         """Release connections; called once when the worker stops."""

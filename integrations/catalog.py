@@ -286,10 +286,12 @@ def _stub_classes(roots: Sequence[type]) -> tuple[list[type], list[type]]:
         if cls in found:
             return
         found[cls] = None  # mark before recursing: resources may refer to each other
-        hints = _hints(cls) if typing.is_typeddict(cls) else {
-            key: tp for name in actions_of(cls) for key, tp in _hints(getattr(cls, name)).items()
-        }
-        for tp in hints.values():
+        # Every action's types, not a dict by parameter name: "return" of one action must not
+        # hide another's.
+        types_used = list(_hints(cls).values()) if typing.is_typeddict(cls) else [
+            tp for name in actions_of(cls) for tp in _hints(getattr(cls, name)).values()
+        ]
+        for tp in types_used:
             for named in _named_types(tp):
                 if typing.is_typeddict(named) or issubclass(named, Resource):
                     visit(named)
@@ -341,6 +343,13 @@ def _safe_message_text(text: str) -> str:
     return text if len(text) <= 300 else text[:299] + "…"
 
 
+def scrub(text: str, secrets: Sequence[str] = ()) -> str:
+    """`text` with every secret value, and anything that looks like a credential, as ***."""
+    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return _safe_message_text(text)
+
+
 class Catalog:
     """The integrations of one worker, by the names programs use for them."""
 
@@ -367,7 +376,10 @@ class Catalog:
             sections = [_TYPEVARS, _row_stub()]
             sections += [_typeddict_stub(cls) for cls in self._typeddicts]
             sections += [_class_stub(cls) for cls in self.resource_types]
-            sections += [_class_stub(type(i)) for i in self.integrations.values()]
+            classes: dict[str, type] = {}  # one class per name (two SQL connections share one)
+            for integration in self.integrations.values():
+                classes.setdefault(type(integration).__name__, type(integration))
+            sections += [_class_stub(cls) for cls in classes.values()]
             sections.append(_RUNTIME)
             sections.append("\n".join(
                 f"{name}: {type(i).__name__}" for name, i in self.integrations.items()
@@ -497,9 +509,7 @@ class Catalog:
                                    "the worker's log.", action=label) from exc
 
     def _scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return _safe_message_text(text)
+        return scrub(text, self.secrets)
 
     async def describe(self) -> dict[str, Any]:
         """Every integration's user-defined schema, by integration name, for the prompt."""
@@ -594,9 +604,23 @@ def build_local_catalog(
     *,
     on_completion: Callable[[Completion], None] | None = None,
 ) -> Catalog:
-    """The embedded defaults: sheets from a folder, mail through the local SMTP outbox, ai."""
+    """The embedded defaults: sheets from a folder, mail through the local SMTP outbox, ai.
+
+    Workers use `integrations.registry.build_catalog`, which adds the workspace's connections.
+    """
     secrets = [settings.model_api_key or ""]
-    return Catalog([
+    return Catalog(local_integrations(settings, models, on_completion=on_completion),
+                   secrets=secrets)
+
+
+def local_integrations(
+    settings: Settings,
+    models: ModelClient,
+    *,
+    on_completion: Callable[[Completion], None] | None = None,
+) -> list[Integration]:
+    """The integrations every workspace has: sheets, mail and ai."""
+    return [
         LocalSheets(settings.effective_sheets_dir),
         LocalMail(
             smtp_host=settings.smtp_host,
@@ -606,4 +630,4 @@ def build_local_catalog(
             server_dedups=settings.smtp_dedups_message_id,
         ),
         AI(models, on_completion=on_completion),
-    ], secrets=secrets)
+    ]

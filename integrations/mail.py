@@ -172,13 +172,21 @@ def _bare(message: EmailMessage, header: str) -> list[tuple[str, str]]:
 
 def read_email(path: Path) -> Email:
     """Parse one `.eml` file into an Email."""
-    message = BytesParser(_class=EmailMessage, policy=policy.default).parsebytes(
-        path.read_bytes()
-    )
+    return parse_email(path.read_bytes(), fallback_id=path.stem)
+
+
+def parse_message(data: bytes) -> EmailMessage:
+    message = BytesParser(_class=EmailMessage, policy=policy.default).parsebytes(data)
     assert isinstance(message, EmailMessage)
+    return message
+
+
+def parse_email(data: bytes, *, fallback_id: str) -> Email:
+    """Parse a raw RFC 5322 message into an Email (`id` is its Message-ID, else fallback_id)."""
+    message = parse_message(data)
     senders = _bare(message, "From")
     return Email(
-        id=str(message.get("Message-ID", "") or "").strip() or path.stem,
+        id=str(message.get("Message-ID", "") or "").strip() or fallback_id,
         sender=senders[0][1] if senders else "",
         sender_name=senders[0][0] if senders else "",
         to=[address for _, address in _bare(message, "To")],

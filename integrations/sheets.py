@@ -20,7 +20,6 @@ import datetime as dt
 import difflib
 import io
 import os
-import re
 import stat
 import tempfile
 from collections.abc import Callable
@@ -33,9 +32,19 @@ import openpyxl
 
 from core.errors import IntegrationError
 from integrations.base import Integration, Preview, Resource, Row, action
+from integrations.coercion import (
+    Field,
+    coerce,
+    date_format_of,
+    describe_fields,
+    format_date,
+    is_plain_number,
+    match_name,
+    options,
+)
 
 _SUFFIXES = (".csv", ".xlsx")  # in order of preference when both exist for one name
-_NEAR_MISS = 0.8
+_CSV_BOOLEANS = {"TRUE", "FALSE", "true", "false", "True", "False"}
 
 
 @dataclass(frozen=True)
@@ -54,9 +63,11 @@ class _Table:
     header: list[str]
     rows: list[list[Any]]
     csv_format: _CsvFormat | None = None  # None for XLSX
+    choices: dict[int, tuple[str, ...]] | None = None  # XLSX dropdowns by column (when loaded)
 
     def copy(self) -> _Table:
-        return _Table(self.name, list(self.header), [list(r) for r in self.rows], self.csv_format)
+        return _Table(self.name, list(self.header), [list(r) for r in self.rows], self.csv_format,
+                      self.choices)
 
     def id_column(self) -> int | None:
         for i, name in enumerate(self.header):
@@ -88,6 +99,43 @@ class _Table:
 
     def columns(self) -> builtins.list[str]:
         return [name for name in self.header if name]
+
+
+def _field(table: _Table, col: int) -> Field:
+    """What column `col` holds: an Excel dropdown's options, else a type guessed from its cells."""
+    name = table.header[col]
+    choices = (table.choices or {}).get(col)
+    if choices:
+        return Field(name, "choice", options=options(choices))
+    values = [v for v in (_cell(cells, col) for cells in table.rows) if v is not None and v != ""]
+    if not values:
+        return Field(name, strict=False)
+    if table.csv_format is not None:
+        return _text_field(name, [str(v) for v in values])
+    return _typed_field(name, values)
+
+
+def _text_field(name: str, values: builtins.list[str]) -> Field:
+    if all(is_plain_number(v) for v in values):
+        return Field(name, "number", strict=False)
+    if all(v in _CSV_BOOLEANS for v in values):
+        return Field(name, "boolean", strict=False)
+    fmt = date_format_of(values)
+    if fmt is not None:
+        return Field(name, "date", date_format=fmt, strict=False)
+    return Field(name, strict=False)
+
+
+def _typed_field(name: str, values: builtins.list[Any]) -> Field:
+    if all(isinstance(v, bool) for v in values):
+        return Field(name, "boolean", strict=False)
+    if all(isinstance(v, int | float | Decimal) and not isinstance(v, bool) for v in values):
+        return Field(name, "number", strict=False)
+    if all(isinstance(v, dt.date) for v in values):
+        timed = any(isinstance(v, dt.datetime) and v.time() != dt.time() for v in values)
+        return Field(name, "datetime" if timed else "date", strict=False)
+    return _text_field(name, [str(v) for v in values]) if all(
+        isinstance(v, str) for v in values) else Field(name, strict=False)
 
 
 def _cell(cells: list[Any], index: int) -> Any:
@@ -144,6 +192,41 @@ def _read_xlsx(path: Path) -> _Table:
     return _Table(path.stem, header, _trim(rows))
 
 
+def _xlsx_choices(path: Path, header: list[str]) -> dict[int, tuple[str, ...]]:
+    """The options of the first worksheet's dropdowns (list data validations), by column."""
+    book = openpyxl.load_workbook(path)
+    try:
+        sheet = book.worksheets[0]
+        found: dict[int, tuple[str, ...]] = {}
+        for validation in sheet.data_validations.dataValidation:
+            values = _validation_values(book, sheet, validation)
+            if validation.type != "list" or not values:
+                continue
+            for cell_range in validation.sqref.ranges:
+                for col in range(cell_range.min_col, cell_range.max_col + 1):
+                    if col <= len(header):
+                        found[col - 1] = values
+        return found
+    finally:
+        book.close()
+
+
+def _validation_values(book: Any, sheet: Any, validation: Any) -> tuple[str, ...]:
+    formula = str(validation.formula1 or "").strip()
+    if formula.startswith('"') and formula.endswith('"'):
+        return tuple(v.strip() for v in formula[1:-1].split(",") if v.strip())
+    ref = formula.lstrip("=").replace("$", "")
+    where, _, cells = ref.rpartition("!")
+    target = book[where.strip("'")] if where and where.strip("'") in book.sheetnames else sheet
+    try:
+        picked = target[cells]
+    except (KeyError, ValueError):
+        return ()
+    flat = [c for row in (picked if isinstance(picked, tuple) else ((picked,),))
+            for c in (row if isinstance(row, tuple) else (row,))]
+    return tuple(str(c.value) for c in flat if c.value not in (None, ""))
+
+
 def _trim(rows: list[list[Any]]) -> list[list[Any]]:
     """Drop empty rows at the end (spreadsheets often carry formatted but empty rows)."""
     while rows and all(c is None for c in rows[-1]):
@@ -151,8 +234,18 @@ def _trim(rows: list[list[Any]]) -> list[list[Any]]:
     return rows
 
 
-def _load(path: Path) -> _Table:
-    return _read_csv(path) if path.suffix.lower() == ".csv" else _read_xlsx(path)
+def _load(path: Path, *, schema: bool = False) -> _Table:
+    """The sheet in `path`; with `schema`, an XLSX file's dropdowns too (a slower, full read)."""
+    if path.suffix.lower() == ".csv":
+        return _read_csv(path)
+    table = _read_xlsx(path)
+    if schema:
+        table.choices = _xlsx_choices(path, table.header)
+    return table
+
+
+def _load_with_schema(path: Path) -> _Table:
+    return _load(path, schema=True)
 
 
 def _save(path: Path, old: _Table, new: _Table) -> None:
@@ -241,31 +334,9 @@ def _check_value(sheet: str, column: str, value: Any) -> None:
     )
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"[\W_]+", "", name.casefold())
-
-
-def _digits(name: str) -> str:
-    return "".join(ch for ch in name if ch.isdigit())
-
-
 def _match_column(header: list[str], name: str) -> int | None:
     """The existing column `name` means: exact, then ignoring case/spacing, then a near miss."""
-    if name in header:
-        return header.index(name)
-    wanted = _norm(name)
-    if not wanted:
-        return None
-    for i, existing in enumerate(header):
-        if existing and _norm(existing) == wanted:
-            return i
-    scored = [
-        (difflib.SequenceMatcher(None, wanted, _norm(h)).ratio(), -i)
-        for i, h in enumerate(header) if h and _digits(h) == _digits(name)
-    ]
-    if scored and max(scored)[0] >= _NEAR_MISS:
-        return -max(scored)[1]
-    return None
+    return match_name(header, name)
 
 
 def _no_column(table: _Table, name: str) -> IntegrationError:
@@ -305,14 +376,36 @@ def _set_values(table: _Table, index: int, values: dict[str, Any]) -> None:
         if col is None:
             table.header.append(column)
             col = len(table.header) - 1
+        else:
+            value = _coerced(table, col, value)
         cells.extend([None] * (col + 1 - len(cells)))
         cells[col] = _csv_text(value) if table.csv_format else _xlsx_value(value)
+
+
+def _coerced(table: _Table, col: int, value: Any) -> Any:
+    """`value` made to fit column `col` (see integrations.coercion), dates in its own format."""
+    field = _field(table, col)
+    where = f"column '{field.name}' of the sheet '{table.name}'"
+    value = coerce(field, value, where=where)
+    if table.csv_format is not None and isinstance(value, dt.date) and field.type == "date":
+        return format_date(value, field.date_format)
+    return value
 
 
 def _matches(cell: Any, wanted: Any) -> bool:
     if wanted is None or wanted == "":
         return cell is None
     return cell is not None and (cell == wanted or _csv_text(cell) == _csv_text(wanted))
+
+
+def read_rows(path: Path) -> builtins.list[Row]:
+    """The rows of a CSV or XLSX file as sheets read them (for files that are not sheets)."""
+    table = _load(path)
+    return [table.to_row(i) for i in range(len(table.rows))]
+
+
+def read_columns(path: Path) -> builtins.list[str]:
+    return _load(path).columns()
 
 
 class Sheet(Resource):
@@ -346,6 +439,13 @@ class Sheet(Resource):
         spacing and small typos ("budget ", "Budjet") map to the existing column. A name that
         matches no column adds a new column at the right end, so "note the date in the sheet"
         just works. Use None or "" to clear a cell. Updating to the same values again is a no-op.
+
+        Values are fitted to the column (see `types` in the workspace data): a number column
+        takes "$1,200" as 1200, a date column takes date(2026, 3, 12), "2026-03-12" or
+        "12 March 2026" and writes it the way its other dates are written, a dropdown column takes
+        "qualified lead" as its option "Qualified Lead". A value that could mean two things
+        ("12/03/2026" where the order is unknown) or is not an option raises IntegrationError
+        listing what to pass instead.
         """
         row_id = row.id if isinstance(row, Row) else str(row)
         return await self._write(lambda table: self._update(table, row_id, values))
@@ -370,8 +470,8 @@ class Sheet(Resource):
         """Add one row at the bottom and return it (with its new `row.id`).
 
         `values` maps column header -> value; missing columns stay empty, unknown columns are
-        added at the right end (names are matched as in update()). When the sheet has an "id"
-        column, a value for it must not already be used by another row.
+        added at the right end (names and values are matched as in update()). When the sheet
+        has an "id" column, a value for it must not already be used by another row.
         """
         return await self._write(lambda table: self._append(table, values))
 
@@ -384,7 +484,8 @@ class Sheet(Resource):
         find(**{"Asked on": None}). An unknown column raises IntegrationError listing the columns.
         """
         table = await self._load()
-        wanted = [(self._column(table, name), value) for name, value in equals.items()]
+        columns = [(self._column(table, name), value) for name, value in equals.items()]
+        wanted = [(col, _coerced(table, col, value)) for col, value in columns]
         return [
             table.to_row(i) for i, cells in enumerate(table.rows)
             if all(_matches(_cell(cells, col), value) for col, value in wanted)
@@ -404,7 +505,7 @@ class Sheet(Resource):
         owner = self._sheets()
         async with owner.lock:
             path = owner.path_of(self.key)
-            old = await asyncio.to_thread(_load, path)
+            old = await asyncio.to_thread(_load_with_schema, path)
             new = old.copy()
             index = change(new)
             if (new.header, new.rows) != (old.header, old.rows):
@@ -483,11 +584,12 @@ class LocalSheets(Integration):
         return Sheet(self._resolve(name), self)
 
     async def describe(self) -> dict[str, Any]:
-        """{sheet name: {"columns": [...], "rows": count, "row_ids": how rows are identified}}."""
+        """{sheet name: {"columns": [...], "rows": count, "row_ids": how rows are identified,
+        "types": {column: field description} for the columns that are not plain text}}."""
         described: dict[str, Any] = {}
         for name, path in self._files().items():
             try:
-                table = await asyncio.to_thread(_load, path)
+                table = await asyncio.to_thread(_load_with_schema, path)
             except Exception as exc:  # a broken file must not hide the others
                 described[name] = {"error": f"cannot be read ({type(exc).__name__})"}
                 continue
@@ -497,6 +599,9 @@ class LocalSheets(Integration):
                 "rows": len(table.rows),
                 "row_ids": f"column '{table.header[col]}'" if col is not None else "row-N",
             }
+            types = describe_fields(_field(table, i) for i, h in enumerate(table.header) if h)
+            if types:
+                described[name]["types"] = types
         return described
 
     async def count_rows(self, name: str) -> int:

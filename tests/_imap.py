@@ -1,6 +1,6 @@
 """A real IMAP server for tests: Dovecot on a free loopback port, one user, Maildir in a temp dir.
 
-Needs the `dovecot` binary (`make imap-tools` installs dovecot-imapd with apt as root); tests
+Needs the `dovecot` binary (`make mail-tools` installs dovecot-imapd with apt as root); tests
 that use it are skipped with that instruction when it is missing.
 """
 

@@ -17,7 +17,7 @@ from tests._stack import Stack
 from tests.test_email_flow import ANA, ENV, FIXTURES, compose
 
 pytestmark = pytest.mark.skipif(dovecot_binary() is None, reason="needs dovecot: run "
-                                "`make imap-tools` (apt-get install dovecot-imapd as root)")
+                                "`make mail-tools` (apt-get install dovecot-imapd as root)")
 
 
 @pytest.fixture

@@ -180,7 +180,79 @@ async def test_describe_and_count_rows(sheets: LocalSheets, folder: Path) -> Non
     (folder / "broken.xlsx").write_text("not a zip")
     described = await sheets.describe()
     assert described["signups"] == {"columns": ["Name", "Email", "Budget"], "rows": 2,
-                                    "row_ids": "row-N"}
+                                    "row_ids": "row-N", "types": {"Budget": {"type": "number"}}}
+    assert described["invoices"]["types"] == {"Amount": {"type": "number"},
+                                              "Due": {"type": "date"}}
     assert described["leads"]["row_ids"] == "column 'id'"
     assert "error" in described["broken"]
     assert await sheets.count_rows("invoices") == 2
+
+
+# Values fitted to the column's type (integrations.coercion), on real files.
+
+
+async def test_csv_columns_take_near_miss_values_in_their_own_format(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text("Order,Amount,Due,Paid\nA-1,120,25/03/2026,FALSE\nA-2,80.5,,TRUE\n")
+    sheet = await LocalSheets(tmp_path).open("orders")
+    row = await sheet.update("row-2", {"Amount": "$1,234.50", "Due": "12/04/2026",
+                                       "Paid": "no"})
+    assert row == {"Order": "A-2", "Amount": "1234.50", "Due": "12/04/2026", "Paid": "FALSE"}
+    await sheet.update("row-1", {"Due": dt.date(2026, 5, 1)})
+    await sheet.append({"Order": "A-3", "Due": "2026-06-09", "Amount": "n/a"})
+    assert path.read_text().splitlines() == [
+        "Order,Amount,Due,Paid", "A-1,120,01/05/2026,FALSE", "A-2,1234.50,12/04/2026,FALSE",
+        "A-3,n/a,09/06/2026,"]
+    assert [r["Order"] for r in await sheet.find(Due=dt.date(2026, 6, 9))] == ["A-3"]
+
+
+async def test_ambiguous_date_for_an_iso_column_is_refused_and_nothing_is_written(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tasks.csv"
+    path.write_text("Task,Due\nShip,2026-03-01\n")
+    before = path.read_bytes()
+    sheet = await LocalSheets(tmp_path).open("tasks")
+    with pytest.raises(IntegrationError) as info:
+        await sheet.update("row-1", {"Due": "12/03/2026"})
+    assert info.value.message == (
+        "'12/03/2026' for column 'Due' of the sheet 'tasks' could be 12 March 2026 or "
+        "3 December 2026. Pass a date, e.g. date(2026, 3, 12), or ISO text '2026-03-12' or "
+        "'2026-12-03'.")
+    assert path.read_bytes() == before
+    await sheet.update("row-1", {"Due": "March 12, 2026"})
+    assert path.read_text().splitlines()[1] == "Ship,2026-03-12"
+
+
+async def test_xlsx_dropdowns_are_choices(tmp_path: Path) -> None:
+    from openpyxl.worksheet.datavalidation import DataValidation
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["Company", "Stage", "Owner"])
+    sheet.append(["Acme", "New", "Ana"])
+    stage = DataValidation(type="list", formula1='"New,Qualified Lead,Won,Lost"')
+    stage.add("B2:B100")
+    lists = book.create_sheet("Lists")
+    for name in ("Ana", "Bo"):
+        lists.append([name])
+    owner = DataValidation(type="list", formula1="=Lists!$A$1:$A$2")
+    owner.add("C2:C100")
+    sheet.add_data_validation(stage)
+    sheet.add_data_validation(owner)
+    book.save(tmp_path / "pipeline.xlsx")
+    sheets = LocalSheets(tmp_path)
+    described = await sheets.describe()
+    assert described["pipeline"]["types"] == {
+        "Stage": {"type": "choice", "options": ["New", "Qualified Lead", "Won", "Lost"]},
+        "Owner": {"type": "choice", "options": ["Ana", "Bo"]},
+    }
+    pipeline = await sheets.open("pipeline")
+    row = await pipeline.update("row-1", {"Stage": "qualified lead", "Owner": "bo"})
+    assert row == {"Company": "Acme", "Stage": "Qualified Lead", "Owner": "Bo"}
+    with pytest.raises(IntegrationError) as info:
+        await pipeline.append({"Company": "Globex", "Stage": "Closed"})
+    assert info.value.message == (
+        "'Closed' is not an option of column 'Stage' of the sheet 'pipeline'. Options: 'New', "
+        "'Qualified Lead', 'Won', 'Lost'. Pass one of these values exactly.")
+    assert len(await pipeline.rows()) == 1

@@ -14,7 +14,8 @@ from core.protocols import ModelClient
 from core.settings import Settings
 from core.store import Store
 from core.types import EventKind, JobEvent
-from integrations.catalog import Catalog, build_local_catalog
+from integrations.catalog import Catalog
+from integrations.registry import build_catalog
 from workers.deps import Deps
 from workers.sampling import SandboxExecutor
 
@@ -66,9 +67,13 @@ async def plan_request(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     job = PlanRequestJob.model_validate(payload)
     request = await deps.store.get_request(job.request_id)
     log.info("→ plan_request %s (thread %s)", request.id, request.thread_id)
-    catalog = build_local_catalog(deps.settings, deps.models)
-    context = await planning_context(deps.settings, deps.store, catalog, request.thread_id,
-                                     models=deps.models)
+    catalog = await build_catalog(deps.settings, deps.models, engine=deps.store.engine,
+                                  thread_id=request.thread_id)
+    try:
+        context = await planning_context(deps.settings, deps.store, catalog, request.thread_id,
+                                         models=deps.models)
+    finally:
+        await catalog.aclose()
     tools = planning_tools(deps.settings, deps.store, deps.models)
     outcome = await make_plan(request, models=deps.models, context=context, tools=tools,
                               rounds=deps.settings.plan_rounds)

@@ -21,7 +21,7 @@ from typing import Any
 from core.events import publish
 from core.jobs import RunProgramJob
 from core.types import EventKind, JobEvent, Plan, Progress, Run, RunResult, RunState, utcnow
-from integrations.catalog import build_local_catalog
+from integrations.registry import build_catalog
 from workers.deps import Deps
 from workers.effects import CostedModels, EffectRunner, StopReason
 from workers.journal import Journal
@@ -124,7 +124,8 @@ async def run_program(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
 async def _run_leased(deps: Deps, run: Run) -> str:
     plan = await deps.store.get_plan(run.plan_id)
     models = CostedModels(deps.models)
-    catalog = build_local_catalog(deps.settings, models)
+    catalog = await build_catalog(deps.settings, models, engine=deps.store.engine,
+                                  thread_id=run.thread_id)
     journal = Journal(deps.store.engine, run.id)
     replaying = await journal.load()
     runner = EffectRunner(run_id=run.id, catalog=catalog, journal=journal,

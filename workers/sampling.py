@@ -24,7 +24,8 @@ from core.settings import Settings
 from core.store import Store
 from core.types import SampleRun, WritePreview
 from integrations.base import EffectCall
-from integrations.catalog import Catalog, build_local_catalog
+from integrations.catalog import Catalog
+from integrations.registry import build_catalog
 from workers.effects import CostedModels, call_key, model_answers, runtime_now, spent
 from workers.sandbox import ProgressTick, SandboxLimits, SandboxOutcome, run_sandboxed
 
@@ -106,7 +107,8 @@ class SandboxExecutor:
         """Run `program` on the first `items` items of its loops, writes only previewed."""
         settings = self.settings
         models = CostedModels(self.models)
-        catalog = build_local_catalog(settings, models)
+        catalog = await build_catalog(settings, models, engine=self.store.engine,
+                                      thread_id=thread_id)
         handler = SampleHandler(catalog)
         ticks: dict[str, ProgressTick] = {}
 

@@ -1,0 +1,150 @@
+"""Mail over IMAP against a real Dovecot on loopback, and sending through our SMTP outbox."""
+
+from __future__ import annotations
+
+import datetime as dt
+import imaplib
+from collections.abc import AsyncIterator, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from core.db import create_engine, migrate
+from core.errors import IntegrationError
+from core.store import Store
+from infra.outbox import start_outbox
+from integrations.base import EffectCall
+from integrations.catalog import Catalog
+from integrations.imap import IMAPMail
+from tests._dovecot import DOVECOT, MISSING, Dovecot, dovecot
+from tests.test_files import pdf
+
+pytestmark = pytest.mark.skipif(DOVECOT is None, reason=MISSING)
+
+
+def _message(sender: str, subject: str, body: str, when: str,
+             attachments: list[tuple[str, str, bytes]] = ()) -> bytes:  # type: ignore[assignment]
+    message = EmailMessage()
+    message["From"], message["To"] = sender, "ana@example.com"
+    message["Subject"], message["Date"] = subject, when
+    message["Message-ID"] = f"<{subject.replace(' ', '-')}@example.com>"
+    message.set_content(body)
+    for name, ctype, data in attachments:
+        main, sub = ctype.split("/")
+        message.add_attachment(data, maintype=main, subtype=sub, filename=name)
+    return message.as_bytes()
+
+
+@pytest.fixture
+def server() -> Iterator[Dovecot]:
+    with dovecot() as running:
+        imap = imaplib.IMAP4(running.host, running.port)
+        imap.login(running.user, running.password)
+        seeds = [
+            (_message("Acme Billing <billing@acme.example>", "Invoice INV-7", "Please pay.",
+                      "Mon, 02 Nov 2026 09:00:00 +0000",
+                      [("inv-7.pdf", "application/pdf", pdf(["Invoice INV-7", "Total 120.50"])),
+                       ("lines.csv", "text/csv", b"Item,Amount\nMugs,100.50\nTea,20\n")]),
+             "(\\Seen)"),
+            (_message("Bo <bo@example.com>", "Lunch?", "Lunch on Friday?",
+                      "Tue, 03 Nov 2026 12:00:00 +0000"), ""),
+            (_message("Globex <ap@globex.example>", "Invoice G-2", "Attached.",
+                      "Wed, 04 Nov 2026 08:00:00 +0000"), ""),
+        ]
+        for raw, flags in seeds:
+            imap.append("INBOX", flags or None, None, raw)
+        imap.logout()
+        yield running
+
+
+@pytest.fixture
+async def mailbox(server: Dovecot, tmp_path: Path) -> AsyncIterator[tuple[IMAPMail, Store]]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'sluice.db'}")
+    await migrate(engine)
+    store = Store(engine)
+    outbox = await start_outbox(store)
+    mail = IMAPMail(host=server.host, port=server.port, username=server.user,
+                    password=server.password, security="none", smtp_host="127.0.0.1",
+                    smtp_port=outbox.port, smtp_security="none", sender="ana@example.com")
+    yield mail, store
+    await mail.aclose()
+    await outbox.stop()
+    await engine.dispose()
+
+
+async def test_search_reads_without_marking_and_lists_attachments(
+    mailbox: tuple[IMAPMail, Store],
+) -> None:
+    mail, _store = mailbox
+    assert await mail.folders() == ["Archive", "INBOX", "Invoices"]
+    found = await mail.search(subject="invoice")
+    assert [e["subject"] for e in found] == ["Invoice G-2", "Invoice INV-7"]  # newest first
+    inv = found[1]
+    assert inv["id"] == "INBOX:1" and inv["sender"] == "billing@acme.example"
+    assert inv["date"] == dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
+    assert [a["name"] for a in inv["attachments"]] == ["inv-7.pdf", "lines.csv"]
+    assert inv["unread"] is False and found[0]["unread"] is True
+    assert [e["subject"] for e in await mail.search(unread_only=True)] == [
+        "Invoice G-2", "Lunch?"]
+    assert [e["subject"] for e in await mail.search(sender="bo@example.com")] == ["Lunch?"]
+    assert [e["subject"] for e in await mail.search(text="Friday")] == ["Lunch?"]
+    assert len(await mail.search(limit=1)) == 1
+    assert (await mail.search(unread_only=True))[0]["unread"] is True  # still unread
+    assert (await mail.describe())["inbox"] == {"emails": 3, "unread": 2}
+
+
+async def test_attachments_as_text_and_rows(mailbox: tuple[IMAPMail, Store]) -> None:
+    mail, _store = mailbox
+    assert await mail.attachment_text("INBOX:1", "inv-7.pdf") == "Invoice INV-7\nTotal 120.50"
+    rows = await mail.attachment_rows("INBOX:1", "LINES.csv")
+    assert [dict(r) for r in rows] == [{"Item": "Mugs", "Amount": "100.50"},
+                                       {"Item": "Tea", "Amount": "20"}]
+    with pytest.raises(IntegrationError) as info:
+        await mail.attachment_text("INBOX:1", "invoice.pdf")
+    assert info.value.message == ("The email INBOX:1 has no attachment 'invoice.pdf'. "
+                                  "Attachments: inv-7.pdf, lines.csv.")
+
+
+async def test_label_mark_read_and_move(mailbox: tuple[IMAPMail, Store]) -> None:
+    mail, _store = mailbox
+    await mail.label("INBOX:3", "invoice-done")
+    await mail.label("INBOX:3", "invoice-done")  # idempotent
+    await mail.mark_read("INBOX:3")
+    assert (await mail.read("INBOX:3"))["unread"] is False
+    new_id = await mail.move("INBOX:3", "Invoices")
+    assert new_id == "Invoices:1"
+    moved = await mail.search("Invoices")
+    assert [e["subject"] for e in moved] == ["Invoice G-2"] and moved[0]["id"] == new_id
+    assert [e["subject"] for e in await mail.search()] == ["Lunch?", "Invoice INV-7"]
+    with pytest.raises(IntegrationError, match=r"There is no email 'INBOX:3' \(it may have been "
+                                               r"moved\)"):
+        await mail.read("INBOX:3")
+    with pytest.raises(IntegrationError, match=r"There is no folder 'Paid'\. Folders: Archive, "
+                                               r"INBOX, Invoices\."):
+        await mail.move("INBOX:1", "Paid")
+    with pytest.raises(IntegrationError, match="cannot be a label"):
+        await mail.label("INBOX:1", "two words")
+
+
+async def test_send_goes_through_smtp_once_per_key(mailbox: tuple[IMAPMail, Store]) -> None:
+    mail, store = mailbox
+    first = await mail.send("Bo <bo@example.com>", "Re: Lunch?", "Friday works.",
+                            idempotency_key="run-1/item#2/call#1")
+    again = await mail.send("bo@example.com", "Re: Lunch?", "Friday works.",
+                            idempotency_key="run-1/item#2/call#1")
+    assert first == again
+    sent = await store.list_outbox()
+    assert len(sent) == 1 and sent[0].recipients == ["bo@example.com"]
+    assert sent[0].sender == "ana@example.com" and sent[0].subject == "Re: Lunch?"
+
+
+async def test_wrong_password_is_a_clear_error_without_the_password(server: Dovecot) -> None:
+    mail = IMAPMail(host=server.host, port=server.port, username=server.user,
+                    password="wrong-pw-123", security="none")
+    catalog = Catalog([mail], secrets=["wrong-pw-123"])
+    with pytest.raises(IntegrationError) as info:
+        await catalog.dispatch(EffectCall("email", "folders", [], {}))
+    assert info.value.message == ("The mail server 127.0.0.1 refused the login for ana; check "
+                                  "the connection's password (`sluice connect imap`).")
+    await mail.aclose()
