@@ -1,7 +1,8 @@
 """The bot process: surfaces on one aiohttp server, plus the event renderer.
 
 `create_app(settings)` builds the dependencies once (database, Redis) and starts a background
-task that reads the worker event stream and renders each event into its thread.
+task that reads the worker event stream and renders each event into its thread. With Slack
+settings it also serves the Slack surface (`bot/slack/`), which mirrors changed threads to Slack.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from aiohttp import web
 from bot.console import DEPS, add_routes, errors_middleware
 from bot.deps import BotDeps
 from bot.render import render
+from bot.slack import SlackSurface
 from core.db import create_engine, migrate
 from core.events import EventReader
 from core.jobs import connect
@@ -23,6 +25,7 @@ from core.settings import Settings
 from core.store import Store
 
 log = logging.getLogger(__name__)
+SLACK: web.AppKey[SlackSurface] = web.AppKey("slack", SlackSurface)
 
 
 async def render_events(deps: BotDeps, reader: EventReader) -> None:
@@ -34,12 +37,17 @@ async def render_events(deps: BotDeps, reader: EventReader) -> None:
             log.exception("could not render event %s (%s) for thread %s", event.id, event.kind,
                           event.thread_id)
             continue
+        await deps.thread_changed(event.thread_id)
         await reader.ack(entry_id)
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
     add_routes(app)
+    slack = SlackSurface(settings) if settings.slack_enabled else None
+    if slack is not None:
+        slack.add_routes(app)
+        app[SLACK] = slack
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         engine = create_engine(settings.effective_database_url)
@@ -47,11 +55,15 @@ def create_app(settings: Settings) -> web.Application:
         redis = await connect(settings.require_redis_url())
         deps = BotDeps(settings=settings, store=Store(engine), redis=redis)
         app[DEPS] = deps
+        if slack is not None:
+            await slack.start(deps)
         task = asyncio.create_task(render_events(deps, EventReader(redis)))
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if slack is not None:
+            await slack.stop()
         await redis.aclose()
         await engine.dispose()
 

@@ -45,19 +45,21 @@ class Stack:
     http: aiohttp.ClientSession
     base_url: str
     sheets_dir: Path
+    app: web.Application | None = None
 
     @classmethod
     @asynccontextmanager
-    async def running(cls, *, redis_url: str, home: Path,
-                      scenario: Any = None) -> AsyncIterator[Stack]:
+    async def running(cls, *, redis_url: str, home: Path, scenario: Any = None,
+                      environ: dict[str, str] | None = None) -> AsyncIterator[Stack]:
         async with database_url(home) as url, cls._running(
-                redis_url=redis_url, home=home, scenario=scenario, url=url) as stack:
+                redis_url=redis_url, home=home, scenario=scenario, url=url,
+                environ=environ or {}) as stack:
             yield stack
 
     @classmethod
     @asynccontextmanager
     async def _running(cls, *, redis_url: str, home: Path, scenario: Any,
-                       url: str) -> AsyncIterator[Stack]:
+                       url: str, environ: dict[str, str]) -> AsyncIterator[Stack]:
         sheets = home / "sheets"
         shutil.copytree(EXAMPLES / "signups" / "sheets", sheets)
         engine = create_engine(url)
@@ -71,10 +73,11 @@ class Stack:
             "SLUICE_HOME": str(home), "SLUICE_REDIS_URL": redis_url,
             "SLUICE_DATABASE_URL": url, "SLUICE_SCRIPTED_MODEL_URL": model.url,
             "SLUICE_SMTP_PORT": str(outbox.port), "SLUICE_SHEETS_DIR": str(sheets),
-            "SLUICE_SANDBOX_WALL_S": "60", "SLUICE_LEASE_TTL_S": "0.6",
+            "SLUICE_SANDBOX_WALL_S": "60", "SLUICE_LEASE_TTL_S": "0.6", **environ,
         }, env_file=False)
         deps = await Deps.create(settings, redis=redis)
-        runner = web.AppRunner(create_app(settings))
+        app = create_app(settings)
+        runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -83,7 +86,7 @@ class Stack:
         try:
             yield cls(settings=settings, store=store, redis=redis, deps=deps, model=model,
                       outbox=outbox, http=http, base_url=f"http://127.0.0.1:{port}",
-                      sheets_dir=sheets)
+                      sheets_dir=sheets, app=app)
         finally:
             await http.close()
             await runner.cleanup()
