@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -126,6 +126,13 @@ class Settings(BaseSettings):
     @property
     def effective_mailbox_dir(self) -> Path:
         return self.mailbox_dir or self.home / "mailbox"
+
+    @field_validator("slack_bot_token", "slack_signing_secret", "slack_app_token",
+                     "slack_client_id", "slack_client_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`SLACK_BOT_TOKEN=` (an empty line in .env) means not set."""
+        return None if value == "" else value
 
     @property
     def slack_enabled(self) -> bool:

@@ -26,6 +26,8 @@ from tests._stack import Stack
 BOT_TOKEN = "xoxb-test-" + "9" * 24
 SIGNING_SECRET = "signing-" + "7" * 24
 CHANNEL = "C0SIGNUPS"
+CLIENT_ID = "1234.5678"
+CLIENT_SECRET = "client-secret-" + "5" * 20
 
 
 def sign(body: str, timestamp: int, secret: str = SIGNING_SECRET) -> str:
@@ -41,11 +43,14 @@ class SlackHarness:
 
     @classmethod
     @asynccontextmanager
-    async def running(cls, *, redis_url: str, home: Path,
-                      environ: dict[str, str] | None = None) -> AsyncIterator[SlackHarness]:
-        fake = FakeSlack(token=BOT_TOKEN)
+    async def running(cls, *, redis_url: str, home: Path, environ: dict[str, str] | None = None,
+                      oauth_codes: dict[str, str] | None = None) -> AsyncIterator[SlackHarness]:
+        """The stack with Slack on; with `oauth_codes` (code -> bot token) installs by OAuth."""
+        fake = FakeSlack(token=BOT_TOKEN, oauth=oauth_codes)
         await fake.start()
-        env = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        tokens = {"SLACK_CLIENT_ID": CLIENT_ID, "SLACK_CLIENT_SECRET": CLIENT_SECRET} \
+            if oauth_codes is not None else {"SLACK_BOT_TOKEN": BOT_TOKEN}
+        env = {**tokens, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
                "SLACK_API_URL": fake.api_url, "SLUICE_SLACK_MIN_INTERVAL_S": "0",
                "SLUICE_SLACK_APPROVERS": "UBOSS", **(environ or {})}
         try:

@@ -253,3 +253,33 @@ async def test_app_home_lists_recent_runs(slack: SlackHarness) -> None:
     assert view["type"] == "home" and RunState.SUCCEEDED.value in text
     link = f"https://sluice-test.slack.com/archives/{CHANNEL}/p{root.replace('.', '')}"
     assert link in text
+
+
+async def test_follow_up_in_the_thread_continues_it(slack: SlackHarness) -> None:
+    root, plan = await planned(slack)
+    await slack.click(plan.ts, "cancel", buttons(plan)["cancel"])
+    await slack.mention("now only the ones from Germany", thread_ts=root)
+    [thread] = await threads(slack)
+    requests = [m.text for m in (await slack.stack.store.get_thread(thread.id)).messages
+                if m.kind == "request"]
+    assert requests == [DEMO_REQUEST, "now only the ones from Germany"]
+    assert [m.text for m in slack.thread(root)].count(
+        "Got it. I'm writing a program for this; the plan and its estimate will follow here."
+    ) == 2
+
+
+async def test_requester_cancels_a_queued_run_from_its_status_message(
+        slack: SlackHarness) -> None:
+    root, plan = await planned(slack)
+    await slack.click(plan.ts, "approve", buttons(plan)["approve"])
+    await slack.settled()
+    [status] = [m for m in slack.thread(root) if m.text.startswith("Queued")]
+    run_id = buttons(status)["cancel_run"]
+    await slack.click(status.ts, "cancel_run", run_id, user="UEVE")  # not theirs
+    await slack.settled()
+    assert "Not allowed" in slack.fake.called("chat.postEphemeral")[-1]["text"]
+    await slack.click(status.ts, "cancel_run", run_id)
+    await slack.work()
+    assert (await slack.stack.store.get_run(run_id)).state == RunState.CANCELLED
+    assert await slack.stack.outbox_mails() == []
+    assert any(m.text.startswith("Cancelled. Nothing more will run.") for m in slack.thread(root))

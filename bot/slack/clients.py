@@ -27,8 +27,8 @@ from core.store import Store
 
 log = logging.getLogger(__name__)
 
-BOT_SCOPES = ["app_mentions:read", "channels:history", "chat:write", "commands", "files:read",
-              "files:write", "groups:history", "im:history", "im:read", "im:write", "users:read"]
+BOT_SCOPES = ["app_mentions:read", "chat:write", "chat:write.public", "commands", "files:read",
+              "files:write", "im:history", "im:read", "im:write", "users:read"]
 RATE_LIMIT_RETRIES = 10
 OAUTH_STATE_TTL_S = 600
 

@@ -9,11 +9,13 @@ a retried or replayed delivery finds its key taken and starts nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from core.db import (
+    MessageRow,
     PlanRow,
     RequestRow,
     RunRow,
@@ -22,7 +24,7 @@ from core.db import (
     SlackThreadRow,
 )
 from core.store import Store
-from core.types import RunState
+from core.types import RunState, utcnow
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,15 @@ class SlackRecords:
             assert found is not None
             return found
         return SlackLink(thread.id, team_id, channel, thread_ts)
+
+    async def recently_changed(self, *, hours: float = 24) -> list[str]:
+        """Slack-linked threads with a message changed in the last `hours` (to resync)."""
+        since = utcnow() - timedelta(hours=hours)
+        async with self.store.session() as s:
+            rows = await s.scalars(select(SlackThreadRow.thread_id).distinct().join(
+                MessageRow, MessageRow.thread_id == SlackThreadRow.thread_id).where(
+                    MessageRow.updated_at >= since))
+            return list(rows)
 
     async def mirrored(self, thread_id: str) -> dict[str, Mirrored]:
         async with self.store.session() as s:

@@ -60,6 +60,8 @@ class SlackSurface:
         deps.mirrors.append(self.mirror)
         self.bolt = self._bolt_app(tokens)
         SlackListeners(deps, records, tokens, self.spawn).register(self.bolt)
+        for thread_id in await records.recently_changed():  # what changed while we were down
+            await self.mirror.thread_changed(thread_id)
         if self.settings.slack_app_token is not None:
             self._socket = AsyncSocketModeHandler(
                 self.bolt, self.settings.slack_app_token.get_secret_value(),
