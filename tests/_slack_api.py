@@ -50,8 +50,12 @@ class Upload:
 
 
 class FakeSlack:
-    def __init__(self, *, token: str, oauth: dict[str, str] | None = None) -> None:
+    def __init__(self, *, token: str, oauth: dict[str, str] | None = None,
+                 app_token: str | None = None) -> None:
         self.token = token
+        self.app_token = app_token  # Socket Mode: apps.connections.open takes this one
+        self.sockets: list[web.WebSocketResponse] = []
+        self.acks: list[dict[str, Any]] = []  # what the app answered to each envelope
         self.oauth = oauth or {}  # code -> bot token issued by oauth.v2.access
         self.calls: list[Call] = []
         self.messages: dict[tuple[str, str], SlackMessage] = {}
@@ -75,6 +79,7 @@ class FakeSlack:
         app.router.add_get("/api/{method}", self._api)
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/files/{path:.+}", self._file)
+        app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -82,6 +87,8 @@ class FakeSlack:
         self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
 
     async def stop(self) -> None:
+        for socket in self.sockets:
+            await socket.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -118,8 +125,9 @@ class FakeSlack:
             self.calls.append(Call(method, args, status=429))
             return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
                                      headers={"Retry-After": str(retry_after)})
+        expected = self.app_token if method == "apps.connections.open" else self.token
         if method != "oauth.v2.access" and \
-                request.headers.get("Authorization") != f"Bearer {self.token}":
+                request.headers.get("Authorization") != f"Bearer {expected}":
             self.calls.append(Call(method, args, status=401))
             return web.json_response({"ok": False, "error": "invalid_auth"})
         handler = getattr(self, "_" + method.replace(".", "_"), None)
@@ -127,13 +135,15 @@ class FakeSlack:
             return web.json_response({"ok": False, "error": "unknown_method"}, status=404)
         body = handler(args)
         self.calls.append(Call(method, args))
-        async with self._changed:
-            self._changed.notify_all()
+        await self._notify()
         return web.json_response(body)
 
     def _next_ts(self) -> str:
         self._seq += 1
         return f"{1_800_000_000 + self._seq}.{self._seq:06d}"
+
+    def _apps_connections_open(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": self.base_url.replace("http://", "ws://") + "/socket"}
 
     def _auth_test(self, _args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": "https://sluice-test.slack.com/", "team": "Sluice Test",
@@ -199,6 +209,34 @@ class FakeSlack:
                 "bot_user_id": BOT_USER_ID, "app_id": "A0SLUICE",
                 "team": {"id": TEAM_ID, "name": "Sluice Test"}, "enterprise": None,
                 "is_enterprise_install": False, "authed_user": {"id": "UANA"}}
+
+    # Socket Mode (https://api.slack.com/apis/socket-mode) --------------------------------------
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()  # answers the client's pings with pongs
+        await socket.prepare(request)
+        await socket.send_json({"type": "hello", "num_connections": 1,
+                                "connection_info": {"app_id": "A0SLUICE"}})
+        self.sockets.append(socket)
+        await self._notify()
+        async for frame in socket:
+            if frame.type == web.WSMsgType.TEXT:
+                self.acks.append(json.loads(frame.data))
+                await self._notify()
+        return socket
+
+    async def send_envelope(self, kind: str, payload: dict[str, Any]) -> str:
+        """Deliver `payload` over the app's socket as Slack does; returns its envelope id."""
+        envelope_id = secrets.token_hex(8)
+        await self.sockets[-1].send_json({"envelope_id": envelope_id, "type": kind,
+                                          "accepts_response_payload": kind != "events_api",
+                                          "payload": payload, "retry_attempt": 0,
+                                          "retry_reason": ""})
+        return envelope_id
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     # Files ------------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from tests._stack import Stack
 BOT_TOKEN = "xoxb-test-" + "9" * 24
 SIGNING_SECRET = "signing-" + "7" * 24
 CHANNEL = "C0SIGNUPS"
+APP_TOKEN = "xapp-1-test-" + "3" * 20
 CLIENT_ID = "1234.5678"
 CLIENT_SECRET = "client-secret-" + "5" * 20
 
@@ -46,7 +47,7 @@ class SlackHarness:
     async def running(cls, *, redis_url: str, home: Path, environ: dict[str, str] | None = None,
                       oauth_codes: dict[str, str] | None = None) -> AsyncIterator[SlackHarness]:
         """The stack with Slack on; with `oauth_codes` (code -> bot token) installs by OAuth."""
-        fake = FakeSlack(token=BOT_TOKEN, oauth=oauth_codes)
+        fake = FakeSlack(token=BOT_TOKEN, oauth=oauth_codes, app_token=APP_TOKEN)
         await fake.start()
         tokens = {"SLACK_CLIENT_ID": CLIENT_ID, "SLACK_CLIENT_SECRET": CLIENT_SECRET} \
             if oauth_codes is not None else {"SLACK_BOT_TOKEN": BOT_TOKEN}
@@ -79,14 +80,19 @@ class SlackHarness:
 
     async def event(self, event: dict[str, Any], *, event_id: str | None = None,
                     headers: dict[str, str] | None = None, **kwargs: Any) -> int:
-        envelope = {"token": "legacy-verification", "team_id": TEAM_ID, "api_app_id": "A0SLUICE",
-                    "type": "event_callback", "event": event,
-                    "event_id": event_id or "Ev" + secrets.token_hex(5).upper(),
-                    "event_time": int(time.time()),
-                    "authorizations": [{"team_id": TEAM_ID, "user_id": BOT_USER_ID,
-                                        "is_bot": True, "enterprise_id": None}]}
+        envelope = self.event_callback(event, event_id=event_id)
         return await self.post(json.dumps(envelope), content_type="application/json",
                                headers=headers, **kwargs)
+
+    def event_callback(self, event: dict[str, Any], *,
+                       event_id: str | None = None) -> dict[str, Any]:
+        """The body Slack sends for `event` (Events API)."""
+        return {"token": "legacy-verification", "team_id": TEAM_ID, "api_app_id": "A0SLUICE",
+                "type": "event_callback", "event": event,
+                "event_id": event_id or "Ev" + secrets.token_hex(5).upper(),
+                "event_time": int(time.time()),
+                "authorizations": [{"team_id": TEAM_ID, "user_id": BOT_USER_ID,
+                                    "is_bot": True, "enterprise_id": None}]}
 
     def next_ts(self) -> str:
         self.ts_seq += 1

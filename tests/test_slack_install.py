@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 from bot.slack.clients import BOT_SCOPES
-from tests._slack_harness import BOT_TOKEN, CLIENT_ID, CLIENT_SECRET, SlackHarness
+from tests._slack_harness import APP_TOKEN, BOT_TOKEN, CLIENT_ID, CLIENT_SECRET, SlackHarness
 from tests._stack import DEMO_REQUEST
 
 MANIFEST = Path(__file__).resolve().parents[1] / "infra" / "slack" / "manifest.yaml"
@@ -63,3 +63,19 @@ def test_manifest_asks_for_what_the_app_uses() -> None:
     assert all(u.endswith("/slack/events") for u in urls)
     assert manifest["oauth_config"]["redirect_urls"][0].endswith("/slack/oauth_redirect")
     assert manifest["features"]["app_home"]["home_tab_enabled"] is True
+
+
+async def test_socket_mode_takes_requests_over_the_socket(redis_server: Any,
+                                                          tmp_path: Path) -> None:
+    async with SlackHarness.running(redis_url=redis_server.url, home=tmp_path,
+                                    environ={"SLACK_APP_TOKEN": APP_TOKEN}) as slack:
+        await slack.fake.wait_for(lambda: bool(slack.fake.sockets))
+        event = slack.mention_event(DEMO_REQUEST)
+        envelope_id = await slack.fake.send_envelope("events_api", slack.event_callback(event))
+        await slack.fake.wait_for(
+            lambda: any(a.get("envelope_id") == envelope_id for a in slack.fake.acks))
+        await slack.settled()
+        [ack] = slack.thread(str(event["ts"]))
+        assert "writing a program" in ack.text
+        [opened] = [c for c in slack.fake.calls if c.method == "apps.connections.open"]
+        assert opened.status == 200
