@@ -56,6 +56,8 @@ class FakeSlack:
         self.app_token = app_token  # Socket Mode: apps.connections.open takes this one
         self.sockets: list[web.WebSocketResponse] = []
         self.acks: list[dict[str, Any]] = []  # what the app answered to each envelope
+        self.responses: list[dict[str, Any]] = []  # posted to a command's response_url
+        self.closed_channels: set[str] = set()  # chat.postMessage answers not_in_channel
         self.oauth = oauth or {}  # code -> bot token issued by oauth.v2.access
         self.calls: list[Call] = []
         self.messages: dict[tuple[str, str], SlackMessage] = {}
@@ -80,6 +82,7 @@ class FakeSlack:
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/files/{path:.+}", self._file)
         app.router.add_get("/socket", self._socket)
+        app.router.add_post("/response", self._response)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -150,6 +153,8 @@ class FakeSlack:
                 "user": "sluice", "team_id": TEAM_ID, "user_id": BOT_USER_ID, "bot_id": BOT_ID}
 
     def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
+        if args["channel"] in self.closed_channels:
+            return {"ok": False, "error": "not_in_channel"}
         ts = self._next_ts()
         message = SlackMessage(channel=args["channel"], ts=ts, text=args.get("text", ""),
                                blocks=_blocks(args), thread_ts=args.get("thread_ts"))
@@ -209,6 +214,11 @@ class FakeSlack:
                 "bot_user_id": BOT_USER_ID, "app_id": "A0SLUICE",
                 "team": {"id": TEAM_ID, "name": "Sluice Test"}, "enterprise": None,
                 "is_enterprise_install": False, "authed_user": {"id": "UANA"}}
+
+    async def _response(self, request: web.Request) -> web.Response:
+        self.responses.append(await request.json())
+        await self._notify()
+        return web.Response(text="ok")
 
     # Socket Mode (https://api.slack.com/apis/socket-mode) --------------------------------------
 

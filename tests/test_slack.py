@@ -283,3 +283,18 @@ async def test_requester_cancels_a_queued_run_from_its_status_message(
     assert (await slack.stack.store.get_run(run_id)).state == RunState.CANCELLED
     assert await slack.stack.outbox_mails() == []
     assert any(m.text.startswith("Cancelled. Nothing more will run.") for m in slack.thread(root))
+
+
+async def test_failures_reach_the_user_as_plain_words(slack: SlackHarness) -> None:
+    slack.fake.closed_channels.add("C0PRIVATE")
+    assert await slack.command(DEMO_REQUEST, channel="C0PRIVATE") == 200
+    await slack.settled()
+    [answer] = slack.fake.responses
+    assert answer["response_type"] == "ephemeral" and "nothing was started" in answer["text"]
+    assert BOT_TOKEN not in json.dumps(answer)
+    assert await threads(slack) == []
+
+    root = await slack.mention("")  # a bare mention
+    [help_reply] = slack.thread(root)
+    assert "Tell me what to do" in help_reply.text
+    assert await threads(slack) == []

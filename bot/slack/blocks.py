@@ -18,8 +18,10 @@ Block = dict[str, Any]
 
 ACTION_PREFIX = "sluice:"
 SECTION_LIMIT = 2900  # Slack allows 3,000 characters in a section's text
+MAX_BLOCKS = 50  # per message
 FALLBACK_LIMIT = 3500
 PROGRAM_LIMIT = 2500
+WRITE_LINES = 15
 _MENTION = re.compile(r"(<[@#!][A-Za-z0-9^|_. -]+>)")
 
 
@@ -79,22 +81,26 @@ def plan_blocks(plan: Plan, *, buttons: list[Button], decided: str = "") -> list
     blocks.append(_context(estimate_lines(plan.estimate)[0]))
     blocks += [_context(f"Note: {note}") for note in plan.estimate.notes]
     blocks.append(_section(_program(plan.program)))
-    blocks += buttons_block(buttons)
     if decided:
         blocks.append(_context(decided))
-    return blocks
+    return blocks[:MAX_BLOCKS - 1] + buttons_block(buttons)
 
 
 def _write_preview(plan: Plan) -> list[Block]:
     lines = plan.estimate.write_lines
     if not lines:
         return [_section("_It only reads: nothing is written or sent._")]
-    return [_section("*It will:*\n" + "\n".join(f"• {mrkdwn(line)}" for line in lines))]
+    shown = [f"• {line[:300]}" for line in lines[:WRITE_LINES]]
+    if len(lines) > WRITE_LINES:
+        shown.append(f"• … and {len(lines) - WRITE_LINES} more")
+    return text_blocks("It will:\n" + "\n".join(shown))[:1]
 
 
 def _program(program: str) -> str:
-    shown = program if len(program) <= PROGRAM_LIMIT else program[:PROGRAM_LIMIT] + "\n…"
-    return "*Program*\n```" + mrkdwn(shown).replace("```", "'''") + "```"
+    shown = mrkdwn(program).replace("```", "'''")
+    if len(shown) > PROGRAM_LIMIT:
+        shown = shown[:PROGRAM_LIMIT] + "\n…"
+    return "*Program*\n```" + shown + "```"
 
 
 def message_payload(message: Message, *, plan: Plan | None = None) -> tuple[str, list[Block]]:
@@ -108,7 +114,7 @@ def message_payload(message: Message, *, plan: Plan | None = None) -> tuple[str,
     if message.author == "user":
         text = f"{message.user or 'someone'} (from the console): {text}"
         fallback = text[:FALLBACK_LIMIT]
-    return fallback, text_blocks(text) + buttons_block(message.buttons)
+    return fallback, text_blocks(text)[:MAX_BLOCKS - 1] + buttons_block(message.buttons)
 
 
 _STATE_EMOJI = {RunState.QUEUED: ":hourglass:", RunState.RUNNING: ":arrow_forward:",
@@ -133,8 +139,10 @@ def home_view(lines: list[tuple[str, str, float, str]]) -> Block:
 
 
 def _section(text: str) -> Block:
+    if len(text) > SECTION_LIMIT:
+        text = text[:SECTION_LIMIT] + "…"
     return {"type": "section", "text": {"type": "mrkdwn", "text": text or " "}}
 
 
 def _context(text: str) -> Block:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": mrkdwn(text)}]}
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": mrkdwn(text)[:2000]}]}

@@ -77,7 +77,8 @@ class SlackListeners:
             await self._take(event, context)
 
     async def on_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any],
-                         context: dict[str, Any]) -> None:
+                         context: dict[str, Any],
+                         respond: Callable[..., Awaitable[Any]]) -> None:
         text = str(command.get("text") or "").strip()
         if not text:
             await ack(text=HELP)
@@ -85,7 +86,7 @@ class SlackListeners:
         await ack()
         if await self.records.first_time(f"command:{command.get('trigger_id')}"):
             self.spawn(self._command(str(context.get("team_id") or command.get("team_id")),
-                                     command["channel_id"], command["user_id"], text))
+                                     command["channel_id"], command["user_id"], text, respond))
 
     async def on_action(self, ack: Callable[[], Awaitable[None]], body: dict[str, Any],
                         context: dict[str, Any]) -> None:
@@ -112,6 +113,15 @@ class SlackListeners:
             self.spawn(self._request(team_id, event))
 
     async def _request(self, team_id: str, event: dict[str, Any]) -> None:
+        root = str(event.get("thread_ts") or event["ts"])
+        try:
+            await self._take_request(team_id, event)
+        except Exception as exc:
+            log.error("Slack request %s in %s failed: %s", event.get("ts"), event.get("channel"),
+                      type(exc).__name__)
+            await self._reply(team_id, str(event["channel"]), root, _failed(exc))
+
+    async def _take_request(self, team_id: str, event: dict[str, Any]) -> None:
         text = _BOT_MENTION.sub("", str(event.get("text") or "")).strip()
         channel, ts = str(event["channel"]), str(event["ts"])
         root = str(event.get("thread_ts") or ts)
@@ -120,14 +130,18 @@ class SlackListeners:
             return
         link = await self.records.open_thread(team_id=team_id, channel=channel, thread_ts=root,
                                               user=str(event["user"]), title=text[:80])
-        try:
-            files = await self._files(team_id, link, list(event.get("files") or []))
-        except SluiceError as exc:
-            await self._reply(team_id, channel, root, exc.message)
-            return
+        files = await self._files(team_id, link, list(event.get("files") or []))
         await self._ask(link, event["user"], text, ts=ts, files=files)
 
-    async def _command(self, team_id: str, channel: str, user_id: str, text: str) -> None:
+    async def _command(self, team_id: str, channel: str, user_id: str, text: str,
+                       respond: Callable[..., Awaitable[Any]]) -> None:
+        try:
+            await self._take_command(team_id, channel, user_id, text)
+        except Exception as exc:
+            log.error("/sluice in %s failed: %s", channel, type(exc).__name__)
+            await respond(text=_failed(exc), response_type="ephemeral")
+
+    async def _take_command(self, team_id: str, channel: str, user_id: str, text: str) -> None:
         client = await self.tokens.client(team_id)
         root = await client.chat_postMessage(channel=channel,
                                              text=f"{mention(user_id)} asked: {text}")
@@ -220,6 +234,13 @@ class SlackListeners:
         client = await self.tokens.client(team_id)
         await client.chat_postEphemeral(channel=channel, user=user_id, text=text,
                                         thread_ts=thread_ts)
+
+
+def _failed(exc: Exception) -> str:
+    if isinstance(exc, SluiceError):
+        return f"{exc.message} Nothing was started."
+    return ("Something went wrong on my side and nothing was started. Please ask again in a "
+            "minute; if it keeps happening, tell whoever runs Sluice (the bot log has details).")
 
 
 def _from_a_bot(event: dict[str, Any], bot_user_id: object) -> bool:
