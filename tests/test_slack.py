@@ -258,11 +258,11 @@ async def test_app_home_lists_recent_runs(slack: SlackHarness) -> None:
 async def test_follow_up_in_the_thread_continues_it(slack: SlackHarness) -> None:
     root, plan = await planned(slack)
     await slack.click(plan.ts, "cancel", buttons(plan)["cancel"])
-    await slack.mention("now only the ones from Germany", thread_ts=root)
+    await slack.mention("now only the ones from Germany, cc <@UBEN>", thread_ts=root)
     [thread] = await threads(slack)
     requests = [m.text for m in (await slack.stack.store.get_thread(thread.id)).messages
                 if m.kind == "request"]
-    assert requests == [DEMO_REQUEST, "now only the ones from Germany"]
+    assert requests == [DEMO_REQUEST, "now only the ones from Germany, cc <@UBEN>"]
     assert [m.text for m in slack.thread(root)].count(
         "Got it. I'm writing a program for this; the plan and its estimate will follow here."
     ) == 2

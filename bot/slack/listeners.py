@@ -31,7 +31,6 @@ Spawn = Callable[[Coroutine[Any, Any, None]], None]
 HELP = ("Tell me what to do, for example: _for every signup missing a budget, email them and "
         "note the date in the sheet_. I'll plan it, show what it will do and cost, and ask "
         "before running it.")
-_BOT_MENTION = re.compile(r"<@[A-Z0-9]+(\|[^>]*)?>")
 _TAKEN_SUBTYPES = {None, "file_share", "thread_broadcast"}
 
 
@@ -110,19 +109,19 @@ class SlackListeners:
         team_id = str(context.get("team_id") or event.get("team"))
         key = f"message:{team_id}:{event.get('channel')}:{event.get('ts')}"
         if await self.records.first_time(key):  # a mention also arrives as a message event
-            self.spawn(self._request(team_id, event))
+            self.spawn(self._request(team_id, event, str(context.get("bot_user_id") or "")))
 
-    async def _request(self, team_id: str, event: dict[str, Any]) -> None:
+    async def _request(self, team_id: str, event: dict[str, Any], bot_user_id: str) -> None:
         root = str(event.get("thread_ts") or event["ts"])
         try:
-            await self._take_request(team_id, event)
+            await self._take_request(team_id, event, bot_user_id)
         except Exception as exc:
             log.error("Slack request %s in %s failed: %s", event.get("ts"), event.get("channel"),
-                      type(exc).__name__)
+                      type(exc).__name__, exc_info=not isinstance(exc, SluiceError))
             await self._reply(team_id, str(event["channel"]), root, _failed(exc))
 
-    async def _take_request(self, team_id: str, event: dict[str, Any]) -> None:
-        text = _BOT_MENTION.sub("", str(event.get("text") or "")).strip()
+    async def _take_request(self, team_id: str, event: dict[str, Any], bot_user_id: str) -> None:
+        text = _without_mention(str(event.get("text") or ""), bot_user_id)
         channel, ts = str(event["channel"]), str(event["ts"])
         root = str(event.get("thread_ts") or ts)
         if not text:
@@ -138,7 +137,8 @@ class SlackListeners:
         try:
             await self._take_command(team_id, channel, user_id, text)
         except Exception as exc:
-            log.error("/sluice in %s failed: %s", channel, type(exc).__name__)
+            log.error("/sluice in %s failed: %s", channel, type(exc).__name__,
+                      exc_info=not isinstance(exc, SluiceError))
             await respond(text=_failed(exc), response_type="ephemeral")
 
     async def _take_command(self, team_id: str, channel: str, user_id: str, text: str) -> None:
@@ -234,6 +234,13 @@ class SlackListeners:
         client = await self.tokens.client(team_id)
         await client.chat_postEphemeral(channel=channel, user=user_id, text=text,
                                         thread_ts=thread_ts)
+
+
+def _without_mention(text: str, bot_user_id: str) -> str:
+    """The request without the app's own mention (other people's mentions stay)."""
+    if bot_user_id:
+        text = re.sub(rf"<@{re.escape(bot_user_id)}(\|[^>]*)?>", "", text)
+    return text.strip()
 
 
 def _failed(exc: Exception) -> str:

@@ -6,11 +6,13 @@ task per thread then compares every message with what Slack last got (a digest) 
 new ones (`chat.postMessage` in the thread), edits the changed ones in place (`chat.update`, so
 the status message is one message that moves) and uploads attachments (`files_upload_v2`).
 
-Throttling: writes into one channel are at least `SLUICE_SLACK_MIN_INTERVAL_S` apart (Slack's
-chat.postMessage allows about one a second per channel), and progress that arrives meanwhile is
-folded into the next edit. A 429 is retried after its `Retry-After` by the client's retry
-handler; since one task per thread does the writes in thread order, every update lands, late but
-in order. Syncing is idempotent, so a redelivered event or a restart changes nothing twice.
+Throttling follows Slack's rate tiers: writes into one channel are at least
+`SLUICE_SLACK_MIN_INTERVAL_S` apart (chat.postMessage allows about one a second per channel),
+and edits in one workspace at least 1.2 times that (chat.update is Tier 3, about 50 a minute);
+progress that arrives meanwhile is folded into the next edit. A 429 is retried after its
+`Retry-After` by the client's retry handler; since one task per thread does the writes in thread
+order, every update lands, late but in order. Syncing is idempotent, so a redelivered event or a
+restart changes nothing twice.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from core.types import Message
 
 log = logging.getLogger(__name__)
 MAX_FAILURES = 5
+UPDATES_PER_POST = 1.2  # Tier 3 (50/min per workspace) against ~1/s per channel
 
 
 class _Pacer:
@@ -61,6 +64,7 @@ class SlackMirror:
         self.records = records
         self.tokens = tokens
         self.pacer = _Pacer(min_interval_s)
+        self.update_pacer = _Pacer(min_interval_s * UPDATES_PER_POST)
         self._dirty: set[str] = set()
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -130,6 +134,7 @@ class SlackMirror:
             await self.records.save_mirrored(message.id, link.thread_id, channel=link.channel,
                                              ts=seen.ts, digest=digest)
         elif seen.digest not in (digest, "slack"):
+            await self.update_pacer.wait(link.team_id)
             await self.pacer.wait(link.channel)
             await client.chat_update(channel=seen.channel, ts=seen.ts, **payload)
             await self.records.save_mirrored(message.id, link.thread_id, channel=seen.channel,
