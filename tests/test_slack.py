@@ -298,3 +298,15 @@ async def test_failures_reach_the_user_as_plain_words(slack: SlackHarness) -> No
     [help_reply] = slack.thread(root)
     assert "Tell me what to do" in help_reply.text
     assert await threads(slack) == []
+
+
+async def test_a_console_click_on_a_slack_thread_shows_in_slack(slack: SlackHarness) -> None:
+    root, _plan = await planned(slack)
+    [thread] = await threads(slack)
+    [console_plan] = await slack.stack.messages(thread.id, "plan")
+    status, _ = await slack.stack.click(console_plan, "approve", user="ops")
+    assert status == 200
+    await slack.settled()
+    shown = slack.plan_message(root)
+    assert buttons(shown) == {} and "Approved by ops at" in block_text(shown)
+    assert any(m.text.startswith("Queued") for m in slack.thread(root))

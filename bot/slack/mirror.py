@@ -24,6 +24,7 @@ import json
 import logging
 from typing import Any
 
+import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -101,7 +102,8 @@ class SlackMirror:
             try:
                 await self.sync(link)
                 failures = 0
-            except (SlackApiError, SluiceError, OSError) as exc:
+            except (SlackApiError, SluiceError, OSError, aiohttp.ClientError,
+                    TimeoutError) as exc:
                 failures += 1
                 log.warning("could not mirror thread %s to Slack (%s), attempt %d",
                             link.thread_id, _reason(exc), failures)
@@ -109,6 +111,10 @@ class SlackMirror:
                     return
                 self._dirty.add(link.thread_id)
                 await asyncio.sleep(min(30.0, 2.0 ** failures))
+            except Exception:
+                log.exception("mirroring thread %s to Slack failed; it resumes on the next "
+                              "change", link.thread_id)
+                return
 
     async def sync(self, link: SlackLink) -> None:
         """Post, edit and upload whatever the Slack thread lacks, in thread order."""

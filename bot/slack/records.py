@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from core.db import (
@@ -66,6 +66,12 @@ class SlackRecords:
         except IntegrityError:
             return False
         return True
+
+    async def forget_seen(self, *, days: float = 7) -> None:
+        """Drop delivery keys older than Slack ever retries (minutes), to keep the table small."""
+        async with self.store.session() as s, s.begin():
+            await s.execute(delete(SlackSeenRow).where(
+                SlackSeenRow.seen_at < utcnow() - timedelta(days=days)))
 
     async def find_thread(self, team_id: str, channel: str, thread_ts: str) -> SlackLink | None:
         async with self.store.session() as s:

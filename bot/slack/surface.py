@@ -60,6 +60,7 @@ class SlackSurface:
         deps.mirrors.append(self.mirror)
         self.bolt = self._bolt_app(tokens)
         SlackListeners(deps, records, tokens, self.spawn).register(self.bolt)
+        await records.forget_seen()
         for thread_id in await records.recently_changed():  # what changed while we were down
             await self.mirror.thread_changed(thread_id)
         if self.settings.slack_app_token is not None:
