@@ -14,16 +14,7 @@ from typing import NoReturn
 from bot.deps import BotDeps
 from core.errors import InvalidInputError, SluiceError
 from core.jobs import PLAN_REQUEST, RUN_PROGRAM, PlanRequestJob, RunProgramJob, enqueue
-from core.types import (
-    Attachment,
-    Button,
-    Message,
-    PlanStatus,
-    Request,
-    Run,
-    RunState,
-    utcnow,
-)
+from core.types import Attachment, Button, Message, PlanStatus, Request, Run, RunState, utcnow
 
 log = logging.getLogger(__name__)
 
