@@ -17,10 +17,11 @@ def main() -> int:
     try:
         settings = load_settings()
         settings.require_redis_url()
+        app = create_app(settings)
     except ConfigurationError as exc:
         print(exc.message, file=sys.stderr)
         return 2
-    web.run_app(create_app(settings), host=settings.console_host, port=settings.console_port,
+    web.run_app(app, host=settings.console_host, port=settings.console_port,
                 print=lambda *_: None, access_log=None)
     return 0
 

@@ -1,7 +1,8 @@
 """The bot process: surfaces on one aiohttp server, plus the event renderer.
 
 `create_app(settings)` builds the dependencies once (database, Redis) and starts a background
-task that reads the worker event stream and renders each event into its thread.
+task that reads the worker event stream and renders each event into its thread. With Slack
+settings it also serves the Slack surface (`bot/slack/`), which mirrors changed threads to Slack.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from bot.email.inbound import InboundServer, start_inbound
 from bot.email.links import add_link_routes
 from bot.followups import follow_up
 from bot.render import render
+from bot.slack import SlackSurface
 from bot.webhooks import add_webhook_routes
 from core.db import create_engine, migrate
 from core.events import EventReader
@@ -29,6 +31,7 @@ from core.store import Store
 
 log = logging.getLogger(__name__)
 INBOUND: web.AppKey[InboundServer] = web.AppKey("inbound", InboundServer)
+SLACK: web.AppKey[SlackSurface] = web.AppKey("slack", SlackSurface)
 
 
 async def render_events(deps: BotDeps, reader: EventReader) -> None:
@@ -41,6 +44,7 @@ async def render_events(deps: BotDeps, reader: EventReader) -> None:
                           event.thread_id)
             continue
         await follow_up(deps, event)
+        await deps.thread_changed(event.thread_id)
         await reader.ack(entry_id)
 
 
@@ -49,6 +53,10 @@ def create_app(settings: Settings) -> web.Application:
     add_routes(app)
     add_webhook_routes(app)
     add_link_routes(app)
+    slack = SlackSurface(settings) if settings.slack_enabled else None
+    if slack is not None:
+        slack.add_routes(app)
+        app[SLACK] = slack
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         engine = create_engine(settings.effective_database_url)
@@ -56,6 +64,8 @@ def create_app(settings: Settings) -> web.Application:
         redis = await connect(settings.require_redis_url())
         deps = BotDeps(settings=settings, store=Store(engine), redis=redis)
         app[DEPS] = deps
+        if slack is not None:
+            await slack.start(deps)
         task = asyncio.create_task(render_events(deps, EventReader(redis)))
         if settings.email_inbound:
             app[INBOUND] = await start_inbound(deps, host=settings.email_host,
@@ -69,6 +79,8 @@ def create_app(settings: Settings) -> web.Application:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if slack is not None:
+            await slack.stop()
         await redis.aclose()
         await engine.dispose()
 

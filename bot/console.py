@@ -130,6 +130,7 @@ async def post_message(request: web.Request) -> web.Response:
     body: NewMessage = await _body(request, NewMessage)
     req = Request(thread_id=thread_id, user=body.user, text=body.text)
     message = await receive_request(deps, req)
+    await deps.thread_changed(thread_id)
     return web.json_response({"message": message.model_dump(mode="json"), "request_id": req.id},
                              status=202)
 
@@ -139,6 +140,7 @@ async def post_action(request: web.Request) -> web.Response:
     decision = Decision(action=body.action, message_id=body.message_id, value=body.value,
                         user=body.user, count=body.count, budget_usd=body.budget_usd)
     message = await decide(request.app[DEPS], decision)
+    await request.app[DEPS].thread_changed(message.thread_id)
     return web.json_response({"ok": True, "message": message.model_dump(mode="json")})
 
 

@@ -15,7 +15,17 @@ from bot.deps import BotDeps
 from bot.saving import SAVE_ACTION, save_from_button
 from core.errors import InvalidInputError, SluiceError
 from core.jobs import PLAN_REQUEST, RUN_PROGRAM, PlanRequestJob, RunProgramJob, enqueue
-from core.types import Button, Message, Plan, PlanStatus, Request, Run, RunState, utcnow
+from core.types import (
+    Attachment,
+    Button,
+    Message,
+    Plan,
+    PlanStatus,
+    Request,
+    Run,
+    RunState,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +46,14 @@ class Decision:
     budget_usd: float | None = None
 
 
-async def receive_request(deps: BotDeps, request: Request) -> Message:
-    """Store the request with its message, acknowledge it in the thread, enqueue planning."""
+async def receive_request(deps: BotDeps, request: Request, *,
+                          attachments: list[Attachment] | None = None) -> Message:
+    """Store the request with its message, acknowledge it in the thread, enqueue planning.
+
+    `attachments` are files shared with the request, already stored with the thread.
+    """
     await deps.store.get_thread(request.thread_id)
-    message = await deps.store.add_user_request(request)
+    message = await deps.store.add_user_request(request, attachments=attachments)
     await deps.store.add_message(request.thread_id, author="sluice", kind="ack", text=ACK_TEXT,
                                  meta={"request_id": request.id})
     await enqueue(deps.redis, PLAN_REQUEST, PlanRequestJob(request_id=request.id),
@@ -196,6 +210,6 @@ def _find_button(message: Message, decision: Decision) -> Button:
                             f"{decision.value!r}. Buttons: {offered}.")
 
 
-__all__ = ["ACK_TEXT", "AUTO_APPROVER", "AlreadyDecidedError", "Decision",
+__all__ = ["ACK_TEXT", "AUTO_APPROVER", "RUN_ACTIONS", "AlreadyDecidedError", "Decision",
            "approve_automatically", "auto_approves", "budget_step", "cancel_run_button",
            "decide", "decide_run", "receive_request"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from arq import ArqRedis
 
@@ -10,8 +11,20 @@ from core.settings import Settings
 from core.store import Store
 
 
+class ThreadMirror(Protocol):
+    """A surface that shows threads elsewhere (Slack) and must hear when one changed."""
+
+    async def thread_changed(self, thread_id: str) -> None: ...
+
+
 @dataclass
 class BotDeps:
     settings: Settings
     store: Store
     redis: ArqRedis
+    mirrors: list[ThreadMirror] = field(default_factory=list)
+
+    async def thread_changed(self, thread_id: str) -> None:
+        """Tell every mirroring surface that `thread_id` has new or edited messages."""
+        for mirror in self.mirrors:
+            await mirror.thread_changed(thread_id)

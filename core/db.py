@@ -254,6 +254,39 @@ class CredentialRow(Base):
                                                  onupdate=utcnow)
 
 
+class SlackThreadRow(Base):
+    """A Sluice thread that lives in a Slack thread: workspace, channel and the root's ts."""
+
+    __tablename__ = "slack_threads"
+    __table_args__ = (UniqueConstraint("team_id", "channel", "thread_ts"),)
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id"), primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(40))
+    channel: Mapped[str] = mapped_column(String(40))
+    thread_ts: Mapped[str] = mapped_column(String(40))
+    user: Mapped[str] = mapped_column(String(40), default="")  # who started it (U…)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class SlackMessageRow(Base):
+    """Where a thread message was mirrored in Slack, and what was sent last (to edit on change)."""
+
+    __tablename__ = "slack_messages"
+    message_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(40))
+    ts: Mapped[str] = mapped_column(String(40), index=True)
+    digest: Mapped[str] = mapped_column(String(64), default="")
+    files: Mapped[list[Any]] = mapped_column(default=list)  # attachment ids uploaded
+
+
+class SlackSeenRow(Base):
+    """Slack deliveries already taken (event ids, message keys): a retry starts nothing new."""
+
+    __tablename__ = "slack_seen"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seen_at: Mapped[datetime] = _now_column()
+
+
 def create_engine(url: str) -> AsyncEngine:
     """An async engine; SQLite gets WAL and a busy timeout so several processes can share it."""
     if url.startswith("sqlite"):

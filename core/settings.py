@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, PrivateAttr, ValidationError
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -126,6 +126,31 @@ class Settings(BaseSettings):
 
     worker_poll_delay_s: float = Field(default=0.05, gt=0)
 
+    # Slack (bot/slack). Single workspace: bot token + signing secret; several workspaces:
+    # client id + secret + signing secret (OAuth); Socket Mode when an app token is set.
+    slack_bot_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("SLUICE_SLACK_BOT_TOKEN", "SLACK_BOT_TOKEN"))
+    slack_signing_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SLUICE_SLACK_SIGNING_SECRET", "SLACK_SIGNING_SECRET"))
+    slack_app_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("SLUICE_SLACK_APP_TOKEN", "SLACK_APP_TOKEN"))
+    slack_client_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("SLUICE_SLACK_CLIENT_ID", "SLACK_CLIENT_ID"))
+    slack_client_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SLUICE_SLACK_CLIENT_SECRET", "SLACK_CLIENT_SECRET"))
+    slack_api_url: str = Field(
+        default="https://slack.com/api/", pattern="^https?://.+/$",
+        validation_alias=AliasChoices("SLUICE_SLACK_API_URL", "SLACK_API_URL"),
+        description="Slack Web API base URL, ending in '/' (GovSlack, Enterprise proxies).")
+    slack_approvers: str = Field(
+        default="", description="Comma-separated Slack user ids (U…) who may decide any plan or "
+        "run, besides the person who asked.")
+    slack_min_interval_s: float = Field(
+        default=1.0, ge=0, description="Least time between two Slack writes in one channel "
+        "(chat.postMessage allows about one a second per channel).")
+
     # The environment these settings were read from, for values named indirectly (a models
     # file's `api_key_env`). Private: never in repr, dumps or errors.
     _environ: Mapping[str, str] = PrivateAttr(default_factory=dict)
@@ -159,6 +184,22 @@ class Settings(BaseSettings):
     @property
     def effective_files_dir(self) -> Path:
         return self.files_dir or self.home / "files"
+
+    @field_validator("slack_bot_token", "slack_signing_secret", "slack_app_token",
+                     "slack_client_id", "slack_client_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`SLACK_BOT_TOKEN=` (an empty line in .env) means not set."""
+        return None if value == "" else value
+
+    @property
+    def slack_enabled(self) -> bool:
+        """Whether the Slack surface starts: a bot token or OAuth client credentials are set."""
+        return bool(self.slack_bot_token or (self.slack_client_id and self.slack_client_secret))
+
+    @property
+    def slack_approver_ids(self) -> frozenset[str]:
+        return frozenset(u.strip() for u in self.slack_approvers.split(",") if u.strip())
 
     def require_redis_url(self) -> str:
         if not self.redis_url:

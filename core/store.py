@@ -124,12 +124,17 @@ class Store:
 
     # Requests ---------------------------------------------------------------------------------
 
-    async def add_user_request(self, request: Request) -> Message:
-        """Store a person's message and the request it makes, in one transaction."""
+    async def add_user_request(self, request: Request, *,
+                               attachments: list[Attachment] | None = None) -> Message:
+        """Store a person's message and the request it makes, in one transaction.
+
+        `attachments` are files shared with the request (already stored with the thread).
+        """
         now = utcnow()
         msg = MessageRow(id=new_id("msg"), thread_id=request.thread_id, author="user",
                          user=request.user, kind="request", text=request.text, buttons=[],
-                         attachments=[], meta={"request_id": request.id}, created_at=now,
+                         attachments=[a.model_dump() for a in attachments or []],
+                         meta={"request_id": request.id}, created_at=now,
                          updated_at=now)
         async with self.session() as s, s.begin():
             s.add(msg)

@@ -93,6 +93,8 @@ def up(demo: Annotated[bool, typer.Option(help="Load the bundled signups demo an
             s = stack.settings
             out.print(f"Email in: SMTP on {s.email_host}:{s.email_port} for {s.mail_from} "
                       f"(allowed senders: {s.email_allow or 'none yet; set SLUICE_EMAIL_ALLOW'})")
+        if stack.settings.slack_enabled:
+            out.print(_slack_line(stack))
         if files is not None:
             task = asyncio.create_task(_ask_demo(stack, files.request))
         out.print("Press Ctrl-C to stop everything.")
@@ -101,6 +103,13 @@ def up(demo: Annotated[bool, typer.Option(help="Load the bundled signups demo an
             task.cancel()
 
     _run(main(), stack)
+
+
+def _slack_line(stack: LocalStack) -> str:
+    if stack.settings.slack_app_token is not None:
+        return "Slack: connected over Socket Mode."
+    return (f"Slack: events at {stack.console_url}/slack/events; give Slack a public HTTPS "
+            "address that forwards there (README, 'Connect to Slack').")
 
 
 async def _ask_demo(stack: LocalStack, request: str) -> None:

@@ -45,6 +45,7 @@ class Stack:
     http: aiohttp.ClientSession
     base_url: str
     sheets_dir: Path
+    app: web.Application | None = None
 
     @classmethod
     @asynccontextmanager
@@ -76,7 +77,8 @@ class Stack:
             "SLUICE_SANDBOX_WALL_S": "60", "SLUICE_LEASE_TTL_S": "0.6", **env,
         }, env_file=False)
         deps = await Deps.create(settings, redis=redis)
-        runner = web.AppRunner(create_app(settings))
+        app = create_app(settings)
+        runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -85,7 +87,7 @@ class Stack:
         try:
             yield cls(settings=settings, store=store, redis=redis, deps=deps, model=model,
                       outbox=outbox, http=http, base_url=f"http://127.0.0.1:{port}",
-                      sheets_dir=sheets)
+                      sheets_dir=sheets, app=app)
         finally:
             await http.close()
             await runner.cleanup()
