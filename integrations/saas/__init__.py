@@ -21,6 +21,7 @@ __all__ = ["FACTORIES", "REQUIRED"]
 REQUIRED: dict[str, tuple[str, ...]] = {
     "google_sheets": ("spreadsheet_id",),  # and service_account_json or access_token
     "airtable": ("api_key", "base_id"),
+    "hubspot": ("access_token",),
 }
 
 
@@ -54,7 +55,16 @@ def _airtable(credentials: dict[str, str], settings: Settings) -> Integration:
     )
 
 
+def _hubspot(credentials: dict[str, str], settings: Settings) -> Integration:
+    from integrations.saas.hubspot import HubSpot
+
+    _need("hubspot", credentials)
+    return HubSpot(access_token=credentials["access_token"],
+                   base_url=credentials.get("base_url") or "https://api.hubapi.com")
+
+
 FACTORIES: dict[str, Callable[[dict[str, str], Settings], Integration]] = {
     "google_sheets": _google_sheets,
     "airtable": _airtable,
+    "hubspot": _hubspot,
 }
