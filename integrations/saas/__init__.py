@@ -22,6 +22,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "google_sheets": ("spreadsheet_id",),  # and service_account_json or access_token
     "airtable": ("api_key", "base_id"),
     "hubspot": ("access_token",),
+    "google_docs": (),  # service_account_json or access_token
 }
 
 
@@ -63,8 +64,19 @@ def _hubspot(credentials: dict[str, str], settings: Settings) -> Integration:
                    base_url=credentials.get("base_url") or "https://api.hubapi.com")
 
 
+def _google_docs(credentials: dict[str, str], settings: Settings) -> Integration:
+    from integrations.saas import google_docs
+    from integrations.saas.google_sheets import google_credentials
+
+    return google_docs.GoogleDocs(
+        credentials=google_credentials(credentials, google_docs.SCOPES),
+        base_url=credentials.get("base_url") or "https://docs.googleapis.com/",
+    )
+
+
 FACTORIES: dict[str, Callable[[dict[str, str], Settings], Integration]] = {
     "google_sheets": _google_sheets,
     "airtable": _airtable,
     "hubspot": _hubspot,
+    "google_docs": _google_docs,
 }
