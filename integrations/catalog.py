@@ -277,10 +277,11 @@ def _stub_classes(roots: Sequence[type]) -> tuple[list[type], list[type]]:
         if cls in found:
             return
         found[cls] = None  # mark before recursing: resources may refer to each other
-        hints = _hints(cls) if typing.is_typeddict(cls) else {
-            key: tp for name in actions_of(cls) for key, tp in _hints(getattr(cls, name)).items()
-        }
-        for tp in hints.values():
+        # A list, not a dict by parameter name: two actions may type one name differently.
+        hints = list(_hints(cls).values()) if typing.is_typeddict(cls) else [
+            tp for name in actions_of(cls) for tp in _hints(getattr(cls, name)).values()
+        ]
+        for tp in hints:
             for named in _named_types(tp):
                 if typing.is_typeddict(named) or issubclass(named, Resource):
                     visit(named)

@@ -23,6 +23,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "airtable": ("api_key", "base_id"),
     "hubspot": ("access_token",),
     "google_docs": (),  # service_account_json or access_token
+    "quickbooks": ("realm_id", "client_id", "client_secret", "access_token"),
 }
 
 
@@ -74,9 +75,22 @@ def _google_docs(credentials: dict[str, str], settings: Settings) -> Integration
     )
 
 
+def _quickbooks(credentials: dict[str, str], settings: Settings) -> Integration:
+    from integrations.saas.quickbooks import QuickBooksOnline
+
+    _need("quickbooks", credentials)
+    return QuickBooksOnline(
+        realm_id=credentials["realm_id"], client_id=credentials["client_id"],
+        client_secret=credentials["client_secret"], access_token=credentials["access_token"],
+        refresh_token=credentials.get("refresh_token", ""),
+        base_url=credentials.get("base_url") or "https://quickbooks.api.intuit.com",
+    )
+
+
 FACTORIES: dict[str, Callable[[dict[str, str], Settings], Integration]] = {
     "google_sheets": _google_sheets,
     "airtable": _airtable,
     "hubspot": _hubspot,
     "google_docs": _google_docs,
+    "quickbooks": _quickbooks,
 }
