@@ -175,8 +175,9 @@ class HubSpot(Integration):
     summary = "HubSpot CRM: find, create and update contacts, companies and deals; link them."
 
     def __init__(self, *, access_token: str, base_url: str = "https://api.hubapi.com") -> None:
-        retry = Retry(total=5, backoff_factor=0.5, status_forcelist=(429,), allowed_methods=None,
-                      respect_retry_after_header=True, raise_on_status=False)
+        retry = Retry(total=5, connect=1, backoff_factor=0.5, status_forcelist=(429,),
+                      allowed_methods=None, respect_retry_after_header=True,
+                      raise_on_status=False)
         self.client = HubSpotClient(access_token=access_token, host=base_url.rstrip("/"),
                                     retry=retry)
         self._schemas: dict[str, _Schema] = {}
