@@ -36,8 +36,13 @@ IntegrationT = TypeVar("IntegrationT", bound=Integration)
 
 # Service name -> "module:attribute" of its `Service`. One line per service.
 SERVICES: dict[str, str] = {
+    "airtable": "integrations.saas.services:AIRTABLE",
+    "google_docs": "integrations.saas.services:GOOGLE_DOCS",
+    "google_sheets": "integrations.saas.services:GOOGLE_SHEETS",
+    "hubspot": "integrations.saas.services:HUBSPOT",
     "imap": "integrations.imap:SERVICE",
     "mcp": "integrations.mcp_client:SERVICE",
+    "quickbooks": "integrations.saas.services:QUICKBOOKS",
     "sql": "integrations.sql:SERVICE",
 }
 # Names a connection may not take: the local integrations and the program's runtime names.
