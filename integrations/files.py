@@ -26,9 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from core.db import AttachmentRow
 from core.errors import IntegrationError
+from core.text import html_to_text
 from integrations.ai import AI
 from integrations.base import Integration, Row, action
-from integrations.mail import html_to_text
 from integrations.sheets import read_rows
 
 _TABLES = {".csv", ".xlsx"}

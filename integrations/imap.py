@@ -26,9 +26,10 @@ from typing import Any, Literal, TypeVar
 
 from core.errors import IntegrationError
 from core.settings import Settings
+from core.text import html_to_text
 from integrations.base import ActionSpec, Integration, Row, action
 from integrations.files import pdf_pages, rows_of
-from integrations.mail import Email, LocalMail, html_to_text, parse_email, parse_message
+from integrations.mail import Email, LocalMail, parse_email, parse_message
 from integrations.registry import CredentialField, Service, named
 from integrations.vault import Credentials
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-import html
 import logging
 import re
 import smtplib
@@ -27,11 +26,11 @@ from email.utils import (
     parseaddr,
     parsedate_to_datetime,
 )
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, TypedDict
 
 from core.errors import IntegrationError
+from core.text import html_to_text
 from integrations.base import ActionSpec, Integration, Preview, action
 
 logger = logging.getLogger(__name__)
@@ -41,7 +40,6 @@ _ADDRESS = re.compile(
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$"
 )
 _PARTS = re.compile(r'(?:"[^"]*"|<[^>]*>|[^,;])+')  # addresses split on , or ; outside quotes
-_BLOCK_TAGS = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul"}
 
 
 class Attachment(TypedDict):
@@ -96,38 +94,6 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-class _TextFromHtml(HTMLParser):
-    """HTML reduced to readable text: block tags become line breaks, scripts are dropped."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skip = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("script", "style", "head"):
-            self._skip += 1
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style", "head"):
-            self._skip = max(0, self._skip - 1)
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._skip:
-            self.parts.append(data)
-
-
-def html_to_text(markup: str) -> str:
-    """Plain text of an HTML body, one paragraph per line."""
-    parser = _TextFromHtml()
-    parser.feed(markup)
-    parser.close()
-    lines = [" ".join(line.split()) for line in html.unescape("".join(parser.parts)).split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
 def _body_text(message: EmailMessage) -> str:

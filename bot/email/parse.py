@@ -18,12 +18,12 @@ from email.errors import (
 )
 from email.message import EmailMessage, Message
 from email.utils import getaddresses, parseaddr
-from html.parser import HTMLParser
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from core.errors import SluiceError
+from core.text import html_to_text
 
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 _FATAL_DEFECTS = (NoBoundaryInMultipartDefect, StartBoundaryNotFoundDefect,
@@ -38,8 +38,6 @@ _HEADER_LINE = re.compile(r"^[>\s]*\*?(From|Sent|Date|To|Cc|Subject|Reply-To)\*?
 _OUTLOOK_BLOCK = re.compile(r"^\*?From:\*? .+\n\*?(Sent|Date):\*? ", re.I | re.M)
 _WROTE = re.compile(r"^(On .{4,200}wrote:|Le .{4,200}a écrit :|Am .{4,200}schrieb .*:)\s*$",
                     re.I)
-_BLOCK_TAGS = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul",
-               "ol", "blockquote", "hr"}
 
 
 class MailError(SluiceError):
@@ -282,34 +280,3 @@ def read_command(reply: str) -> Command | None:
     return None
 
 
-class _TextFromHTML(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skip = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("script", "style", "head"):
-            self._skip += 1
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style", "head"):
-            self._skip = max(0, self._skip - 1)
-        elif tag in _BLOCK_TAGS:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._skip:
-            self.parts.append(data)
-
-
-def html_to_text(html: str) -> str:
-    """HTML reduced to its text, one line per block element."""
-    parser = _TextFromHTML()
-    parser.feed(html)
-    parser.close()
-    lines = [" ".join(line.split()) for line in "".join(parser.parts).split("\n")]
-    text = "\n".join(lines)
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
