@@ -106,7 +106,8 @@ def progress_text(progress: Progress, *, finished: bool = False) -> str:
     total = "?" if progress.total is None else str(progress.total)
     head = "Finished" if finished else "Running"
     text = (f"{head}: {progress.done}/{total} done, {progress.failed} failed · "
-            f"{_duration(progress.elapsed_s)} · ${progress.cost_usd:.4f}")
+            f"{_duration(progress.elapsed_s)} · "
+            f"{'price unknown' if progress.price_unknown else f'${progress.cost_usd:.4f}'}")
     eta = _eta(progress)
     return text + (f" · about {_duration(eta)} left" if eta is not None and not finished else "")
 

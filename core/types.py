@@ -146,6 +146,8 @@ class Progress(_Model):
     total: int | None = None
     elapsed_s: float = 0.0
     cost_usd: float = 0.0
+    price_unknown: bool = Field(default=False, description="A model's price is unknown, so "
+                                "cost_usd counts only the priced calls.")
     per_item_s: float | None = None
 
 

@@ -211,3 +211,24 @@ async def test_a_failing_provider_falls_back_and_the_thread_shows_no_error(
         statuses = [(r.model, r.status) for r in stack.model.requests]
         assert ("scripted", 500) in statuses
         assert (SCRIPTED_BACKUP_MODEL, 200) in statuses
+
+
+async def test_a_model_without_a_known_price_is_never_shown_as_free(
+        redis_server: Any, tmp_path: Path) -> None:
+    scenario = {"rules": [
+        {"match": "Classify every", "response": SLOW_AI},
+        {"match": "Lead \\d+", "response": "person"},
+    ]}
+    async with Stack.running(redis_url=redis_server.url, home=tmp_path, scenario=scenario,
+                             env={"SLUICE_SCRIPTED_PRICE_AS": "a-model-nobody-priced"}) as stack:
+        write_leads(stack.sheets_dir, 5)
+        thread_id, plan = await plan_for(stack, "Classify every lead")
+        assert plan.estimate.cost_usd is None
+        [message] = await stack.messages(thread_id, "plan")
+        assert "price unknown" in message["text"] and "$0.0000" not in message["text"]
+        await stack.click(message, "approve")
+        await stack.drain()
+        [status] = await stack.messages(thread_id, "status")
+        [result] = await stack.messages(thread_id, "result")
+        assert "price unknown" in status["text"] and "$" not in status["text"]
+        assert "5 AI calls (price unknown)" in result["text"]

@@ -51,6 +51,7 @@ class RunContext:
         self.progress = Progress(loop=tick.loop, done=tick.done, failed=tick.failed,
                                  total=tick.total, elapsed_s=round(self.elapsed(), 2),
                                  cost_usd=round(self.runner.counts.spent_usd, 6),
+                                 price_unknown=self.models.unknown_price,
                                  per_item_s=round(tick.elapsed_s / visited, 4) if visited else None)
         now = time.monotonic()
         finished = tick.total is not None and tick.done + tick.failed >= tick.total

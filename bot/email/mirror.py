@@ -62,7 +62,8 @@ async def progress_milestone(deps: BotDeps, event: JobEvent) -> None:
     if await mail_log.has(key):
         return
     text = (f"Halfway: {progress.done} of {progress.total} done, {progress.failed} failed, "
-            f"${progress.cost_usd:.4f} so far. I'll write again when it finishes.")
+            f"{'price unknown' if progress.price_unknown else f'${progress.cost_usd:.4f}'} so "
+            "far. I'll write again when it finishes.")
     records = await mail_log.of_thread(thread.id)
     person = next((r.sender for r in records if r.direction == "in"), None)
     if person:
