@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from core.types import PlanStatus, RunState
+from infra.scripted_model import load_scenario
 from tests._slack_api import BOT_ID, BOT_USER_ID
 from tests._slack_harness import (
     BOT_TOKEN,
@@ -313,3 +314,29 @@ async def test_a_console_click_on_a_slack_thread_shows_in_slack(slack: SlackHarn
     shown = slack.plan_message(root)
     assert buttons(shown) == {} and "Approved by ops at" in block_text(shown)
     assert any(m.text.startswith("Queued") for m in slack.thread(root))
+
+
+TOTAL_PROGRAM = """\
+I'll add up the Budget column of the attached file.
+
+```python
+rows = files.read_rows("budgets.csv")
+total = sum(float(row["Budget"]) for row in rows)
+print(f"{len(rows)} budgets, {total:.0f} in all")
+```
+"""
+
+
+async def test_a_file_shared_in_slack_is_an_input_of_the_program(slack: SlackHarness) -> None:
+    slack.stack.model.set_scenario(load_scenario(
+        {"rules": [{"match": "Total the budgets", "response": TOTAL_PROGRAM}]}))
+    content = b"Email,Budget\nana@example.com,5000\nben@example.com,1200\n"
+    slack.fake.files["F0CSV/budgets.csv"] = content
+    shared = {"id": "F0CSV", "name": "budgets.csv", "mimetype": "text/csv",
+              "size": len(content),
+              "url_private_download": f"{slack.fake.base_url}/files/F0CSV/budgets.csv"}
+    root = await slack.mention("Total the budgets in this file", files=[shared],
+                               subtype="file_share")
+    await slack.work()  # it reads only and costs nothing: the policy starts it at once
+    await slack.work()
+    assert any("2 budgets, 6200 in all" in m.text for m in slack.thread(root))
