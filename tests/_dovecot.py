@@ -75,6 +75,15 @@ class Dovecot:
     port: int
     user: str
     password: str
+    maildir: Path
+    uid: int
+    gid: int
+
+    def deliver(self, name: str, raw: bytes) -> None:
+        """Put a message in the user's INBOX, as a local delivery agent would."""
+        path = self.maildir / "new" / f"{time.time_ns()}.{name}.localhost"
+        path.write_bytes(raw)
+        os.chown(path, self.uid, self.gid)
 
 
 def _free_port() -> int:
@@ -96,8 +105,10 @@ def dovecot(user: str = "ana", password: str = "app-pw-5up3r-s3cret") -> Iterato
         uid, gid = os.getuid(), os.getgid()
         internal = login = getpass.getuser()
     home = root / "home" / user
-    home.mkdir(parents=True)
-    os.chown(home, uid, gid)
+    maildir = home / "Maildir"
+    for folder in (home, maildir, *(maildir / sub for sub in ("cur", "new", "tmp"))):
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chown(folder, uid, gid)
     (root / "users").write_text(f"{user}:{{PLAIN}}{password}::::{home}\n")
     port = _free_port()
     (root / "dovecot.conf").write_text(_CONFIG.format(root=root, uid=uid, gid=gid, port=port,
@@ -106,7 +117,7 @@ def dovecot(user: str = "ana", password: str = "app-pw-5up3r-s3cret") -> Iterato
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         _wait_listening(process, port, root)
-        yield Dovecot("127.0.0.1", port, user, password)
+        yield Dovecot("127.0.0.1", port, user, password, maildir, uid, gid)
     finally:
         process.send_signal(signal.SIGTERM)
         try:

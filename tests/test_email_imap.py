@@ -1,4 +1,4 @@
-"""IMAP polling against a real Dovecot server on loopback (see tests/_imap.py)."""
+"""IMAP polling against a real Dovecot server on loopback (see tests/_dovecot.py)."""
 
 from __future__ import annotations
 
@@ -12,20 +12,20 @@ from bot.deps import BotDeps
 from bot.email.imap import poll_once
 from core.errors import ConfigurationError
 from infra.redis import EmbeddedRedis
-from tests._imap import PASSWORD, USER, Dovecot, dovecot_binary
+from tests._dovecot import DOVECOT, MISSING, Dovecot
+from tests._dovecot import dovecot as running_dovecot
 from tests._stack import Stack
 from tests.test_email_flow import ANA, ENV, FIXTURES, compose
 
-pytestmark = pytest.mark.skipif(dovecot_binary() is None, reason="needs dovecot: run "
-                                "`make mail-tools` (apt-get install dovecot-imapd as root)")
+pytestmark = pytest.mark.skipif(DOVECOT is None, reason=MISSING)
+USER = "sluice"
+PASSWORD = "imap-test-password"
 
 
 @pytest.fixture
 def dovecot() -> Iterator[Dovecot]:
-    server = Dovecot()
-    server.start()
-    yield server
-    server.stop()
+    with running_dovecot(user=USER, password=PASSWORD) as server:
+        yield server
 
 
 def imap_env(server: Dovecot, password: str = PASSWORD) -> dict[str, str]:
