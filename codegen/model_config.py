@@ -397,3 +397,18 @@ def _key_path(loc: Sequence[int | str]) -> str:
             continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
+
+
+def needs_scripted_model(settings: Settings) -> bool:
+    """Whether some task kind goes to the scripted model server: no models file gives usable
+    deployments and `SLUICE_MODEL_API_KEY` is unset (what `sluice up` starts the server for).
+
+    Raises:
+        ConfigurationError: a bad models file.
+    """
+    path = models_file_path(settings)
+    if path is not None:
+        chains, _notes = _file_chains(load_models_file(path), path=path, settings=settings)
+        if chains:
+            return any(route.scripted for chain in chains.values() for route in chain)
+    return settings.using_scripted_model

@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from codegen.model_config import describe_models
+from codegen.model_config import describe_models, needs_scripted_model
 from core.errors import ConfigurationError
 from core.settings import Settings, load_settings
 from infra.cli_automations import automations_app
@@ -87,7 +87,7 @@ def up(demo: Annotated[bool, typer.Option(help="Load the bundled signups demo an
         await stack.start()
         out.print(f"[green]Sluice is up[/green]: console at [bold]{stack.console_url}[/bold] "
                   f"(logs in {stack.log_dir})")
-        if stack.settings.using_scripted_model:
+        if needs_scripted_model(stack.settings):
             out.print("No model key is set: plans come from the scripted model.")
         if stack.settings.email_inbound:
             s = stack.settings
@@ -178,8 +178,6 @@ def doctor() -> None:
         ("sandbox isolation", detect_isolation(settings.sandbox_isolation)),
         ("redis", settings.redis_url or f"embedded ({redis_server_binary()})"),
         ("database", settings.effective_database_url),
-        ("model", "scripted model (no key set)" if settings.using_scripted_model
-         else settings.model),
         ("python", sys.version.split()[0]),
     ]
     rows += describe_models(settings)

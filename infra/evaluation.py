@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from codegen.model_config import needs_scripted_model
 from codegen.planner import make_plan
 from core.db import create_engine, migrate
 from core.errors import ConfigurationError
@@ -197,7 +198,7 @@ async def _task_services(home: Path, folder: Path, task: Task, *, redis_url: str
                  "SLUICE_DATABASE_URL": f"sqlite+aiosqlite:///{home / 'sluice.db'}"}
     settings = load_settings({**environ, **overrides}, env_file=False)
     server = None
-    if settings.using_scripted_model:
+    if needs_scripted_model(settings):
         scenario = load_scenario(folder / task.scripted) if task.scripted else load_scenario({})
         server = await start_scripted_model(scenario)
         settings = settings.model_copy(update={"scripted_model_url": server.url})

@@ -19,6 +19,7 @@ from typing import IO
 
 import aiohttp
 
+from codegen.model_config import needs_scripted_model
 from core.db import create_engine, migrate
 from core.errors import ConfigurationError
 from core.settings import Settings, load_settings
@@ -74,7 +75,7 @@ class LocalStack:
         self.store = Store(engine)
         self.outbox = await self._outbox()
         env["SLUICE_SMTP_PORT"] = str(self.outbox.port)
-        if self.settings.using_scripted_model:
+        if needs_scripted_model(self.settings):
             env["SLUICE_SCRIPTED_MODEL_URL"] = await self._model_server()
         env["SLUICE_EMAIL_INBOUND"] = self.environ.get("SLUICE_EMAIL_INBOUND", "true")
         self.env = {**self.environ, **env}

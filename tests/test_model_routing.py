@@ -14,9 +14,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from codegen.model_config import TASK_KINDS, load_models_file, model_routes
+from codegen.model_config import (
+    TASK_KINDS,
+    load_models_file,
+    model_routes,
+    needs_scripted_model,
+)
 from codegen.models import LiteLLMModels, price_per_token
 from core.errors import ConfigurationError, ModelError
+from core.settings import load_settings
 from infra.cli import app
 from infra.scripted_model import ScenarioSource, ScriptedModelServer, scripted_model
 from tests._scripted import scripted_settings, user
@@ -405,6 +411,7 @@ def test_doctor_lists_each_kind_and_its_chain(
     lines = [" ".join(line.split()) for line in result.output.splitlines()]
     assert "model for plan: anthropic/claude-sonnet-4-5 → openai/gpt-4o" in lines
     assert "model for extract: openai/gpt-4o-mini" in lines
+    assert not any("no key set" in line for line in lines)  # the keys come from the file
     assert "sk-ant-test" not in result.output
 
 
@@ -500,3 +507,13 @@ async def test_price_as_borrows_a_known_models_prices(tmp_path: Path) -> None:
     assert models.priced_as == "gpt-4o-mini"
     assert completion.cost_usd == pytest.approx(
         completion.prompt_tokens * prices[0] + completion.completion_tokens * prices[1])
+
+
+def test_sluice_up_starts_the_scripted_model_only_when_a_kind_needs_it(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text(YAML_FILE)
+    base = {"SLUICE_HOME": str(tmp_path / "home"), "SLUICE_MODELS_FILE": str(path)}
+    keyed = load_settings({**base, **BOTH_KEYS}, env_file=False)
+    bare = load_settings({"SLUICE_HOME": str(tmp_path / "home")}, env_file=False)
+    assert not needs_scripted_model(keyed)  # every kind has a deployment with its key
+    assert needs_scripted_model(bare)  # no file, no key: the scripted model answers
