@@ -120,6 +120,7 @@ class SandboxExecutor:
             state, _summaries = await self.store.thread_state(thread_id)
         limits = SandboxLimits.from_settings(settings).model_copy(
             update={"wall_s": settings.plan_sample_wall_s})
+        started = time.monotonic()  # the whole of it, the sandbox's start included
         try:
             outcome = await run_sandboxed(
                 program, manifest=catalog.manifest(), handler=handler.perform, limits=limits,
@@ -128,12 +129,13 @@ class SandboxExecutor:
                 seed=zlib.crc32(program.encode()))
         finally:
             await catalog.aclose()
-        return sample_of(outcome, handler, ticks, models)
+        return sample_of(outcome, handler, ticks, models,
+                         seconds=time.monotonic() - started)
 
 
 def sample_of(outcome: SandboxOutcome, handler: SampleHandler, ticks: dict[str, ProgressTick],
-              models: CostedModels) -> SampleRun:
-    """The planner's view of a sample run."""
+              models: CostedModels, *, seconds: float) -> SampleRun:
+    """The planner's view of a sample run that took `seconds` from spawn to exit."""
     main = max(ticks.values(), key=lambda t: (t.available or t.total or 0), default=None)
     measured = list(handler.items.values())
     loop_s = handler.loop_span[1] - handler.loop_span[0] if handler.loop_span else 0.0
@@ -146,11 +148,11 @@ def sample_of(outcome: SandboxOutcome, handler: SampleHandler, ticks: dict[str, 
         write_counts=handler.write_counts, reads=handler.reads,
         model_calls=models.calls, tokens=models.tokens,
         cost_usd=None if models.unknown_price else handler.cost,
-        seconds=round(outcome.seconds, 3),
+        seconds=round(seconds, 3),
         item_seconds=[round(i.seconds, 4) for i in measured],
         item_costs=[i.cost for i in measured], item_tokens=[i.tokens for i in measured],
         item_model_calls=[i.model_calls for i in measured],
-        fixed_seconds=round(max(0.0, outcome.seconds - loop_s), 3),
+        fixed_seconds=round(max(0.0, seconds - loop_s), 3),
         error=None if outcome.ok else _error_text(outcome), failures=outcome.failures)
 
 
