@@ -17,9 +17,10 @@ from core.protocols import ChatMessage, Completion, TaskKind
 from integrations import wire
 from integrations.ai import AI
 from integrations.base import EffectCall, Integration, Row, action, actions_of
-from integrations.catalog import Catalog, build_local_catalog, signature_text
+from integrations.catalog import Catalog, build_local_catalog
 from integrations.mail import LocalMail
 from integrations.sheets import LocalSheets, Sheet
+from integrations.stubs import signature_text
 
 
 class CannedModel:

@@ -18,12 +18,13 @@ import pytest
 from core.errors import IntegrationError
 from integrations import wire
 from integrations.base import EffectCall, Row, actions_of
-from integrations.catalog import Catalog, signature_text
+from integrations.catalog import Catalog
 from integrations.saas import FACTORIES
 from integrations.saas._tabular import Sheet as SaasSheet
 from integrations.saas._tabular import cell_text
 from integrations.sheets import LocalSheets
 from integrations.sheets import Sheet as LocalSheet
+from integrations.stubs import signature_text
 from tests.fakes import serve
 from tests.fakes.airtable import AirtableFake, Field
 from tests.fakes.google_sheets import GoogleSheetsFake
