@@ -4,323 +4,40 @@ Implements the embedded default of ARCHITECTURE.md, "AI-friendly integrations": 
 by identity and columns by header, never by cell coordinates. The sheet name is the file stem; an
 XLSX file contributes its first worksheet, whose first row is the header.
 
-Writes replace the file atomically (temporary file + `os.replace`), keep column order and every
-other row, and are skipped when nothing changes, so repeating a write leaves the same bytes.
-XLSX writes touch only the changed cells (formulas elsewhere are kept). CSV files keep their
-delimiter, line ending, encoding and byte-order mark; quoting is normalised when rewritten.
+Writes keep column order and every other row, and are skipped when nothing changes, so repeating
+a write leaves the same bytes. Reading and writing the files is `integrations._sheet_files`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import codecs
-import csv
 import datetime as dt
 import difflib
-import io
-import os
-import stat
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import openpyxl
-
 from core.errors import IntegrationError
+from integrations._sheet_files import (
+    _SUFFIXES,
+    _cell,
+    _csv_text,
+    _field,
+    _load,
+    _load_with_schema,
+    _save,
+    _Table,
+    _xlsx_value,
+)
 from integrations.base import Integration, Preview, Resource, Row, action
 from integrations.coercion import (
-    Field,
     coerce,
-    date_format_of,
     describe_fields,
     format_date,
-    is_plain_number,
     match_name,
-    options,
 )
-
-_SUFFIXES = (".csv", ".xlsx")  # in order of preference when both exist for one name
-_CSV_BOOLEANS = {"TRUE", "FALSE", "true", "false", "True", "False"}
-
-
-@dataclass(frozen=True)
-class _CsvFormat:
-    delimiter: str = ","
-    lineterminator: str = "\r\n"
-    encoding: str = "utf-8"
-    bom: bool = False
-
-
-@dataclass
-class _Table:
-    """One sheet in memory: the header and the data rows (cells as read, None when empty)."""
-
-    name: str
-    header: list[str]
-    rows: list[list[Any]]
-    csv_format: _CsvFormat | None = None  # None for XLSX
-    choices: dict[int, tuple[str, ...]] | None = None  # XLSX dropdowns by column (when loaded)
-
-    def copy(self) -> _Table:
-        return _Table(self.name, list(self.header), [list(r) for r in self.rows], self.csv_format,
-                      self.choices)
-
-    def id_column(self) -> int | None:
-        for i, name in enumerate(self.header):
-            if name.strip().casefold() == "id":
-                return i
-        return None
-
-    def row_id(self, index: int) -> str:
-        column = self.id_column()
-        if column is not None:
-            value = _cell(self.rows[index], column)
-            if value is not None and value != "":
-                return _id_text(value)
-        return f"row-{index + 1}"
-
-    def index_of(self, row_id: str) -> int | None:
-        for index in range(len(self.rows)):
-            if self.row_id(index) == row_id:
-                return index
-        return None
-
-    def to_row(self, index: int) -> Row:
-        values: dict[str, Any] = {}
-        cells = self.rows[index]
-        for i, name in enumerate(self.header):
-            if name and name not in values:
-                values[name] = _cell(cells, i)
-        return Row(self.row_id(index), values)
-
-    def columns(self) -> builtins.list[str]:
-        return [name for name in self.header if name]
-
-
-def _field(table: _Table, col: int) -> Field:
-    """What column `col` holds: an Excel dropdown's options, else a type guessed from its cells."""
-    name = table.header[col]
-    choices = (table.choices or {}).get(col)
-    if choices:
-        return Field(name, "choice", options=options(choices))
-    values = [v for v in (_cell(cells, col) for cells in table.rows) if v is not None and v != ""]
-    if not values:
-        return Field(name, strict=False)
-    if table.csv_format is not None:
-        return _text_field(name, [str(v) for v in values])
-    return _typed_field(name, values)
-
-
-def _text_field(name: str, values: builtins.list[str]) -> Field:
-    if all(is_plain_number(v) for v in values):
-        return Field(name, "number", strict=False)
-    if all(v in _CSV_BOOLEANS for v in values):
-        return Field(name, "boolean", strict=False)
-    fmt = date_format_of(values)
-    if fmt is not None:
-        return Field(name, "date", date_format=fmt, strict=False)
-    return Field(name, strict=False)
-
-
-def _typed_field(name: str, values: builtins.list[Any]) -> Field:
-    if all(isinstance(v, bool) for v in values):
-        return Field(name, "boolean", strict=False)
-    if all(isinstance(v, int | float | Decimal) and not isinstance(v, bool) for v in values):
-        return Field(name, "number", strict=False)
-    if all(isinstance(v, dt.date) for v in values):
-        timed = any(isinstance(v, dt.datetime) and v.time() != dt.time() for v in values)
-        return Field(name, "datetime" if timed else "date", strict=False)
-    return _text_field(name, [str(v) for v in values]) if all(
-        isinstance(v, str) for v in values) else Field(name, strict=False)
-
-
-def _cell(cells: list[Any], index: int) -> Any:
-    return cells[index] if index < len(cells) else None
-
-
-def _id_text(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-# Reading and writing files.
-
-
-def _read_csv(path: Path) -> _Table:
-    raw = path.read_bytes()
-    bom = raw.startswith(codecs.BOM_UTF8)
-    try:
-        text, encoding = raw.decode("utf-8-sig"), "utf-8"
-    except UnicodeDecodeError:
-        text, encoding = raw.decode("cp1252", errors="replace"), "cp1252"
-    first_line = text.split("\n", 1)[0]
-    fmt = _CsvFormat(
-        delimiter="," if "," in first_line else _sniff_delimiter(text),
-        lineterminator="\r\n" if first_line.endswith("\r") else "\n",
-        encoding=encoding,
-        bom=bom,
-    )
-    records = list(csv.reader(io.StringIO(text, newline=""), delimiter=fmt.delimiter))
-    header = records[0] if records else []
-    rows = [[cell if cell != "" else None for cell in record] for record in records[1:]]
-    return _Table(path.stem, header, _trim(rows), fmt)
-
-
-def _sniff_delimiter(text: str) -> str:
-    sample = "\n".join(text.splitlines()[:20])
-    try:
-        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
-    except csv.Error:
-        return ","
-
-
-def _read_xlsx(path: Path) -> _Table:
-    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    try:
-        records = [list(r) for r in book.worksheets[0].iter_rows(values_only=True)]
-    finally:
-        book.close()
-    header = ["" if h is None else str(h) for h in records[0]] if records else []
-    while header and not header[-1]:
-        header.pop()
-    rows = [[None if c == "" else c for c in record] for record in records[1:]]
-    return _Table(path.stem, header, _trim(rows))
-
-
-def _xlsx_choices(path: Path, header: list[str]) -> dict[int, tuple[str, ...]]:
-    """The options of the first worksheet's dropdowns (list data validations), by column."""
-    book = openpyxl.load_workbook(path)
-    try:
-        sheet = book.worksheets[0]
-        found: dict[int, tuple[str, ...]] = {}
-        for validation in sheet.data_validations.dataValidation:
-            values = _validation_values(book, sheet, validation)
-            if validation.type != "list" or not values:
-                continue
-            for cell_range in validation.sqref.ranges:
-                for col in range(cell_range.min_col, cell_range.max_col + 1):
-                    if col <= len(header):
-                        found[col - 1] = values
-        return found
-    finally:
-        book.close()
-
-
-def _validation_values(book: Any, sheet: Any, validation: Any) -> tuple[str, ...]:
-    formula = str(validation.formula1 or "").strip()
-    if formula.startswith('"') and formula.endswith('"'):
-        return tuple(v.strip() for v in formula[1:-1].split(",") if v.strip())
-    ref = formula.lstrip("=").replace("$", "")
-    where, _, cells = ref.rpartition("!")
-    target = book[where.strip("'")] if where and where.strip("'") in book.sheetnames else sheet
-    try:
-        picked = target[cells]
-    except (KeyError, ValueError):
-        return ()
-    flat = [c for row in (picked if isinstance(picked, tuple) else ((picked,),))
-            for c in (row if isinstance(row, tuple) else (row,))]
-    return tuple(str(c.value) for c in flat if c.value not in (None, ""))
-
-
-def _trim(rows: list[list[Any]]) -> list[list[Any]]:
-    """Drop empty rows at the end (spreadsheets often carry formatted but empty rows)."""
-    while rows and all(c is None for c in rows[-1]):
-        rows.pop()
-    return rows
-
-
-def _load(path: Path, *, schema: bool = False) -> _Table:
-    """The sheet in `path`; with `schema`, an XLSX file's dropdowns too (a slower, full read)."""
-    if path.suffix.lower() == ".csv":
-        return _read_csv(path)
-    table = _read_xlsx(path)
-    if schema:
-        table.choices = _xlsx_choices(path, table.header)
-    return table
-
-
-def _load_with_schema(path: Path) -> _Table:
-    return _load(path, schema=True)
-
-
-def _save(path: Path, old: _Table, new: _Table) -> None:
-    if new.csv_format is not None:
-        _atomic_write(path, _csv_bytes(new, new.csv_format))
-    else:
-        _save_xlsx(path, old, new)
-
-
-def _csv_bytes(table: _Table, fmt: _CsvFormat) -> bytes:
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, delimiter=fmt.delimiter, lineterminator=fmt.lineterminator)
-    writer.writerow(table.header)
-    width = len(table.header)
-    padded = [row + [None] * (width - len(row)) for row in table.rows]
-    writer.writerows([["" if c is None else c for c in row] for row in padded])
-    data = buffer.getvalue().encode(fmt.encoding, errors="replace")
-    return codecs.BOM_UTF8 + data if fmt.bom else data
-
-
-def _save_xlsx(path: Path, old: _Table, new: _Table) -> None:
-    book = openpyxl.load_workbook(path)
-    sheet = book.worksheets[0]
-    for col, name in enumerate(new.header):
-        if col >= len(old.header) or old.header[col] != name:
-            sheet.cell(row=1, column=col + 1, value=name)
-    for index, cells in enumerate(new.rows):
-        before = old.rows[index] if index < len(old.rows) else []
-        for col, value in enumerate(cells):
-            if _cell(before, col) != value:
-                sheet.cell(row=index + 2, column=col + 1, value=value)
-    buffer = io.BytesIO()
-    book.save(buffer)
-    _atomic_write(path, buffer.getvalue())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# Values and column names.
-
-
-def _csv_text(value: Any) -> str | None:
-    """How a value is stored in a CSV cell (None for an empty cell)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, dt.datetime):
-        return value.isoformat(sep=" ")
-    return str(value)
-
-
-def _xlsx_value(value: Any) -> Any:
-    if value == "":
-        return None
-    if isinstance(value, dt.datetime) and value.tzinfo is not None:
-        return value.astimezone(dt.UTC).replace(tzinfo=None)  # Excel has no time zones
-    if isinstance(value, Decimal):
-        return float(value)
-    return value
 
 
 def _check_value(sheet: str, column: str, value: Any) -> None:
