@@ -26,7 +26,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from codegen.model_config import needs_scripted_model
-from codegen.planner import make_plan
 from core.db import create_engine, migrate
 from core.errors import ConfigurationError
 from core.jobs import connect
@@ -37,9 +36,8 @@ from core.types import PlanStatus, Request, Run, RunState
 from infra.outbox import start_outbox
 from infra.redis import EmbeddedRedis
 from infra.scripted_model import load_scenario, start_scripted_model
-from integrations.registry import build_catalog
 from workers.deps import Deps
-from workers.planning import planning_context, planning_tools
+from workers.planning import plan_for
 from workers.running import run_program
 
 __all__ = ["EvalReport", "KindScore", "TaskResult", "load_task", "run_suite"]
@@ -236,15 +234,7 @@ async def _plan_and_run(deps: Deps, task: Task) -> list[str]:
     thread = await deps.store.create_thread(surface="cli", title=task.request[:80])
     request = Request(thread_id=thread.id, surface="cli", user="eval", text=task.request)
     await deps.store.add_user_request(request)
-    catalog = await build_catalog(deps.settings, deps.models, engine=deps.store.engine,
-                                  thread_id=thread.id)
-    try:
-        context = await planning_context(deps.settings, deps.store, catalog, thread.id)
-    finally:
-        await catalog.aclose()
-    outcome = await make_plan(request, models=deps.models, context=context,
-                              tools=planning_tools(deps.settings, deps.store, deps.models),
-                              rounds=deps.settings.plan_rounds)
+    outcome = await plan_for(deps, request)
     if outcome.plan is None:
         return [f"no plan: {outcome.failure}"]
     await deps.store.save_plan(outcome.plan)

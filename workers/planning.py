@@ -13,7 +13,7 @@ from core.jobs import PlanRequestJob
 from core.protocols import ModelClient
 from core.settings import Settings
 from core.store import Store
-from core.types import EventKind, JobEvent
+from core.types import EventKind, JobEvent, Request
 from integrations.catalog import Catalog
 from integrations.registry import build_catalog
 from workers.deps import Deps
@@ -61,12 +61,8 @@ def planning_tools(settings: Settings, store: Store, models: ModelClient) -> Pla
                          sample_items=settings.plan_sample_items)
 
 
-async def plan_request(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
-    """arq job: plan one request and tell its thread."""
-    deps: Deps = ctx["deps"]
-    job = PlanRequestJob.model_validate(payload)
-    request = await deps.store.get_request(job.request_id)
-    log.info("→ plan_request %s (thread %s)", request.id, request.thread_id)
+async def plan_for(deps: Deps, request: Request) -> PlanningOutcome:
+    """Plan `request` with the workspace's integrations, recording the checks that failed."""
     catalog = await build_catalog(deps.settings, deps.models, engine=deps.store.engine,
                                   thread_id=request.thread_id)
     try:
@@ -78,6 +74,16 @@ async def plan_request(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     outcome = await make_plan(request, models=deps.models, context=context, tools=tools,
                               rounds=deps.settings.plan_rounds)
     await _record_checks(deps, request.id, outcome)
+    return outcome
+
+
+async def plan_request(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
+    """arq job: plan one request and tell its thread."""
+    deps: Deps = ctx["deps"]
+    job = PlanRequestJob.model_validate(payload)
+    request = await deps.store.get_request(job.request_id)
+    log.info("→ plan_request %s (thread %s)", request.id, request.thread_id)
+    outcome = await plan_for(deps, request)
     if outcome.plan is None:
         log.info("← plan_request %s failed after %d model calls", request.id, outcome.model_calls)
         await publish(deps.redis, JobEvent(kind=EventKind.PLAN_FAILED, thread_id=request.thread_id,
