@@ -2,46 +2,25 @@
 
 ARCHITECTURE.md, "AI-friendly integrations": near-miss values are coerced against the schema, and
 an ambiguous or unknown value fails with an error listing the valid options. This is the SaaS
-package's own minimal helper; the shared `integrations/coercion.py` is meant to replace it.
+package's option matching; names are matched by `integrations.coercion.match_name`.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Sequence
 
 from core.errors import IntegrationError
+from integrations.coercion import match_name as name_index
+from integrations.coercion import normalized
 
-_NEAR_MISS = 0.8
-
-
-def norm(text: str) -> str:
-    """`"Qualified Lead"` -> `"qualifiedlead"`: case, spaces and punctuation do not count."""
-    return re.sub(r"[\W_]+", "", str(text).casefold())
-
-
-def _digits(text: str) -> str:
-    return "".join(ch for ch in text if ch.isdigit())
+norm = normalized  # `"Qualified Lead"` -> `"qualifiedlead"`
 
 
 def match_name(names: Sequence[str], wanted: str) -> str | None:
     """The name in `names` that `wanted` means: exact, then ignoring case/spacing, then a typo."""
-    if wanted in names:
-        return wanted
-    key = norm(wanted)
-    if not key:
-        return None
-    same = [name for name in names if norm(name) == key]
-    if same:
-        return same[0]
-    scored = [
-        (difflib.SequenceMatcher(None, key, norm(name)).ratio(), -i)
-        for i, name in enumerate(names) if _digits(name) == _digits(wanted)
-    ]
-    if scored and max(scored)[0] >= _NEAR_MISS:
-        return names[-max(scored)[1]]
-    return None
+    index = name_index(names, wanted)
+    return None if index is None else names[index]
 
 
 def match_option(
