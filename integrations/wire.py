@@ -19,9 +19,24 @@ from integrations.base import Resource, Row
 HandleFactory = Callable[[str, str, str], Any]
 
 
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def encode(value: Any) -> Any:
     """A JSON-able form of `value`. Raises TypeError naming the type it cannot carry."""
-    if value is None or isinstance(value, bool | int | float | str):
+    kind = type(value)
+    if kind in _JSON_SCALARS:  # the common case, by exact type: cheaper than isinstance
+        return value
+    if kind is list or kind is tuple:
+        return [v if type(v) in _JSON_SCALARS else encode(v) for v in value]
+    if kind is dict:
+        return {str(k): v if type(v) in _JSON_SCALARS else encode(v) for k, v in value.items()}
+    return _encode_other(value)
+
+
+def _encode_other(value: Any) -> Any:
+    """`encode` for the types that need more than an exact type check."""
+    if isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, Row):
         return {"__row__": [value.id, {k: encode(v) for k, v in value.items()}]}

@@ -3,8 +3,9 @@ no secrets": the program reaches the world only through this channel).
 
 A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON holding one object.
 The parent reads with asyncio; the child, whose program runs in plain threads, reads and writes
-file descriptors directly: sends go under a lock, and one reader thread (`CallRouter`) hands each
-reply to the thread waiting for it, by id, so that many calls can be in flight at once. Kept to
+file descriptors directly: sends go under a lock, and the waiting threads take turns reading
+(`CallRouter`), each reply left for the thread waiting for it, by id, so that many calls can be in
+flight at once. Kept to
 the standard library so the child starts fast.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import select
 import struct
 import threading
 from collections.abc import Callable
@@ -103,6 +105,10 @@ class FdChannel:
                 written = os.write(self._write_fd, view)
                 view = view[written:]
 
+    def readable(self, timeout: float) -> bool:
+        """Whether a frame (or the end of the stream) can be read now, waiting up to `timeout`."""
+        return bool(select.select([self._read_fd], [], [], timeout)[0])
+
     def recv(self) -> dict[str, Any]:
         """Read one frame. Raises ChannelClosed at end of stream."""
         return unpack(self._read_exactly(body_length(self._read_exactly(_HEADER.size))))
@@ -121,35 +127,48 @@ class FdChannel:
 
 Failure = Callable[[], BaseException]  # makes a fresh exception for each thread that raises it
 _WAIT_S = 0.5  # waits wake up this often, so that the main thread's signal handlers run
+_READ_SLICE_S = 0.05  # how soon a reading thread notices that `abort` settled its call
 
 
 class _Slot:
-    """Where the reader leaves one call's reply (or the reason there will be none)."""
+    """Where one call's reply (or the reason there will be none) is left for its thread.
+
+    `waker` exists only while the thread waits as a follower: a lock it holds and blocks on,
+    released once by whoever settles the slot or hands it the reading.
+    """
+
+    __slots__ = ("failure", "reply", "settled", "waker")
 
     def __init__(self) -> None:
-        self.ready = threading.Event()
         self.reply: dict[str, Any] | None = None
         self.failure: Failure | None = None
+        self.settled = False
+        self.waker: threading.Lock | None = None
 
 
 class CallRouter:
     """Calls to the parent from many threads at once, each waiting for its own reply.
 
     `request` numbers a frame, sends it with `send` and blocks until the reply with that id
-    arrives. One daemon thread, started with the first request, reads every reply with `recv`.
-    `abort` fails all waiting and all later requests with an exception (the channel closed, the
-    run was stopped).
+    arrives. Replies are read by the waiting threads themselves (leader/followers): the first
+    thread to wait reads every reply with `recv` (once `readable` says one is there) and leaves
+    each in its caller's slot until its own arrives, then hands the reading to another waiting
+    thread. A program that calls from one thread thus reads its own replies, with no second
+    thread to wake per call. `abort` fails all waiting and all later requests with an exception
+    (the channel closed, the run was stopped).
     """
 
     def __init__(self, *, recv: Callable[[], dict[str, Any]],
-                 send: Callable[[dict[str, Any]], None]) -> None:
+                 send: Callable[[dict[str, Any]], None],
+                 readable: Callable[[float], bool]) -> None:
         self._recv = recv
         self._send = send
+        self._readable = readable
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._pending: dict[int, _Slot] = {}
         self._failure: Failure | None = None
-        self._reader: threading.Thread | None = None
+        self._reading = False  # a thread is reading replies (the leader)
 
     def request(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Send `frame` with a fresh id and return the parent's reply to it."""
@@ -158,11 +177,9 @@ class CallRouter:
             self._raise_if_failed()
             call_id = next(self._ids)
             self._pending[call_id] = slot
-            self._start_reader()
         try:
             self._send({**frame, "id": call_id})
-            while not slot.ready.wait(_WAIT_S):
-                pass
+            self._wait(slot)
         finally:
             with self._lock:
                 self._pending.pop(call_id, None)
@@ -177,34 +194,71 @@ class CallRouter:
             if self._failure is None:
                 self._failure = failure
             for slot in self._pending.values():
-                slot.failure = self._failure
-                slot.ready.set()
+                if not slot.settled:
+                    slot.failure = self._failure
+                    self._settle(slot)
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
             raise self._failure()
 
-    def _start_reader(self) -> None:
-        if self._reader is None:
-            self._reader = threading.Thread(target=self._read, name="sluice-replies", daemon=True)
-            self._reader.start()
+    def _wait(self, slot: _Slot) -> None:
+        """Return once `slot` is settled, reading replies whenever no other thread is."""
+        while True:
+            with self._lock:
+                if slot.settled:
+                    return
+                lead = not self._reading
+                if lead:
+                    self._reading = True
+                else:
+                    waker = slot.waker = threading.Lock()
+                    waker.acquire()
+            if lead:
+                self._lead(slot)
+            else:
+                while not waker.acquire(timeout=_WAIT_S):
+                    pass
 
-    def _read(self) -> None:
+    def _lead(self, slot: _Slot) -> None:
+        """Read and route replies until `slot`'s arrives, then hand the reading on."""
         try:
-            while True:
-                self._route(self._recv())
+            while not slot.settled:
+                # Wait in slices: `abort` may settle the slot while no reply comes.
+                if self._readable(_READ_SLICE_S):
+                    self._route(self._recv())
         except (ChannelClosed, FrameError, OSError) as exc:
             reason = str(exc) or "the parent closed the channel"
             self.abort(lambda: ChannelClosed(reason))
+        except BaseException:
+            # A signal handler raised (the CPU limit) in the middle of a read: the stream's
+            # position is unknown, so no later reply can be trusted.
+            self.abort(lambda: ChannelClosed("the reply stream was interrupted"))
+            raise
+        finally:
+            with self._lock:
+                self._reading = False
+                for other in self._pending.values():  # the next waiting thread reads
+                    if other.waker is not None and not other.settled:
+                        other.waker.release()
+                        other.waker = None
+                        break
+
+    def _settle(self, slot: _Slot) -> None:
+        """Mark `slot` settled and wake its thread; the caller holds the lock."""
+        slot.settled = True
+        if slot.waker is not None:
+            slot.waker.release()
+            slot.waker = None
 
     def _route(self, reply: dict[str, Any]) -> None:
         call_id = reply.get("id")
         with self._lock:
             slot = self._pending.get(call_id) if isinstance(call_id, int) else None
-            stopped = self._failure is not None
-        if slot is None and stopped:
-            return  # the answer to a call abandoned when the run stopped
-        if slot is None:
-            raise FrameError(f"the parent answered a call that is not waiting: {call_id!r}")
-        slot.reply = reply
-        slot.ready.set()
+            if slot is None:
+                if self._failure is not None:
+                    return  # the answer to a call abandoned when the run stopped
+                raise FrameError(f"the parent answered a call that is not waiting: {call_id!r}")
+            if not slot.settled:
+                slot.reply = reply
+                self._settle(slot)

@@ -32,6 +32,8 @@ RecordFailure = Callable[[str, int, Any, Exception], None]
 class Scope:
     """Where effects are being asked for: a path prefix with its own call and loop counters."""
 
+    __slots__ = ("_calls", "_loops", "in_item", "prefix")
+
     def __init__(self, prefix: str = "", *, in_item: bool = False) -> None:
         self.prefix = prefix
         self.in_item = in_item  # inside an each() item: its loops report no progress
@@ -46,9 +48,32 @@ class Scope:
         """The path of the next each() loop started in this scope."""
         return f"{self.prefix}each#{next(self._loops)}"
 
-    def iteration(self, loop: str, index: int) -> Scope:
-        """The scope of iteration `index` of the instrumented `for` loop labelled `loop`."""
-        return Scope(f"{self.prefix}{loop}/iter#{index}/", in_item=self.in_item)
+
+class Iteration:
+    """The current iteration of one instrumented `for` loop, as a thread's scope.
+
+    One object serves every iteration of the loop: its Scope (path prefix
+    `<loop>/iter#<index>/`) is built only when the iteration asks for an effect, so iterations
+    that ask for none cost no allocation.
+    """
+
+    __slots__ = ("_scope", "head", "in_item", "index")
+
+    def __init__(self, head: str, *, in_item: bool) -> None:
+        self.head = head
+        self.in_item = in_item
+        self.index = 0
+        self._scope: Scope | None = None
+
+    def at(self, index: int) -> Iteration:
+        """This loop, now at iteration `index`."""
+        self.index, self._scope = index, None
+        return self
+
+    def scope(self) -> Scope:
+        if self._scope is None:
+            self._scope = Scope(f"{self.head}{self.index}/", in_item=self.in_item)
+        return self._scope
 
 
 def item_scope(loop: str, index: int) -> Scope:
@@ -61,16 +86,18 @@ class Scopes:
 
     def __init__(self) -> None:
         self.top = Scope()
-        self._local = threading.local()
+        self.local = threading.local()  # .scope: the thread's scope, when it entered one
 
     def current(self) -> Scope:
         """This thread's scope."""
-        scope: Scope | None = getattr(self._local, "scope", None)
-        return scope if scope is not None else self.top
+        scope: Scope | Iteration | None = getattr(self.local, "scope", None)
+        if scope is None:
+            return self.top
+        return scope.scope() if type(scope) is Iteration else scope  # type: ignore[return-value]
 
     def set(self, scope: Scope) -> None:
         """Make `scope` this thread's scope."""
-        self._local.scope = scope
+        self.local.scope = scope
 
     @contextlib.contextmanager
     def entered(self, scope: Scope) -> Iterator[None]:
@@ -108,7 +135,7 @@ class Progress:
 
     def __init__(self, send: Send) -> None:
         self._send = send
-        self._last = 0.0
+        self.last = 0.0  # when the last report went out (time.monotonic)
         self._lock = threading.Lock()
 
     def tick(self, loop: str, done: int, failed: int, total: int | None,
@@ -116,16 +143,16 @@ class Progress:
         """Report unless a report went out less than `_TICK_S` ago."""
         with self._lock:
             now = time.monotonic()
-            if now - self._last < _TICK_S:
+            if now - self.last < _TICK_S:
                 return
-            self._last = now
+            self.last = now
         self._frame(loop, done, failed, total, available)
 
     def final(self, loop: str, done: int, failed: int, total: int | None,
               available: int | None = None) -> None:
         """Report a loop's last counts."""
         with self._lock:
-            self._last = time.monotonic()
+            self.last = time.monotonic()
         self._frame(loop, done, failed, total, available)
 
     def _frame(self, loop: str, done: int, failed: int, total: int | None,
@@ -249,24 +276,28 @@ class Batch:
 def track(iterable: Iterable[Any], loop: str, *, scopes: Scopes,
           progress: Progress) -> Iterator[Any]:
     """What an instrumented top-level `for` loop iterates: the items, each iteration in its own
-    scope (the iterable itself is advanced in the loop's scope), with progress."""
+    scope (the iterable itself is advanced in the loop's scope), with progress.
+
+    Runs once per iteration of the program's loops, so it is kept to the bare minimum: the
+    thread's scope is set directly, an iteration's Scope is built only when it is used, and
+    progress is checked without taking its lock.
+    """
     outer = scopes.current()
+    local = scopes.local
+    iteration = Iteration(f"{outer.prefix}{loop}/iter#", in_item=outer.in_item)
     total = length(iterable)
     done = 0
     try:
-        iterator = iter(iterable)
-        while True:
-            scopes.set(outer)
-            try:
-                item = next(iterator)
-            except StopIteration:
-                return
-            scopes.set(outer.iteration(loop, done))
+        local.scope = outer
+        for item in iterable:
+            local.scope = iteration.at(done)
             yield item
             done += 1
-            progress.tick(loop, done, 0, total)
+            local.scope = outer
+            if time.monotonic() - progress.last >= _TICK_S:
+                progress.tick(loop, done, 0, total)
     finally:
-        scopes.set(outer)
+        local.scope = outer
         progress.final(loop, done, 0, total)
 
 

@@ -80,7 +80,8 @@ class Runtime:
         self._last_flush = time.monotonic()
         self._classes: dict[str, type[ResourceProxy]] = {}
         self._injected: dict[str, Any] = {}
-        self.router = CallRouter(recv=channel.recv, send=self.send)
+        self.router = CallRouter(recv=channel.recv, send=self.send,
+                                 readable=channel.readable)
         self.scopes = Scopes()
         self.threads = ThreadBudget()
         self.stopped: str | None = None  # why the worker stopped the run

@@ -114,9 +114,27 @@ def decode_value(encoded: Any) -> Any:
     return wire.decode(encoded)
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})  # kept as they are, by exact type
+
+
 def _plain(value: Any, depth: int) -> Any:
+    """The wire form of `value`. Plain lists and dicts of plain scalars, by far the most common
+    variables, are copied by exact type checks without a call per element."""
     if depth > _MAX_DEPTH:
         raise _Unsaveable(f"it is nested more than {_MAX_DEPTH} levels deep")
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is dict:
+        return _plain_dict(value, depth)
+    if kind is list or kind is tuple:
+        scalars = _SCALARS
+        return [item if type(item) in scalars else _plain(item, depth + 1) for item in value]
+    return _plain_other(value, depth)
+
+
+def _plain_other(value: Any, depth: int) -> Any:
+    """`_plain` for the types that need more than an exact type check."""
     if value is None or isinstance(value, _PLAIN):
         return wire.encode(value)
     if isinstance(value, Row):
@@ -134,9 +152,13 @@ def _plain(value: Any, depth: int) -> Any:
 
 
 def _plain_dict(value: dict[Any, Any], depth: int) -> dict[str, Any]:
-    if not all(isinstance(key, str) for key in value):
-        raise _Unsaveable("a dict whose keys are not all strings cannot be saved; use string keys")
-    return {key: _plain(item, depth + 1) for key, item in value.items()}
+    for key in value:
+        if type(key) is not str and not isinstance(key, str):
+            raise _Unsaveable("a dict whose keys are not all strings cannot be saved; "
+                              "use string keys")
+    scalars = _SCALARS
+    return {key: item if type(item) in scalars else _plain(item, depth + 1)
+            for key, item in value.items()}
 
 
 def _reason(value: Any) -> str:
