@@ -2,11 +2,11 @@
 no secrets": the program reaches the world only through this channel).
 
 A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON holding one object.
-The parent reads with asyncio; the child, whose program runs in plain threads, reads and writes
-file descriptors directly: sends go under a lock, and the waiting threads take turns reading
-(`CallRouter`), each reply left for the thread waiting for it, by id, so that many calls can be in
-flight at once. Kept to
-the standard library so the child starts fast.
+The parent reads with an asyncio protocol (`workers._child_pipes`). The child, whose program runs
+in plain threads, reads and writes file descriptors directly: sends go under a lock, and the
+waiting threads take turns reading (`CallRouter`), each reply left for the thread waiting for it,
+by id, so that many calls can be in flight at once. Kept to the standard library so the child
+starts fast.
 """
 
 from __future__ import annotations
@@ -18,12 +18,9 @@ import select
 import struct
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.errors import SandboxError
-
-if TYPE_CHECKING:  # the child never imports asyncio: it would add ~40 ms to every start
-    import asyncio
 
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
@@ -61,23 +58,6 @@ def body_length(header: bytes) -> int:
     if length > MAX_FRAME:
         raise FrameError(f"a frame announces {length} bytes, above the {MAX_FRAME}-byte limit")
     return int(length)
-
-
-async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
-    """The next frame, or None when the stream ended cleanly between frames."""
-    import asyncio
-
-    try:
-        header = await reader.readexactly(_HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise FrameError("the stream ended inside a frame header") from None
-        return None
-    try:
-        body = await reader.readexactly(body_length(header))
-    except asyncio.IncompleteReadError:
-        raise FrameError("the stream ended inside a frame") from None
-    return unpack(body)
 
 
 class ChannelClosed(BaseException):

@@ -36,7 +36,8 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from core.errors import SandboxError, SluiceError
 from integrations.base import EffectCall
 from workers import _isolation
-from workers._channel import FrameError, pack, read_frame
+from workers._channel import FrameError, pack
+from workers._child_pipes import ChildPipes
 from workers._isolation import detect_isolation
 
 if TYPE_CHECKING:
@@ -177,6 +178,13 @@ class _Error(BaseModel):
     failures: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class _End:
+    """The child's output ended; `error` when its framing broke."""
+
+    def __init__(self, error: FrameError | None) -> None:
+        self.error = error
+
+
 _Frame = Annotated[_Ready | _Call | _Print | _Progress | _Done | _Error, Field(discriminator="op")]
 _FRAMES: TypeAdapter[_Frame] = TypeAdapter(_Frame)
 
@@ -234,45 +242,28 @@ async def run_sandboxed(
              "only_items": only_items}
     workdir = tempfile.mkdtemp(prefix="sluice-sandbox-")
     try:
-        proc = await _spawn(level, workdir, limits, python)
-        session = _Session(proc, handler, on_progress, limits)
+        session = _Session(handler, on_progress, limits)
+        await session.spawn(level, workdir, python)
         outcome = await session.run(start, level)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return outcome
 
 
-async def _spawn(
-    level: str, workdir: str, limits: SandboxLimits, python: str
-) -> asyncio.subprocess.Process:
-    # Not -I: it implies -E, which would ignore PYTHONHASHSEED. The environment is ours entirely,
-    # so -s (no user site) and -P (no script directory on sys.path) give the same isolation.
-    argv = [python, "-s", "-P", "-m", "workers.sandbox_child"]
-    command = _isolation.wrap_command(level, argv, workdir=workdir, hide=limits.hidden_paths,
-                                      python=python)
-    rlimits = _isolation.rlimits_for(
-        cpu_s=limits.cpu_s, memory_mb=limits.memory_mb, open_files=limits.open_files,
-        file_size_mb=limits.file_size_mb, extra_processes=limits.extra_processes)
-    try:
-        return await asyncio.create_subprocess_exec(
-            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=_isolation.child_env(), cwd=workdir,
-            start_new_session=True, preexec_fn=_isolation.preexec(rlimits))
-    except (OSError, ValueError) as exc:
-        raise SandboxError(f"the sandbox could not start ({level}): {exc}") from exc
-
-
 class _Session:
-    """One conversation with a child, from the start frame to its exit."""
+    """One conversation with a child, from the start frame to its exit.
+
+    Frames are taken as they arrive (`_frame`, called by the pipes' protocol): calls start
+    their task at once, output is kept; progress and the final frame are queued, in order, for
+    `_converse`, which awaits the progress callback.
+    """
 
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
         handler: Handler,
         on_progress: Callable[[ProgressTick], Awaitable[None]] | None,
         limits: SandboxLimits,
     ) -> None:
-        self.proc = proc
         self.handler = handler
         self.on_progress = on_progress
         self.limits = limits
@@ -282,17 +273,42 @@ class _Session:
         self.ready = False
         self.ended = False
         self.final: _Done | _Error | None = None
+        self.final_seen = False  # the final frame arrived (and is queued)
         self.killed_reason: str | None = None
         self.protocol_error: str | None = None
-        self.stderr = bytearray()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.write_lock = asyncio.Lock()
+        self.events: asyncio.Queue[_Progress | _Done | _Error | _End] = asyncio.Queue()
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.pipes: ChildPipes | None = None
         self.stopped: dict[str, str] | None = None  # the RunStopped error later calls get
         self.stop_kill: asyncio.TimerHandle | None = None
 
+    async def spawn(self, level: str, workdir: str, python: str) -> None:
+        """Start the child, confined at `level`, in `workdir`."""
+        # Not -I: it implies -E, which would ignore PYTHONHASHSEED. The environment is ours
+        # entirely, so -s (no user site) and -P (no script directory on sys.path) isolate alike.
+        argv = [python, "-s", "-P", "-m", "workers.sandbox_child"]
+        limits = self.limits
+        command = _isolation.wrap_command(level, argv, workdir=workdir, hide=limits.hidden_paths,
+                                          python=python)
+        rlimits = _isolation.rlimits_for(
+            cpu_s=limits.cpu_s, memory_mb=limits.memory_mb, open_files=limits.open_files,
+            file_size_mb=limits.file_size_mb, extra_processes=limits.extra_processes)
+        pipe = asyncio.subprocess.PIPE
+        try:
+            self.transport, self.pipes = await asyncio.get_running_loop().subprocess_exec(
+                lambda: ChildPipes(self._frame, self._end, stderr_cap=_STDERR_CAP),
+                *command, stdin=pipe, stdout=pipe, stderr=pipe, env=_isolation.child_env(),
+                cwd=workdir, start_new_session=True, preexec_fn=_isolation.preexec(rlimits))
+        except (OSError, ValueError) as exc:
+            raise SandboxError(f"the sandbox could not start ({level}): {exc}") from exc
+
+    @property
+    def stderr(self) -> bytearray:
+        return self.pipes.stderr if self.pipes is not None else bytearray()
+
     async def run(self, start: dict[str, Any], level: str) -> SandboxOutcome:
         """Converse until the child is done, fails, breaks a limit or dies; then reap it."""
-        stderr_task = asyncio.create_task(self._drain_stderr())
         try:
             async with asyncio.timeout(self.limits.wall_s):
                 await self._converse(start)
@@ -305,41 +321,57 @@ class _Session:
         finally:
             await self._cancel_calls()
             exit_code = await self._reap()
-            await stderr_task
         if not self.ready and self.killed_reason is None and self.protocol_error is None:
             tail = bytes(self.stderr[-2000:]).decode(errors="replace")
             raise SandboxError(f"the sandbox could not start ({level}, exit {exit_code}): {tail}")
         return self._outcome(level, exit_code)
 
     async def _converse(self, start: dict[str, Any]) -> None:
+        """Send the start frame, then report progress until the final frame or the end."""
         await self._write(pack(start))
-        while self.final is None:
-            raw = await read_frame(self._stdout())
-            if raw is None:
+        while True:
+            event = await self.events.get()
+            if isinstance(event, _End):
+                if event.error is not None:
+                    raise event.error
                 return
-            try:
-                frame = _FRAMES.validate_python(raw)
-            except ValidationError as exc:
-                raise FrameError(f"the sandbox sent an invalid frame: {exc.errors()[:1]}") from None
-            await self._dispatch(frame)
+            if isinstance(event, _Progress):
+                await self._progress(event)
+            else:
+                self.final = event
+                return
 
-    async def _dispatch(self, frame: _Frame) -> None:
+    def _frame(self, raw: dict[str, Any]) -> None:
+        """Take one frame from the child (in the pipes' callback: nothing here may wait)."""
+        if self.final_seen:
+            return  # nothing counts after the final frame
+        try:
+            frame = _FRAMES.validate_python(raw)
+        except ValidationError as exc:
+            raise FrameError(f"the sandbox sent an invalid frame: {exc.errors()[:1]}") from None
         if isinstance(frame, _Ready):
             self.ready = True
         elif isinstance(frame, _Call):
             self.calls += 1
-            task = asyncio.create_task(self._call(frame))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(asyncio.create_task(self._call(frame)))
         elif isinstance(frame, _Print):
             self.output.add(frame.text)
-        elif isinstance(frame, _Progress):
-            await self._progress(frame)
         else:
-            self.final = frame
+            self.final_seen = not isinstance(frame, _Progress)
+            self.events.put_nowait(frame)
+
+    def _end(self, error: FrameError | None) -> None:
+        """The child's output ended (cleanly, or with broken framing)."""
+        self.events.put_nowait(_End(error))
 
     async def _call(self, frame: _Call) -> None:
         """Serve one call in its own task and answer it by id."""
+        try:
+            await self._answer(frame)
+        finally:  # not a done callback: that would cost every call another turn of the loop
+            self.tasks.discard(asyncio.current_task())
+
+    async def _answer(self, frame: _Call) -> None:
         reply = await self._perform(frame)
         try:
             data = pack(reply)
@@ -375,8 +407,9 @@ class _Session:
         """Answer every later call with `error`; kill a program that does not end by itself."""
         if self.stopped is None:
             self.stopped = error
+            assert self.transport is not None
             self.stop_kill = asyncio.get_running_loop().call_later(
-                _STOP_GRACE_S, _kill_group, self.proc.pid)
+                _STOP_GRACE_S, _kill_group, self.transport.get_pid())
 
     async def _settle_calls(self) -> None:
         """Give calls still in flight when the child ended (abandoned by a stopped program)
@@ -400,39 +433,28 @@ class _Session:
             available=frame.available, elapsed_s=round(time.monotonic() - self.started, 3)))
 
     async def _write(self, data: bytes) -> None:
-        stdin = self.proc.stdin
-        async with self.write_lock:  # call tasks answer concurrently; frames must not interleave
-            if stdin is None or stdin.is_closing():
-                return
-            try:
-                stdin.write(data)
-                await stdin.drain()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the child is gone; its exit code tells why
-
-    def _stdout(self) -> asyncio.StreamReader:
-        if self.proc.stdout is None:
-            raise SandboxError("the sandbox has no output pipe")
-        return self.proc.stdout
-
-    async def _drain_stderr(self) -> None:
-        if self.proc.stderr is None:
-            return
-        while chunk := await self.proc.stderr.read(65536):
-            room = _STDERR_CAP - len(self.stderr)
-            if room > 0:
-                self.stderr += chunk[:room]
+        """Send one frame (a whole write each, so call tasks answering at once never
+        interleave); nothing once the child is gone, whose exit code then tells why."""
+        if self.pipes is not None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await self.pipes.write(data)
 
     async def _reap(self) -> int | None:
         """Let a child that finished exit by itself briefly, then kill its whole process group
-        (at once after a timeout, a protocol error, an exception or a cancellation)."""
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
+        (at once after a timeout, a protocol error, an exception or a cancellation); keep what
+        it wrote to stderr last."""
+        assert self.transport is not None and self.pipes is not None
+        self.pipes.close_stdin()
         if self.ended:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.proc.wait(), _EXIT_GRACE_S)
-        _kill_group(self.proc.pid)
-        return await self.proc.wait()
+                await asyncio.wait_for(asyncio.shield(self.pipes.exited), _EXIT_GRACE_S)
+        _kill_group(self.transport.get_pid())
+        await asyncio.shield(self.pipes.exited)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.pipes.closed), _EXIT_GRACE_S)
+        exit_code = self.transport.get_returncode()
+        self.transport.close()
+        return exit_code
 
     def _outcome(self, level: str, exit_code: int | None) -> SandboxOutcome:
         error = self._error(exit_code)
