@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -14,11 +13,10 @@ from rich.table import Table
 
 from bot.email.outgoing import address_for
 from core.automations import Automation, Automations
-from core.db import create_engine, migrate
-from core.errors import ConfigurationError, InvalidInputError, NotFoundError
 from core.jobs import connect
-from core.settings import Settings, load_settings
+from core.settings import Settings
 from core.store import Store
+from infra.cli_database import run_with_database
 from infra.cli_jobs import _redis_url
 
 automations_app = typer.Typer(help="Save runs as automations and trigger them.",
@@ -28,20 +26,7 @@ T = TypeVar("T")
 
 
 def _with_automations(work: Callable[[Settings, Automations], Awaitable[T]]) -> T:
-    async def main() -> T:
-        settings = load_settings(dict(os.environ))
-        engine = create_engine(settings.effective_database_url)
-        await migrate(engine)
-        try:
-            return await work(settings, Automations(Store(engine)))
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(main())
-    except (NotFoundError, ConfigurationError, InvalidInputError) as exc:
-        Console(stderr=True).print(f"[red]{exc.message}[/red]")
-        raise typer.Exit(1) from None
+    return run_with_database(lambda settings, engine: work(settings, Automations(Store(engine))))
 
 
 def _triggers(settings: Settings, automation: Automation) -> list[str]:

@@ -8,9 +8,7 @@ printed; an error that quotes one shows *** instead.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,9 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from core.db import create_engine, migrate
 from core.errors import ConfigurationError, InvalidInputError, SluiceError
-from core.settings import Settings, load_settings
+from core.settings import Settings
+from infra.cli_database import run_with_database
 from integrations.catalog import scrub
 from integrations.registry import (
     SERVICES,
@@ -40,20 +38,8 @@ T = TypeVar("T")
 
 
 def _with_vault(work: Callable[[Settings, Vault], Awaitable[T]]) -> T:
-    async def main() -> T:
-        settings = load_settings(dict(os.environ))
-        engine = create_engine(settings.effective_database_url)
-        await migrate(engine)
-        try:
-            return await work(settings, Vault.from_settings(settings, engine))
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(main())
-    except SluiceError as exc:
-        err.print(f"[red]{exc.message}[/red]")
-        raise typer.Exit(1) from None
+    return run_with_database(
+        lambda settings, engine: work(settings, Vault.from_settings(settings, engine)))
 
 
 def connect_command(

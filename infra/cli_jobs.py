@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -12,12 +11,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from core.db import create_engine, migrate
-from core.errors import ConfigurationError, NotFoundError
+from core.errors import ConfigurationError
 from core.jobs import RUN_PROGRAM, RunProgramJob, connect, enqueue
-from core.settings import Settings, load_settings
+from core.settings import Settings
 from core.store import Store
 from core.types import Run, RunState
+from infra.cli_database import run_with_database
 
 jobs_app = typer.Typer(help="List, follow, resume and cancel runs.", no_args_is_help=True)
 out = Console()
@@ -37,20 +36,7 @@ def _redis_url(settings: Settings) -> str:
 
 
 def _with_store(work: Callable[[Settings, Store], Awaitable[T]]) -> T:
-    async def main() -> T:
-        settings = load_settings(dict(os.environ))
-        engine = create_engine(settings.effective_database_url)
-        await migrate(engine)
-        try:
-            return await work(settings, Store(engine))
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(main())
-    except (NotFoundError, ConfigurationError) as exc:
-        Console(stderr=True).print(f"[red]{exc.message}[/red]")
-        raise typer.Exit(1) from None
+    return run_with_database(lambda settings, engine: work(settings, Store(engine)))
 
 
 def _progress_text(run: Run) -> str:

@@ -36,12 +36,12 @@ from codegen.planner import (
     plan_of,
 )
 from codegen.prompt import build_messages, feedback
-from core.db import create_engine, migrate
 from core.errors import ConfigurationError, ModelError, SluiceError
 from core.protocols import ChatMessage, Completion, TaskKind
 from core.settings import Settings, load_settings
 from core.store import Store
 from core.types import Plan, Request
+from infra.cli_database import opened_database
 from integrations.registry import build_catalog
 from workers.planning import planning_context, planning_tools
 
@@ -86,20 +86,19 @@ def _models(settings: Settings, *, required: bool) -> LiteLLMModels | _NoModel:
 @asynccontextmanager
 async def _session(settings: Settings, thread_id: str | None, *,
                    model_required: bool) -> AsyncIterator[_Session]:
-    engine = create_engine(settings.effective_database_url)
-    await migrate(engine)
-    store = Store(engine)
-    models = _models(settings, required=model_required)
-    catalog = await build_catalog(settings, models, engine=engine, thread_id=thread_id)
-    try:
-        if thread_id is not None:
-            await store.get_thread(thread_id)  # a clear error for an unknown thread
-        context = await planning_context(settings, store, catalog, thread_id, models=models)
-        yield _Session(settings, store, models, context, planning_tools(settings, store, models))
-    finally:
-        await catalog.aclose()
-        models.close()
-        await engine.dispose()
+    async with opened_database(settings) as engine:
+        store = Store(engine)
+        models = _models(settings, required=model_required)
+        catalog = await build_catalog(settings, models, engine=engine, thread_id=thread_id)
+        try:
+            if thread_id is not None:
+                await store.get_thread(thread_id)  # a clear error for an unknown thread
+            context = await planning_context(settings, store, catalog, thread_id, models=models)
+            yield _Session(settings, store, models, context,
+                           planning_tools(settings, store, models))
+        finally:
+            await catalog.aclose()
+            models.close()
 
 
 def plan_command(
@@ -236,12 +235,8 @@ def rules_command(
 
 
 async def _rule_counts(settings: Settings, limit: int) -> list[dict[str, Any]]:
-    engine = create_engine(settings.effective_database_url)
-    try:
-        await migrate(engine)
+    async with opened_database(settings) as engine:
         return await Store(engine).check_failure_counts(limit=limit)
-    finally:
-        await engine.dispose()
 
 
 def eval_command(
