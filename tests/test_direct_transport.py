@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -21,6 +22,7 @@ from codegen.models import LiteLLMModels, price_per_token
 from core.errors import ConfigurationError, ModelError
 from infra.scripted_model import ScenarioSource, ScriptedModelServer, scripted_model
 from tests._scripted import scripted_settings, user
+from tests._stack import Stack
 
 KEY = "sk-direct-test-not-a-real-key"
 ANSWERS: dict[str, object] = {"rules": [{"match": "plan this", "response": "print('planned')",
@@ -274,3 +276,49 @@ def test_litellm_stays_the_default_and_doctor_shows_direct(tmp_path: Path) -> No
     assert routes.describe()["write"] == "openai/b (direct)"
     # The scripted model (tests, the demo) always goes through litellm's real client path.
     assert all(not r.direct for chain in scripted.chains.values() for r in chain)
+
+
+PLAN = '''\
+I'll write one line about each signup.
+
+```python
+names = ["Ana", "Bo", "Cy", "Dee"]
+
+def summarize(name):
+    return ai.generate(f"Summarize signup {name} in one line.")
+
+lines = each(names, summarize)
+print(f"{len(lines)} summaries written")
+```
+'''
+
+
+async def test_a_run_whose_direct_deployments_fail_finishes_with_no_error_in_the_thread(
+    redis_server: Any, tmp_path: Path,
+) -> None:
+    scenario = {"rules": [{"match": "one line about every signup", "response": PLAN},
+                          {"match": "^Summarize signup", "response": "A line."}],
+                "failures": [{"model": "direct-alpha", "status": 500, "times": 100},
+                             {"model": "direct-beta", "status": 429, "times": 100}]}
+    async with scripted_model(scenario) as server:
+        path = tmp_path / "models.yaml"
+        path.write_text(
+            f"kinds:\n  plan:\n{deployment(server.url, 'scripted', direct=False)}default:\n"
+            + "".join(deployment(server.url, name, direct=direct) for name, direct in
+                      [("direct-alpha", True), ("direct-beta", True), ("gpt-4o-mini", False)]))
+        env = {"SLUICE_MODELS_FILE": str(path), "DIRECT_KEY": KEY}
+        async with Stack.running(redis_url=redis_server.url, home=tmp_path / "home",
+                                 env=env) as stack:
+            thread_id = await stack.ask("Write one line about every signup")
+            await stack.drain()  # it writes nothing and costs cents: it starts at once
+            messages = await stack.messages(thread_id)
+            await stack.deps.models.aclose()  # type: ignore[attr-defined]
+
+    assert [m for m in messages if m["kind"] == "error"] == []
+    assert [m["kind"] for m in messages] == ["request", "ack", "plan", "status", "result"]
+    assert "4 summaries written" in messages[-1]["text"]
+    assert messages[-2]["text"].startswith("Finished: 4/4 done, 0 failed")
+    item_calls = [(r.model, r.status) for r in server.requests
+                  if str(r.messages[-1]["content"]).startswith("Summarize signup")]
+    assert ("direct-alpha", 500) in item_calls and ("direct-beta", 429) in item_calls
+    assert {model for model, status in item_calls if status == 200} == {"gpt-4o-mini"}
