@@ -319,16 +319,27 @@ def explain(figures: dict[str, Any]) -> list[str]:
     needed = CONCURRENCY / (LATENCY_MS / 1000)
     budget_ms = 1000 / needed
     cpu_ms = figures["worker_cpu_ms_per_call"]
+    direct, catalog = figures["direct_cpu_ms_per_call"], figures["catalog_ai_cpu_ms_per_call"]
+    runner = figures["effect_runner_cpu_ms_per_call"]
+    machine_ms = cpu_ms + figures["sandbox_cpu_ms_per_call"] + figures["server_cpu_ms_per_call"]
+    goal_rate = needed / GOAL_RATIO
     cheapest = min(figures["litellm_cpu_ms_per_call"],
                    figures["litellm_priced_route_cpu_ms_per_call"])
     lines = [
         f"To keep {CONCURRENCY} calls of {LATENCY_MS} ms in flight the worker must finish "
         f"{needed:,.0f} calls/s, i.e. spend at most {budget_ms:.2f} ms of CPU per call (one "
-        f"event loop, one core). Through the direct transport it spent {cpu_ms} ms per call "
-        f"({figures['direct_cpu_ms_per_call']} ms of it the transport itself, measured alone "
-        f"without the sandbox at {figures['direct_alone_calls_per_s']:,} calls/s) and the "
-        f"sandbox child {figures['sandbox_cpu_ms_per_call']} ms per call; each() finished "
-        f"{figures['calls_per_s']:,} calls/s.",
+        f"event loop, one core). Through the direct transport it spent {cpu_ms} ms per call; "
+        f"each() finished {figures['calls_per_s']:,} calls/s.",
+        f"Worker CPU per call by layer (each measured alone, {CONCURRENCY} at a time, no "
+        f"sandbox): the direct transport {direct} ms (aiohttp's client is most of it); the "
+        f"catalog and the ai integration add {catalog - direct:.3f} ms; EffectRunner and the "
+        f"journal add {runner - catalog:.3f} ms; the rest of the {cpu_ms} ms "
+        f"({cpu_ms - runner:.3f} ms) is the sandbox RPC on the worker's side.",
+        f"Per call the machine also spends {figures['sandbox_cpu_ms_per_call']} ms in the "
+        f"sandbox child and {figures['server_cpu_ms_per_call']} ms in the scripted model server: "
+        f"{machine_ms:.2f} ms in all, so the goal's {goal_rate:,.0f} calls/s needs "
+        f"{machine_ms * goal_rate / 1000:.1f} cores of the {os.cpu_count()} this machine has "
+        f"(load average {os.getloadavg()[0]:.1f} at the end, other users included).",
         f"Through litellm's Router (the default transport) the same program finished "
         f"{figures['litellm_each_calls_per_s']} calls/s on {figures['litellm_each_items']:,} "
         f"items (ratio {figures['litellm_each_ratio']}) at "
