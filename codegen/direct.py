@@ -136,8 +136,11 @@ class DirectSession:
         if loop.is_running():
             _closing.add(task := loop.create_task(session.close()))
             task.add_done_callback(_closing.discard)
-        else:
+            return
+        try:
             loop.run_until_complete(session.close())
+        except RuntimeError:  # another loop runs in this thread: let the connections go
+            session.detach()
 
     def _open(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
