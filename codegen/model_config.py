@@ -21,10 +21,10 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigurationError
 from core.protocols import TaskKind
@@ -34,12 +34,14 @@ __all__ = [
     "SCRIPTED_BACKUP_MODEL",
     "SCRIPTED_MODEL",
     "TASK_KINDS",
+    "TRANSPORTS",
     "DeploymentConfig",
     "DeploymentPrice",
     "ModelRoute",
     "ModelRoutes",
     "ModelsFile",
     "describe_models",
+    "is_openai_compatible",
     "load_models_file",
     "model_routes",
     "models_file_path",
@@ -51,6 +53,8 @@ TASK_KINDS: Final[tuple[TaskKind, ...]] = ("plan", "extract", "write", "classify
 SCRIPTED_MODEL: Final = "scripted"
 SCRIPTED_BACKUP_MODEL: Final = "scripted-backup"
 _SCRIPTED_KEY: Final = "scripted"
+Transport = Literal["litellm", "direct"]
+TRANSPORTS: Final[tuple[Transport, ...]] = ("litellm", "direct")
 _FIX: Final = ('Fix the file (README, "Choosing models", has an example), or point '
                "SLUICE_MODELS_FILE at another file.")
 # The system message is marked for caching on every request (the hook's message injection).
@@ -82,6 +86,9 @@ class DeploymentConfig(BaseModel):
     cache_control: bool | None = Field(
         default=None, description="Mark the system message for caching; default: Anthropic-style "
         "models (they need explicit markers), not others (they cache by themselves).")
+    transport: Transport = Field(
+        default="litellm", description="`litellm` (any provider litellm knows), or `direct`: "
+        "OpenAI-compatible servers only, one HTTP request per call, for high call rates.")
 
     @model_validator(mode="before")
     @classmethod
@@ -90,6 +97,28 @@ class DeploymentConfig(BaseModel):
             raise ValueError("API keys never go in the models file: put the key in an environment "
                              "variable and name that variable with `api_key_env`")
         return data
+
+    @field_validator("transport", mode="before")
+    @classmethod
+    def _known_transport(cls, value: object) -> object:
+        if value not in TRANSPORTS:
+            raise ValueError(f"transport must be `litellm` (the default: any provider litellm "
+                             f"knows) or `direct` (OpenAI-compatible servers only), not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _direct_speaks_openai(self) -> DeploymentConfig:
+        if self.transport != "direct":
+            return self
+        if not is_openai_compatible(self.model):
+            raise ValueError(f"transport `direct` speaks OpenAI's chat-completions API only, and "
+                             f"{self.model} is not spelled as an OpenAI-compatible model: write "
+                             "it as openai/<model> with the server's `api_base`, or use transport "
+                             "`litellm`")
+        if self.cache_control:
+            raise ValueError("transport `direct` sends no cache_control markers: remove "
+                             "`cache_control`, or use transport `litellm`")
+        return self
 
 
 class ModelsFile(BaseModel):
@@ -127,6 +156,12 @@ class ModelRoute:
     cache_system: bool = False
     price: tuple[float, float] | None = None
     key_env: str | None = None
+    transport: Transport = "litellm"
+
+    @property
+    def direct(self) -> bool:
+        """Whether calls go straight over HTTP (`codegen.direct`) instead of through litellm."""
+        return self.transport == "direct"
 
     def litellm_params(self, *, timeout_s: float) -> dict[str, object]:
         params: dict[str, object] = {"model": self.model, "timeout": self.timeout_s or timeout_s}
@@ -156,10 +191,16 @@ class ModelRoutes:
         return all(route.scripted for chain in self.chains.values() for route in chain)
 
     def describe(self) -> dict[TaskKind, str]:
-        """Each kind's chain as text: `first → fallback → …`."""
-        return {kind: " → ".join("scripted model server" if r.scripted else r.model
-                                 for r in chain)
+        """Each kind's chain as text: `first → fallback → …` (a direct deployment says so)."""
+        return {kind: " → ".join("scripted model server" if r.scripted else
+                                 f"{r.model} (direct)" if r.direct else r.model for r in chain)
                 for kind, chain in self.chains.items()}
+
+
+def is_openai_compatible(model: str) -> bool:
+    """Whether `model` is spelled as litellm spells an OpenAI-compatible server: `openai/<name>`
+    (with the server's `api_base`, or OpenAI's own API without one)."""
+    return model.startswith("openai/") and len(model) > len("openai/")
 
 
 def wants_cache_control(model: str) -> bool:
@@ -357,6 +398,7 @@ def _file_route(deployment: DeploymentConfig, settings: Settings) -> ModelRoute 
         cache_system=wants_cache_control(deployment.model) if cache is None else cache,
         price=(price.input_cost_per_token, price.output_cost_per_token) if price else None,
         key_env=deployment.api_key_env,
+        transport=deployment.transport,
     )
 
 

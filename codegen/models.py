@@ -9,18 +9,27 @@ every kind goes to the scripted model server (`infra/scripted_model.py`) over th
 OpenAI-compatible HTTP API, so tests and the offline demo run the real client path: HTTP,
 retries, fallbacks, cooldowns and pricing.
 
+A deployment the models file declares `transport: direct` is called through `codegen.direct`
+instead of the Router (litellm's per-call CPU cost caps one process near 60 calls/s). A chain
+with a direct deployment is walked here, one deployment at a time in the chain's order, by the
+same rules: provider-side failures fall to the next deployment (cooling the failed one down
+while a later one can answer), the last deployment gets the retries, and the person reads the
+first failure. Chains of litellm deployments only are the Router's, as before.
+
 litellm takes seconds to import, so it is imported inside functions, never at module import.
 """
 
 from __future__ import annotations
 
-import os
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from codegen.direct import DirectDeployment, DirectError, DirectSession
 from codegen.model_config import (
     SCRIPTED_BACKUP_MODEL,
     SCRIPTED_MODEL,
@@ -29,6 +38,13 @@ from codegen.model_config import (
     ModelRoutes,
     model_routes,
     scripted_route,
+)
+from codegen.prices import (
+    DeploymentPrices,
+    cost_usd,
+    litellm_ready,
+    price_per_token,
+    register_prices,
 )
 from core.errors import ModelError
 from core.protocols import ChatMessage, Completion, TaskKind
@@ -52,18 +68,28 @@ __all__ = [
 
 _PROMPT_SHOWN: Final = 200
 _DETAIL_SHOWN: Final = 200
+_COOLDOWN_S: Final = 5.0  # litellm's default, so a failed direct deployment pauses alike
+_BACKOFF_S: Final = 0.5
+_MAX_WAIT_S: Final = 8.0
+_PROVIDER_SIDE: Final = frozenset({401, 404, 408, 429})
 
 _Gate = Callable[..., Awaitable[bool]]
 
 
-def _litellm_ready() -> None:
-    """Call before importing litellm: it would otherwise fetch its price list from the network at
-    import. The bundled list matches the pinned version, so prices are reproducible offline."""
-    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+@dataclass(frozen=True)
+class _Step:
+    """One deployment of a chain that has a direct one: its id, route, and, when direct, how to
+    call it (else it is called as its own Router model group)."""
+
+    group: str
+    route: ModelRoute
+    direct: DirectDeployment | None
+    last: bool
 
 
 class LiteLLMModels:
-    """`core.protocols.ModelClient` on a litellm Router. Build it with `from_settings`."""
+    """`core.protocols.ModelClient` on a litellm Router, with `transport: direct` deployments
+    called over HTTP directly. Build it with `from_settings`."""
 
     def __init__(
         self,
@@ -85,6 +111,10 @@ class LiteLLMModels:
         self._num_retries = num_retries
         self._cooldown_s = cooldown_s
         self._built: Any = None
+        self._steps = _steps_of(self._chains, timeout_s=timeout_s)
+        self._http = DirectSession()
+        self._cooling_until: dict[str, float] = {}
+        self._prices: dict[str, DeploymentPrices] = {}
 
     @property
     def _router(self) -> Any:
@@ -140,8 +170,13 @@ class LiteLLMModels:
                    cooldown_s=routes.cooldown_s, scripted_scenario=scripted_scenario)
 
     def warm(self) -> None:
-        """Import litellm and build the Router now (seconds), so the first request need not."""
-        _ = self._router
+        """Import litellm, build the Router and look up the direct deployments' prices now
+        (seconds), so the first request need not."""
+        if any(not route.direct for route in self._routes.values()):
+            _ = self._router
+        for group, route in self._routes.items():
+            if route.direct:
+                self._prices_of(group, route)
 
     @property
     def priced_as(self) -> str:
@@ -169,10 +204,14 @@ class LiteLLMModels:
         Raises:
             ModelError: after retries and fallbacks, with a message for the person in the thread.
         """
+        started = time.perf_counter()
+        steps = self._steps[kind]
+        if steps is not None:
+            return await self._walk(steps, messages, kind=kind, json_schema=json_schema,
+                                    started=started)
         request: dict[str, Any] = {"model": kind, "messages": [m.model_dump() for m in messages]}
         if json_schema is not None:
             request["response_format"] = _response_format(json_schema)
-        started = time.perf_counter()
         try:
             response = await self._router.acompletion(**request)
         except Exception as exc:  # litellm raises many unrelated types; each becomes a ModelError
@@ -180,9 +219,82 @@ class LiteLLMModels:
         return self._completion(response, seconds=time.perf_counter() - started)
 
     def close(self) -> None:
-        """Drop the Router's process-wide registrations (litellm callbacks)."""
+        """Drop the Router's process-wide registrations (litellm callbacks) and close the direct
+        transport's connections."""
+        self._http.close()
         if self._built is not None:
             self._built.retire()
+
+    async def aclose(self) -> None:
+        """`close`, waiting for the direct transport's connections to close."""
+        await self._http.aclose()
+        self.close()
+
+    async def _walk(self, steps: Sequence[_Step], messages: list[ChatMessage], *,
+                    kind: TaskKind, json_schema: dict[str, object] | None,
+                    started: float) -> Completion:
+        """Try a chain with a direct deployment in order; the first failure is the one reported,
+        as litellm's Router reports it."""
+        response_format = None if json_schema is None else _response_format(json_schema)
+        first: Exception | None = None
+        for step in steps:
+            try:
+                if step.direct is not None:
+                    return await self._direct(step, step.direct, messages, response_format,
+                                              started=started)
+                return await self._routed(step, messages, response_format, started=started)
+            except Exception as exc:  # litellm's many types, or a DirectError
+                first = first or exc
+                if step.last or not _provider_side(exc):
+                    raise self._model_error(first, kind=kind, messages=messages) from exc
+        raise AssertionError("a chain has at least one deployment")  # pragma: no cover
+
+    async def _direct(self, step: _Step, deployment: DirectDeployment,
+                      messages: list[ChatMessage], response_format: dict[str, object] | None,
+                      *, started: float) -> Completion:
+        """One direct deployment: skipped while it cools down (unless it is the chain's last),
+        retried only when it is the last, cooled down when it fails on the provider's side."""
+        if not step.last and self._cooling_until.get(step.group, 0.0) > time.monotonic():
+            raise DirectError(f"{step.route.model} failed moments ago", reason="cooling_down",
+                              status_code=429)
+        body = deployment.body(messages, response_format)
+        attempts = 1 + (self._num_retries if step.last else 0)
+        for attempt in range(attempts):
+            try:
+                answer = await self._http.post(deployment, body)
+                break
+            except DirectError as exc:
+                if exc.provider_side:
+                    self._cooling_until[step.group] = time.monotonic() + (
+                        exc.retry_after or self._cooldown_s or _COOLDOWN_S)
+                if not exc.provider_side or attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(_wait(attempt, exc.retry_after))
+        prices = self._prices_of(step.group, step.route)
+        return Completion(
+            text=answer.text, model=step.route.model,
+            prompt_tokens=answer.prompt_tokens or 0,
+            completion_tokens=answer.completion_tokens or 0,
+            cost_usd=prices.cost(answer.prompt_tokens, answer.completion_tokens),
+            seconds=time.perf_counter() - started)
+
+    async def _routed(self, step: _Step, messages: list[ChatMessage],
+                      response_format: dict[str, object] | None, *, started: float) -> Completion:
+        """One litellm deployment of a mixed chain, as its own Router group: retried only when it
+        is the chain's last (before, the next deployment takes over at once)."""
+        request: dict[str, Any] = {"model": step.group,
+                                   "messages": [m.model_dump() for m in messages],
+                                   "num_retries": self._num_retries if step.last else 0}
+        if response_format is not None:
+            request["response_format"] = response_format
+        response = await self._router.acompletion(**request)
+        return self._completion(response, seconds=time.perf_counter() - started)
+
+    def _prices_of(self, group: str, route: ModelRoute) -> DeploymentPrices:
+        prices = self._prices.get(group)
+        if prices is None:
+            prices = self._prices[group] = DeploymentPrices.of(route)
+        return prices
 
     def _completion(self, response: ModelResponse, *, seconds: float) -> Completion:
         route = self._route_of(response)
@@ -250,6 +362,10 @@ class LiteLLMModels:
                         "model with a larger context window (SLUICE_MODEL or the models file).",
             "rejected": f"{model} refused the {kind} request (HTTP {status}): {detail}. "
                         "Rephrase the request, or report this if it keeps happening.",
+            "malformed": f"{model} answered with something that is not an OpenAI chat "
+                         f"completion ({detail}){also}. Check that its `api_base` "
+                         f"({first.api_base or 'OpenAI'}) is an OpenAI-compatible server's /v1 "
+                         "URL, or use `transport: litellm` for it in the models file.",
         }
         unavailable = (f"{model} is unavailable right now (HTTP {status or 'no response'}){also}."
                        " Try again in a few minutes.")
@@ -266,6 +382,37 @@ class LiteLLMModels:
         return detail[:_DETAIL_SHOWN]
 
 
+def _steps_of(chains: Mapping[TaskKind, Sequence[ModelRoute]], *,
+              timeout_s: float) -> dict[TaskKind, tuple[_Step, ...] | None]:
+    """Each kind's steps when its chain has a direct deployment; None for the Router's chains."""
+    steps: dict[TaskKind, tuple[_Step, ...] | None] = {}
+    for kind, chain in chains.items():
+        if not any(route.direct for route in chain):
+            steps[kind] = None
+            continue
+        steps[kind] = tuple(
+            _Step(_group(kind, i), route,
+                  DirectDeployment(route, timeout_s=timeout_s) if route.direct else None,
+                  last=i == len(chain) - 1)
+            for i, route in enumerate(chain))
+    return steps
+
+
+def _provider_side(exc: Exception) -> bool:
+    """Whether the next deployment takes over after `exc`: litellm's cooldown rule (401, 404,
+    408, 429, 5xx, no status: timeouts, lost connections, a deployment cooling down)."""
+    if isinstance(exc, DirectError):
+        return exc.provider_side
+    status = _status_of(exc)
+    return status is None or status in _PROVIDER_SIDE or status >= 500
+
+
+def _wait(attempt: int, retry_after: float | None) -> float:
+    """Before retrying the last deployment: the provider's Retry-After, else 0.5 s doubling."""
+    wait = retry_after if retry_after is not None else _BACKOFF_S * 2**attempt
+    return min(wait, _MAX_WAIT_S)
+
+
 def _also_failed(fallbacks: Sequence[ModelRoute]) -> str:
     if not fallbacks:
         return ""
@@ -279,46 +426,6 @@ def _key_names(chain: Sequence[ModelRoute]) -> str:
     if not names:
         return "SLUICE_MODEL_API_KEY (and the fallback model's key)"
     return " and ".join(names)
-
-
-def price_per_token(model: str) -> tuple[float, float] | None:
-    """Input and output prices in $/token for `model` from litellm's price list; None if unknown.
-
-    `model` may carry a provider prefix ("openai/gpt-4o-mini").
-    """
-    _litellm_ready()
-    import litellm
-
-    key = _price_key(model, litellm.model_cost)
-    if key is None:
-        return None
-    info = litellm.model_cost[key]
-    prices = (info.get("input_cost_per_token"), info.get("output_cost_per_token"))
-    if not all(isinstance(p, int | float) for p in prices):
-        return None
-    return float(prices[0]), float(prices[1])
-
-
-def cost_usd(price_as: str, *, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """What the tokens cost at `price_as`'s prices, in dollars; None when the price is unknown."""
-    _litellm_ready()
-    import litellm
-
-    key = _price_key(price_as, litellm.model_cost)
-    if key is None or price_per_token(key) is None:
-        return None
-    prompt_cost, completion_cost = litellm.cost_per_token(
-        model=key, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
-    )
-    return prompt_cost + completion_cost
-
-
-def _price_key(model: str, model_cost: Mapping[str, object]) -> str | None:
-    """The key of `model` in litellm's price list: as given, or without its provider prefix."""
-    for key in (model, model.split("/", 1)[-1]):
-        if key in model_cost:
-            return key
-    return None
 
 
 def _chains_of(
@@ -357,19 +464,6 @@ def _earlier_groups(chains: Mapping[TaskKind, Sequence[ModelRoute]]) -> dict[str
             for kind, chain in chains.items() for i in range(1, len(chain))}
 
 
-def _register_prices(routes: Mapping[str, ModelRoute]) -> None:
-    """Put the models file's price overrides into litellm's price list (process-wide)."""
-    import litellm
-
-    for route in routes.values():
-        if route.price is None:
-            continue
-        provider = route.model.split("/", 1)[0] if "/" in route.model else "openai"
-        litellm.register_model({route.price_as: {
-            "input_cost_per_token": route.price[0], "output_cost_per_token": route.price[1],
-            "litellm_provider": provider, "mode": "chat"}})
-
-
 def _build_router(
     chains: Mapping[TaskKind, Sequence[ModelRoute]], *, timeout_s: float, num_retries: int,
     cooldown_s: float | None,
@@ -383,18 +477,21 @@ def _build_router(
     Retry-After seconds when the provider sent one, else `cooldown_s` (litellm's default when
     None). The fallback gate relies on that.
     """
-    _litellm_ready()
+    litellm_ready()
     from litellm.router import Router
 
-    routes = _routes_by_id(chains)
-    _register_prices(routes)
+    routes = {group: route for group, route in _routes_by_id(chains).items() if not route.direct}
+    register_prices(routes)
     model_list = [
         {"model_name": group, "litellm_params": route.litellm_params(timeout_s=timeout_s),
          "model_info": {"id": group}}
         for group, route in routes.items()
     ]
+    # A chain with a direct deployment is walked by `LiteLLMModels`, each of its litellm
+    # deployments a group without fallbacks.
     fallbacks = [{_group(kind, i - 1): [_group(kind, i)]}
-                 for kind, chain in chains.items() for i in range(1, len(chain))]
+                 for kind, chain in chains.items() if not any(r.direct for r in chain)
+                 for i in range(1, len(chain))]
     optional: dict[str, Any] = {} if cooldown_s is None else {"cooldown_time": cooldown_s}
     longest = max(len(chain) for chain in chains.values())
     router: Router = Router(
@@ -457,6 +554,8 @@ def _provider_code(exc: Exception) -> str | None:
 
 def _reason(exc: Exception, status: int | None) -> str:
     """A stable word for what went wrong, from litellm's exception types and the HTTP status."""
+    if isinstance(exc, DirectError):
+        return exc.reason
     from litellm.exceptions import ContextWindowExceededError, Timeout
     from litellm.types.router import RouterRateLimitError
 

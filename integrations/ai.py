@@ -3,8 +3,9 @@
 See ARCHITECTURE.md, "CodeAct, not ReAct": a program maps a function over many items, and that
 function may ask a model for one small thing per item. The prompts here are fixed templates, so the
 same input always produces the same messages (a scripted model can answer them, and the journal
-can match them on replay). Every answer's `Completion` is kept in `usage` and handed to
-`on_completion`, so the runtime can count tokens and spend.
+can match them on replay). Every answer's `Completion` is handed to `on_completion`, so the
+runtime can count tokens and spend; the last `USAGE_KEPT` are kept in `usage` (a run may make
+100,000 calls, and the runtime has counted them already).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import base64
 import difflib
 import json
 import re
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from core.errors import IntegrationError
 from core.protocols import ChatMessage, Completion, ModelClient, TaskKind
@@ -38,6 +40,7 @@ _LOOK_SYSTEM = (
     "plainly and only from what it shows; say so when it does not show the answer."
 )
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*")
+USAGE_KEPT: Final = 1_000
 
 
 def first_json_object(text: str) -> dict[str, Any] | None:
@@ -93,7 +96,7 @@ class AI(Integration):
         self, models: ModelClient, *, on_completion: Callable[[Completion], None] | None = None
     ) -> None:
         self.models = models
-        self.usage: list[Completion] = []
+        self.usage: deque[Completion] = deque(maxlen=USAGE_KEPT)
         self._on_completion = on_completion
 
     @action("read")

@@ -6,7 +6,7 @@ import pytest
 
 from core.errors import IntegrationError
 from core.protocols import ChatMessage, Completion, TaskKind
-from integrations.ai import AI, first_json_object, pick_label
+from integrations.ai import AI, USAGE_KEPT, first_json_object, pick_label
 
 
 class ScriptedModel:
@@ -38,7 +38,7 @@ async def test_generate_uses_write_kind_and_records_usage() -> None:
     assert kind == "write" and schema is None
     assert messages[0].role == "system" and messages[0].content.endswith("\n\nOne sentence.")
     assert messages[1].content == "Ask Ana for her budget"
-    assert ai.usage == seen and seen[0].cost_usd == 0.001
+    assert list(ai.usage) == seen and seen[0].cost_usd == 0.001
 
 
 async def test_prompts_are_deterministic() -> None:
@@ -116,3 +116,14 @@ async def test_classify_unknown_answer_lists_labels() -> None:
 
 def test_pick_label_ambiguous_mentions_are_none() -> None:
     assert pick_label("either yes or no", ["yes", "no"]) is None
+
+
+async def test_usage_keeps_the_latest_answers_and_every_one_reaches_the_runtime() -> None:
+    calls = USAGE_KEPT + 5
+    model = ScriptedModel(*(f"answer {i}" for i in range(calls)))
+    seen: list[Completion] = []
+    ai = AI(model, on_completion=seen.append)
+    for i in range(calls):
+        await ai.generate(f"item {i}")
+    assert len(seen) == calls
+    assert len(ai.usage) == USAGE_KEPT and ai.usage[-1].text == f"answer {calls - 1}"

@@ -1,17 +1,24 @@
 """4. each() with AI calls: wall time of `each()` over N items with a 50 ms model call each.
 
 The calls go the whole real way: the sandboxed program's `ai.generate` crosses the RPC channel to
-`EffectRunner.perform` (journal on SQLite), the `ai` integration, `LiteLLMModels` (litellm's
-Router over HTTP) and the scripted model server, which answers after 50 ms. The server runs in
-its own process, as a provider would. The goal compares the wall time with the ideal
-N x latency / concurrency. Also measured: the calls really in flight at once, the worker's CPU
-time per call, and litellm's CPU time per call on its own.
+`EffectRunner.perform` (journal on SQLite), the `ai` integration, `LiteLLMModels` and the scripted
+model server, which answers after 50 ms. The server runs in its own process, as a provider would.
+The deployment is declared `transport: direct` in a models file (`codegen.direct`: one aiohttp
+request per call), as a team running a large job would declare it; the same program through
+litellm's Router (the default transport) runs on fewer items beside it, for comparison.
+
+What is timed: `each_wall_s` runs from the first AI call reaching the worker to the last answer
+leaving it (the each() itself); `run_wall_s` is the whole sandboxed run, the child's start and
+the program's other lines included. The goal compares `each_wall_s` with the ideal
+N x latency / concurrency. Also measured: the calls in flight at once, the CPU time per call of
+the worker and of the sandbox child, and each transport's CPU time per call on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import cProfile
+import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,13 +39,16 @@ from workers.effects import CostedModels, EffectRunner
 from workers.journal import Journal
 from workers.sandbox import SandboxLimits, run_sandboxed
 
-DEFAULT_ITEMS = 1_000
+DEFAULT_ITEMS = 20_000
 FULL_ITEMS = 100_000
 CONCURRENCY = 64
 LATENCY_MS = 50
 GOAL_RATIO = 1.2
-LITELLM_ALONE_CALLS = 256
-PROFILE_ITEMS = 128
+LITELLM_EACH_ITEMS = 1_000
+ALONE_CALLS = 256
+DIRECT_ALONE_CALLS = 4_096
+PROFILE_ITEMS = 2_048
+PRICE_AS = "gpt-4o-mini"
 SCENARIO: dict[str, Any] = {"rules": [{"match": "^Summarize item", "delay_ms": LATENCY_MS,
                                        "response": "One line about the item."}]}
 LIMITS = SandboxLimits(cpu_s=3600, wall_s=7200, memory_mb=2048)
@@ -54,36 +64,127 @@ print(sum(1 for answer in answers if answer))
 Handler = Callable[[EffectCall], Awaitable[Any]]
 
 
+class ProcessCPU:
+    """CPU seconds of this process's descendants while a block runs, by role: the scripted model
+    server, and the sandbox (bwrap and the child). Read from /proc every 0.2 s, since a child's
+    own time reaches `os.times()` only if every process between it and us waits for it."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[str, float]] = {}
+        self.start: dict[int, float] = {}
+
+    async def __aenter__(self) -> ProcessCPU:
+        self.sample()
+        self.start = {pid: cpu for pid, (_, cpu) in self.seen.items()}
+        self._task = asyncio.create_task(self._forever())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._task.cancel()
+        self.sample()
+
+    def seconds(self, role: str) -> float:
+        return sum(cpu - self.start.get(pid, 0.0)
+                   for pid, (who, cpu) in self.seen.items() if who == role)
+
+    async def _forever(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            self.sample()
+
+    def sample(self) -> None:
+        for pid, cpu, cmdline in _descendants(os.getpid()):
+            role = "server" if "infra.scripted_model" in cmdline else "sandbox"
+            self.seen[pid] = (role, cpu)
+
+
+def _descendants(root: int) -> list[tuple[int, float, str]]:
+    """(pid, CPU seconds, command line) of every process under `root`."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / _TICKS
+    found: list[tuple[int, float, str]] = []
+    for pid in parents:
+        ancestor = parents.get(pid, 0)
+        while ancestor not in (0, 1, root):
+            ancestor = parents.get(ancestor, 0)
+        if ancestor == root:
+            try:
+                cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(
+                    errors="replace")
+            except OSError:
+                cmdline = ""
+            found.append((pid, cpu[pid], cmdline))
+    return found
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
 def program(items: int) -> str:
     return PROGRAM.replace("ITEMS", str(items)).replace("CONCURRENCY", str(CONCURRENCY))
 
 
 class InFlight:
-    """The sandbox's handler, counting the calls in flight: the concurrency each() reached."""
+    """The sandbox's handler, counting the calls in flight (the concurrency each() reached) and
+    timing the span from the first call's arrival to the last call's answer."""
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.now = 0
         self.peak = 0
+        self.first: float | None = None
+        self.last = 0.0
 
     async def __call__(self, call: EffectCall) -> Any:
+        if self.first is None:
+            self.first = time.perf_counter()
         self.now += 1
         self.peak = max(self.peak, self.now)
         try:
             return await self.handler(call)
         finally:
             self.now -= 1
+            self.last = time.perf_counter()
+
+    @property
+    def span(self) -> float:
+        return self.last - (self.first or self.last)
+
+
+def models_file(folder: Path, url: str) -> Path:
+    """The models file a team would write for this job: the server as a direct deployment."""
+    path = folder / "direct-models.yaml"  # not HOME/models.yaml: the litellm runs read HOME
+    path.write_text(f"default:\n  - model: openai/scripted\n    api_base: {url}/v1\n"
+                    f"    transport: direct\n    price_as: {PRICE_AS}\n")
+    return path
+
+
+def bench_models(folder: Path, url: str, transport: str) -> LiteLLMModels:
+    """`direct`: the models file above; `litellm`: the scripted default (litellm's Router)."""
+    environ = {"SLUICE_HOME": str(folder), "SLUICE_SCRIPTED_MODEL_URL": url}
+    if transport == "direct":
+        environ["SLUICE_MODELS_FILE"] = str(models_file(folder, url))
+    return LiteLLMModels.from_settings(load_settings(environ, env_file=False))
 
 
 @asynccontextmanager
-async def wired(folder: Path, url: str, run_id: str) -> AsyncIterator[EffectRunner]:
+async def wired(folder: Path, url: str, run_id: str, *,
+                transport: str = "direct") -> AsyncIterator[EffectRunner]:
     """An effect runner wired as `workers.running` wires one, its models warmed up."""
-    settings = load_settings({"SLUICE_HOME": str(folder), "SLUICE_SCRIPTED_MODEL_URL": url},
-                             env_file=False)
-    inner = LiteLLMModels.from_settings(settings)
+    inner = bench_models(folder, url, transport)
     models = CostedModels(inner)
+    settings = load_settings({"SLUICE_HOME": str(folder)}, env_file=False)
     catalog = build_local_catalog(settings, models)
-    await inner.complete([_prompt("warm-up")], kind="write")  # imports litellm, builds the Router
+    await inner.complete([_prompt("warm-up")], kind="write")  # imports litellm, prices, connects
     async with sqlite_engine(folder, f"{run_id}.db") as engine:
         journal = Journal(engine, run_id)
         try:
@@ -91,7 +192,7 @@ async def wired(folder: Path, url: str, run_id: str) -> AsyncIterator[EffectRunn
         finally:
             await journal.close()
             await catalog.aclose()
-            inner.close()
+            await inner.aclose()
 
 
 def _prompt(tag: str) -> ChatMessage:
@@ -100,63 +201,116 @@ def _prompt(tag: str) -> ChatMessage:
 
 async def run_each(runner: EffectRunner, items: int) -> dict[str, Any]:
     handler = InFlight(runner.perform)
-    cpu, start = cpu_seconds(), time.perf_counter()
-    outcome = await run_sandboxed(program(items), manifest=runner.catalog.manifest(),
-                                  handler=handler, limits=LIMITS)
-    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    async with ProcessCPU() as others:
+        cpu, start = cpu_seconds(), time.perf_counter()
+        outcome = await run_sandboxed(program(items), manifest=runner.catalog.manifest(),
+                                      handler=handler, limits=LIMITS)
+        wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     if not outcome.ok:
         raise RuntimeError(f"the each() program failed: {outcome.error}")
     ideal = items * LATENCY_MS / 1000 / CONCURRENCY
     return {"items": items, "concurrency": CONCURRENCY, "latency_ms": LATENCY_MS,
-            "wall_s": round(wall, 2), "ideal_s": round(ideal, 2), "ratio": round(wall / ideal, 2),
-            "calls_per_s": round(items / wall, 1), "peak_in_flight": handler.peak,
-            "worker_cpu_ms_per_call": round(cpu / items * 1000, 2),
+            "each_wall_s": round(handler.span, 2), "ideal_s": round(ideal, 2),
+            "ratio": round(handler.span / ideal, 2), "run_wall_s": round(wall, 2),
+            "run_ratio": round(wall / ideal, 2), "calls_per_s": round(items / handler.span, 1),
+            "peak_in_flight": handler.peak, "worker_cpu_ms_per_call": round(cpu / items * 1e3, 3),
+            "sandbox_cpu_ms_per_call": round(others.seconds("sandbox") / items * 1e3, 3),
+            "server_cpu_ms_per_call": round(others.seconds("server") / items * 1e3, 3),
             "failed_items": len(outcome.failures), "isolation": outcome.isolation}
 
 
-async def litellm_alone(url: str, calls: int) -> dict[str, float]:
-    """`LiteLLMModels.complete` alone, 64 at a time: CPU ms per call and calls per second."""
-    settings = load_settings({"SLUICE_HOME": "/nonexistent", "SLUICE_SCRIPTED_MODEL_URL": url},
-                             env_file=False)
-    alone = await _litellm_rate(LiteLLMModels.from_settings(settings), calls)
-    # The same server under a model name litellm can price: litellm then skips its zero-cost
-    # diagnostic, which walks the price map on every call it cannot price.
-    priced = LiteLLMModels(primary=scripted_route(url, "gpt-4o-mini", price_as="gpt-4o-mini"))
-    priced_cpu, _ = await _litellm_rate(priced, calls)
-    return {"litellm_cpu_ms_per_call": alone[0], "litellm_alone_calls_per_s": alone[1],
-            "litellm_priced_route_cpu_ms_per_call": priced_cpu}
+async def litellm_each(folder: Path, url: str, items: int) -> dict[str, Any]:
+    """The same each() through litellm's Router (the default transport), on fewer items."""
+    async with wired(folder, url, "bench-each-litellm", transport="litellm") as runner:
+        figures = await run_each(runner, items)
+    keep = ("items", "each_wall_s", "ratio", "calls_per_s", "worker_cpu_ms_per_call",
+            "sandbox_cpu_ms_per_call")
+    return {f"litellm_each_{key}": figures[key] for key in keep}
 
 
-async def _litellm_rate(models: LiteLLMModels, calls: int) -> tuple[float, float]:
-    await models.complete([_prompt("warm-up")], kind="write")
+async def layers(runner: EffectRunner, calls: int) -> dict[str, float]:
+    """The worker's CPU ms per call, one layer more at a time, 64 calls at a time, without the
+    sandbox: the models client alone (the direct transport), then through the catalog and the
+    `ai` integration (with `CostedModels`), then through `EffectRunner.perform` (journal)."""
+    models = runner.catalog.integrations["ai"].models  # type: ignore[attr-defined]
+    steps: dict[str, Callable[[int], Awaitable[Any]]] = {
+        "direct_cpu_ms_per_call": lambda i: models.complete([_prompt(f"a{i}")], kind="write"),
+        "catalog_ai_cpu_ms_per_call": lambda i: runner.catalog.dispatch(_ai_call(f"c{i}")),
+        "effect_runner_cpu_ms_per_call": lambda i: runner.perform(
+            _ai_call(f"r{i}", path=f"layers/item#{i}/call#1")),
+    }
+    figures: dict[str, float] = {}
+    for name, step in steps.items():
+        figures[name], rate = await _gated(step, calls)
+        if name == "direct_cpu_ms_per_call":
+            figures["direct_alone_calls_per_s"] = rate
+    return figures
+
+
+def _ai_call(tag: str, *, path: str = "") -> EffectCall:
+    return EffectCall(integration="ai", action="generate",
+                      args=[f"Summarize item {tag} in one line."], kwargs={}, path=path)
+
+
+async def _gated(step: Callable[[int], Awaitable[Any]], calls: int) -> tuple[float, float]:
+    """CPU ms per call and calls per second of `step`, CONCURRENCY at a time."""
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(i: int) -> None:
         async with gate:
-            await models.complete([_prompt(str(i))], kind="write")
+            await step(i)
 
     cpu, start = cpu_seconds(), time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(calls)))
     cpu, wall = cpu_seconds() - cpu, time.perf_counter() - start
-    models.close()
-    return round(cpu / calls * 1000, 2), round(calls / wall, 1)
+    return round(cpu / calls * 1000, 3), round(calls / wall, 1)
+
+
+async def litellm_alone(folder: Path, url: str) -> dict[str, float]:
+    """`LiteLLMModels.complete` through litellm's Router alone, 64 at a time: CPU ms per call
+    and calls per second."""
+    alone = await _rate(bench_models(folder, url, "litellm"), ALONE_CALLS)
+    # The same server under a model name litellm can price: litellm then skips its zero-cost
+    # diagnostic, which walks the price map on every call it cannot price.
+    priced = LiteLLMModels(primary=scripted_route(url, PRICE_AS, price_as=PRICE_AS))
+    priced_cpu, _ = await _rate(priced, ALONE_CALLS)
+    return {"litellm_cpu_ms_per_call": alone[0], "litellm_alone_calls_per_s": alone[1],
+            "litellm_priced_route_cpu_ms_per_call": priced_cpu}
+
+
+async def _rate(models: LiteLLMModels, calls: int) -> tuple[float, float]:
+    await models.complete([_prompt("warm-up")], kind="write")
+    try:
+        return await _gated(lambda i: models.complete([_prompt(str(i))], kind="write"), calls)
+    finally:
+        await models.aclose()
 
 
 async def run(*, full: bool = False, items: int | None = None) -> list[Outcome]:
     items = items or (FULL_ITEMS if full else DEFAULT_ITEMS)
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as name, \
             scripted_model_process(SCENARIO, Path(name)) as url:
-        async with wired(Path(name), url, "bench-each") as runner:
-            figures = await run_each(runner, items)
-        figures.update(await litellm_alone(url, LITELLM_ALONE_CALLS))
+        folder = Path(name)
+        # Direct first: litellm leaves background work (logging, cost callbacks) behind.
+        async with wired(folder, url, "bench-each") as runner:
+            figures: dict[str, Any] = {"transport": "direct", **await run_each(runner, items)}
+            figures.update(await layers(runner, DIRECT_ALONE_CALLS))
+        profiled = await profile(folder, url)
+        figures.update(await litellm_each(folder, url, min(items, LITELLM_EACH_ITEMS)))
+        figures.update(await litellm_alone(folder, url))
         outcome = Outcome(
             name="each_ai", title="each() over N items, a 50 ms AI call each, concurrency 64",
             headline="ratio", figures=figures, goals=[Goal("ratio", "<=", GOAL_RATIO)],
-            notes=[f"N={items:,} (default {DEFAULT_ITEMS:,}, --full {FULL_ITEMS:,}); "
-                   "scripted model in its own process; the worker's CPU time includes litellm, "
-                   "the sandbox RPC and the journal."])
+            notes=[f"N={items:,} (default {DEFAULT_ITEMS:,}, --full {FULL_ITEMS:,}) through a "
+                   "`transport: direct` deployment; litellm_each_* is the same program through "
+                   f"litellm's Router on {min(items, LITELLM_EACH_ITEMS):,} items. ratio = "
+                   "each_wall_s (first AI call in to last answer out, in the worker) / ideal; "
+                   "run_ratio times the whole sandboxed run, the child's start included. "
+                   "Scripted model in its own process; the worker's CPU time includes the "
+                   "transport, the sandbox RPC and the journal."])
+        outcome.analysis = explain(figures)
         if outcome.status == "fail":
-            outcome.analysis = explain(figures) + await profile(Path(name), url)
+            outcome.analysis += profiled
     return [outcome]
 
 
@@ -165,24 +319,34 @@ def explain(figures: dict[str, Any]) -> list[str]:
     needed = CONCURRENCY / (LATENCY_MS / 1000)
     budget_ms = 1000 / needed
     cpu_ms = figures["worker_cpu_ms_per_call"]
-    busy = cpu_ms * figures["calls_per_s"] / 1000
+    direct, catalog = figures["direct_cpu_ms_per_call"], figures["catalog_ai_cpu_ms_per_call"]
+    runner = figures["effect_runner_cpu_ms_per_call"]
+    machine_ms = cpu_ms + figures["sandbox_cpu_ms_per_call"] + figures["server_cpu_ms_per_call"]
+    goal_rate = needed / GOAL_RATIO
     cheapest = min(figures["litellm_cpu_ms_per_call"],
                    figures["litellm_priced_route_cpu_ms_per_call"])
     lines = [
         f"To keep {CONCURRENCY} calls of {LATENCY_MS} ms in flight the worker must finish "
         f"{needed:,.0f} calls/s, i.e. spend at most {budget_ms:.2f} ms of CPU per call (one "
-        f"event loop, one core). It spent {cpu_ms} ms per call, "
-        f"{figures['litellm_cpu_ms_per_call']} ms of it in litellm alone (measured without the "
-        f"sandbox; litellm alone managed {figures['litellm_alone_calls_per_s']} calls/s at "
-        f"concurrency {CONCURRENCY}). The run finished {figures['calls_per_s']} calls/s with "
-        f"the worker on CPU {busy:.0%} of the time; the rest it waited for the sandbox's item "
-        "threads and for the other processes sharing this machine's cores.",
-        "The scripted route is priced by Sluice (price_as), not by litellm, so litellm also "
-        "runs its zero-cost diagnostic on every answer (zero_cost_diagnostic in the profile "
-        "below); under a model name litellm can price, the same calls cost "
-        f"{figures['litellm_priced_route_cpu_ms_per_call']} ms of CPU each. Either way litellm "
-        f"alone needs {cheapest / budget_ms:.0f}x the CPU budget per call: one worker process "
-        "cannot drive this concurrency through litellm.",
+        f"event loop, one core). Through the direct transport it spent {cpu_ms} ms per call; "
+        f"each() finished {figures['calls_per_s']:,} calls/s.",
+        f"Worker CPU per call by layer (each measured alone, {CONCURRENCY} at a time, no "
+        f"sandbox): the direct transport {direct} ms (aiohttp's client is most of it); the "
+        f"catalog and the ai integration add {catalog - direct:.3f} ms; EffectRunner and the "
+        f"journal add {runner - catalog:.3f} ms; the rest of the {cpu_ms} ms "
+        f"({cpu_ms - runner:.3f} ms) is the sandbox RPC on the worker's side.",
+        f"Per call the machine also spends {figures['sandbox_cpu_ms_per_call']} ms in the "
+        f"sandbox child and {figures['server_cpu_ms_per_call']} ms in the scripted model server: "
+        f"{machine_ms:.2f} ms in all, so the goal's {goal_rate:,.0f} calls/s needs "
+        f"{machine_ms * goal_rate / 1000:.1f} cores of the {os.cpu_count()} this machine has "
+        f"(load average {os.getloadavg()[0]:.1f} at the end, other users included).",
+        f"Through litellm's Router (the default transport) the same program finished "
+        f"{figures['litellm_each_calls_per_s']} calls/s on {figures['litellm_each_items']:,} "
+        f"items (ratio {figures['litellm_each_ratio']}) at "
+        f"{figures['litellm_each_worker_cpu_ms_per_call']} ms of worker CPU per call: litellm "
+        f"alone costs {figures['litellm_cpu_ms_per_call']} ms per call "
+        f"({figures['litellm_priced_route_cpu_ms_per_call']} ms under a model name it can "
+        f"price, which skips its zero-cost diagnostic), {cheapest / budget_ms:.0f}x the budget.",
     ]
     if figures["peak_in_flight"] < CONCURRENCY:
         lines.append(
