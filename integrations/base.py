@@ -12,8 +12,10 @@ the sandbox boundary go through `integrations.wire`.
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, ParamSpec, TypeVar
 
@@ -52,15 +54,17 @@ def action(
     return mark
 
 
-def actions_of(cls: type) -> dict[str, ActionSpec]:
-    """The actions a class declares, in definition order."""
+@functools.cache
+def actions_of(cls: type) -> Mapping[str, ActionSpec]:
+    """The actions a class declares, in definition order (worked out once per class: every
+    call a program makes asks)."""
     found: dict[str, ActionSpec] = {}
     for klass in reversed(cls.__mro__):
         for name, member in vars(klass).items():
             spec = getattr(member, _ACTION_ATTR, None)
             if isinstance(spec, ActionSpec):
                 found[name] = spec
-    return found
+    return types.MappingProxyType(found)
 
 
 @dataclass(frozen=True)

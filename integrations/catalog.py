@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import functools
 import inspect
 import logging
 import re
@@ -166,7 +167,7 @@ class Catalog:
         _owner, cls = self._callee(call)
         method = getattr(cls, call.action, None)
         try:
-            return "idempotency_key" in inspect.signature(method).parameters  # type: ignore[arg-type]
+            return "idempotency_key" in signature_of(method).parameters
         except (TypeError, ValueError):
             return False
 
@@ -305,7 +306,7 @@ class Catalog:
     ) -> list[str]:
         try:
             _, cls = self._callee(call)
-            bound = inspect.signature(getattr(cls, call.action)).bind(None, *args, **kwargs)
+            bound = signature_of(getattr(cls, call.action)).bind(None, *args, **kwargs)
         except (IntegrationError, AttributeError, TypeError):
             return [_show(a) for a in args] + [f"{k}={_show(v)}" for k, v in kwargs.items()]
         shown = []
@@ -325,12 +326,18 @@ def _label(call: EffectCall) -> str:
     return f"{owner}.{call.action}"
 
 
+@functools.lru_cache(maxsize=4096)
+def signature_of(fn: Callable[..., Any]) -> inspect.Signature:
+    """`inspect.signature(fn)`, worked out once per action (every call checks its arguments)."""
+    return inspect.signature(fn)
+
+
 def _check_arguments(
     label: str, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
 ) -> None:
     """Raise IntegrationError showing the right call when the arguments do not fit `fn`."""
     try:
-        inspect.signature(fn).bind(*args, **kwargs)
+        signature_of(fn).bind(*args, **kwargs)
     except TypeError as exc:
         usage = signature_text(fn, with_self=False)
         raise IntegrationError(f"{label}(): {exc}. Call it as {label}{usage}.",

@@ -30,5 +30,8 @@ class Deps:
                    models=LiteLLMModels.from_settings(settings))
 
     async def close(self) -> None:
+        aclose = getattr(self.models, "aclose", None)  # the direct transport's HTTP session
+        if aclose is not None:
+            await aclose()
         await self.store.engine.dispose()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import gc
 import os
 import tempfile
 import time
@@ -185,6 +186,8 @@ async def wired(folder: Path, url: str, run_id: str, *,
     settings = load_settings({"SLUICE_HOME": str(folder)}, env_file=False)
     catalog = build_local_catalog(settings, models)
     await inner.complete([_prompt("warm-up")], kind="write")  # imports litellm, prices, connects
+    gc.collect()
+    gc.freeze()  # as a worker does once warm (workers.settings._freeze_after)
     async with sqlite_engine(folder, f"{run_id}.db") as engine:
         journal = Journal(engine, run_id)
         try:
