@@ -98,9 +98,12 @@ async def index(_request: web.Request) -> web.StreamResponse:
 
 
 async def status(request: web.Request) -> web.Response:
+    """Whether plans come from the scripted model: `sluice up` starts the scripted model server,
+    and sets its URL, only when no models file or key gives a real model."""
     settings = request.app[DEPS].settings
-    return web.json_response({"scripted_model": settings.using_scripted_model,
-                              "model": None if settings.using_scripted_model else settings.model})
+    scripted = settings.scripted_model_url is not None
+    return web.json_response({"scripted_model": scripted,
+                              "model": None if scripted else settings.model})
 
 
 async def list_threads(request: web.Request) -> web.Response:
