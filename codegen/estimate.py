@@ -19,6 +19,7 @@ from core.types import Estimate, SampleRun
 _UNKNOWN_SIZE = "A loop goes over a collection whose size is unknown"
 _AT_MOST = "At most"
 _COUNT_NOTES = (_UNKNOWN_SIZE, _AT_MOST)
+_PRICE_UNKNOWN = "The AI model's price is unknown, so the cost is unknown."
 # Rough figures until a sample run measures them; stated in the estimate's notes.
 TOKENS_IN_PER_AI_CALL = 600
 TOKENS_OUT_PER_AI_CALL = 200
@@ -193,7 +194,7 @@ def estimate_program(source: str, *, effects: dict[str, str], workspace: dict[st
     cost = None if prices is None else total.ai * (
         TOKENS_IN_PER_AI_CALL * prices[0] + TOKENS_OUT_PER_AI_CALL * prices[1])
     if total.ai and prices is None:
-        notes.append("The AI model's price is unknown, so the cost is unknown.")
+        notes.append(_PRICE_UNKNOWN)
     seconds = (SECONDS_TO_START + total.ai * SECONDS_PER_AI_CALL
                + total.other * SECONDS_PER_INTEGRATION_CALL)
     lines = [(previews or {}).get(key, f"{key} ×{{n}}").format(n=f"up to {n}")
@@ -242,8 +243,10 @@ def refine_estimate(static: Estimate, sample: SampleRun, *, program: str,
     writes = {key: round(n * items / visited) for key, n in sample.write_counts.items()}
     lines = [(previews or {}).get(key, f"{key} ×{{n}}").format(n=n)
              for key, n in sorted(writes.items())]
-    # The sample counted the items, so notes about counting them before the run are moot.
-    notes = [n for n in static.notes if not n.startswith(_COUNT_NOTES)]
+    # The sample counted the items, so notes about counting them before the run are moot; and
+    # when its AI calls were priced, so is the static guess's unknown price.
+    notes = [n for n in static.notes if not n.startswith(_COUNT_NOTES)
+             and not (cost is not None and n == _PRICE_UNKNOWN)]
     notes.append(f"Measured on {visited} sample item{'s' if visited != 1 else ''}: "
                  f"{statistics.fmean(sample.item_seconds):.2f} s per item.")
     return static.model_copy(update={
