@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import logging
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from typing import Any, Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from workers._journal_sqlite import Row, SqliteJournalStore
+from workers._journal_sqlite import CHUNK, Row, SqliteJournalStore
 
 log = logging.getLogger(__name__)
 Status = Literal["intent", "done", "failed"]
@@ -90,9 +91,13 @@ def _value(column: str, mark: str) -> str:
     return f"NULLIF({mark}, '')" if column in _EMPTY_IS_NULL else mark
 
 
-@functools.lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=256)
+def _upsert_cached(paramstyle: str, rows: int) -> str:
+    return upsert_sql(paramstyle, rows)
+
+
 def sqlite_upsert(rows: int) -> str:
-    return upsert_sql("qmark", rows)
+    return _upsert_cached("qmark", rows)
 
 
 def select_sql(paramstyle: str) -> str:
@@ -127,8 +132,8 @@ class EngineJournalStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        paramstyle = engine.dialect.paramstyle
-        self._upsert, self._select = upsert_sql(paramstyle), select_sql(paramstyle)
+        self._paramstyle = paramstyle = engine.dialect.paramstyle
+        self._select = select_sql(paramstyle)
 
     async def load(self, run_id: str) -> dict[str, Row]:
         async with self.engine.connect() as conn:
@@ -140,7 +145,13 @@ class EngineJournalStore:
 
     async def _commit(self, rows: Sequence[Row]) -> None:
         async with self.engine.begin() as conn:
-            await conn.exec_driver_sql(self._upsert, list(rows))
+            for start in range(0, len(rows), CHUNK):  # one statement of many rows each
+                chunk = rows[start:start + CHUNK]
+                await conn.exec_driver_sql(self._upsert(len(chunk)),
+                                           tuple(itertools.chain.from_iterable(chunk)))
+
+    def _upsert(self, rows: int) -> str:
+        return _upsert_cached(self._paramstyle, rows)
 
     async def close(self) -> None:
         return None
@@ -158,9 +169,10 @@ def open_store(engine: AsyncEngine) -> JournalStore:
 class Journal:
     """One run's journal: `load()` for replay, `record()` to append, `close()` to flush.
 
-    Group commit: one commit at a time. A durable entry recorded while none runs starts one at
-    once; entries recorded while one runs gather and go together in the next, started as soon
-    as that one ends. Entries that need not be durable wait up to `BATCH_DELAY_S` (or
+    Group commit: one commit at a time. A durable entry recorded while none runs starts one
+    after the current turn of the event loop (the records made in that turn join it); entries
+    recorded while one runs gather and go together in the next, started as soon as that one
+    ends. Entries that need not be durable wait up to `BATCH_DELAY_S` (or
     `MAX_BATCH` of them) unless a durable one takes them along.
     """
 
@@ -173,6 +185,7 @@ class Journal:
         self._pending: list[JournalEntry] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._committing: asyncio.Future[None] | None = None
+        self._starting = False  # a gathered commit is about to start (`_start_gathered`)
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._seq = 0
@@ -213,10 +226,12 @@ class Journal:
                 self._timer = asyncio.get_running_loop().call_later(
                     BATCH_DELAY_S, self._commit_soon)
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
-        if self._committing is None:
-            self._start_commit()
+        if self._committing is None and not self._starting:
+            self._starting = True
+            loop.call_soon(self._start_gathered)
         await waiter
 
     async def close(self) -> None:
@@ -245,6 +260,19 @@ class Journal:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._committing is None and self._pending:
+            self._start_commit()
+
+    def _start_gathered(self) -> None:
+        """Start the commit the first durable record asked for, once the records made in the
+        same turn of the event loop have joined it.
+
+        Measured on SQLite with 64 writers: starting at once split them into two groups taking
+        turns (commits of 32), which cost ~20 % more CPU per effect than one group (64) whose
+        commit runs while the event loop has nothing else to do; on Postgres, where a commit
+        waits for an fsync, half-size commits halved the throughput.
+        """
+        self._starting = False
         if self._committing is None and self._pending:
             self._start_commit()
 
