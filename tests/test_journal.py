@@ -77,6 +77,24 @@ async def test_a_durable_record_is_committed_when_it_returns(db_url: str) -> Non
         await engine.dispose()
 
 
+async def test_a_result_json_cannot_hold_fails_its_record_and_no_other(db_url: str) -> None:
+    engine = create_engine(db_url)
+    await migrate(engine)
+    journal = Journal(engine, "run-bad")
+    try:
+        bad = JournalEntry(path="call#1", kind="read", call="x.y", request_hash="0" * 32,
+                           status="done", result={"when": object()})
+        with pytest.raises(TypeError, match="not JSON serializable"):
+            await journal.record(bad, durable=True)
+        good = JournalEntry(path="call#2", kind="read", call="x.y", request_hash="0" * 32,
+                            status="done", result=[1])
+        await journal.record(good, durable=True)
+    finally:
+        await journal.close()
+        await engine.dispose()
+    assert await rows_of(db_url, "run-bad") == {"call#2": ("done", "[1]")}
+
+
 async def test_concurrent_writers_share_commits_and_reload_exactly(db_url: str) -> None:
     engine = create_engine(db_url)
     await migrate(engine)

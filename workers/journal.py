@@ -5,7 +5,7 @@ loaded once, and effects found there return their recorded result without callin
 
 Writes are recorded durably: an `intent` committed before the call and `done` after it. Reads,
 AI calls and clock readings are safe to redo, so they are committed in batches. Commits are
-grouped: whatever is pending when the flusher runs goes in one transaction, so 64 concurrent
+grouped: whatever is pending when a commit starts goes in one transaction, so 64 concurrent
 items pay for one commit, not 64; while one commit runs, the next batch gathers.
 
 On SQLite the rows go through `workers._journal_sqlite` (a thread and a plain sqlite3 connection
@@ -279,8 +279,12 @@ class Journal:
     def _start_commit(self) -> None:
         batch, self._pending = self._pending, []
         waiters, self._waiters = self._waiters, []
-        rows = self._rows(batch)
-        committing = self._committing = self._store.commit(rows)
+        try:
+            rows = self._rows(batch)
+            committing = self._committing = self._store.commit(rows)
+        except Exception as exc:  # a result JSON cannot hold: the writers hear it, none hangs
+            self._fail(waiters, exc, len(batch))
+            return
         committing.add_done_callback(lambda done: self._committed(done, waiters, len(rows)))
 
     def _committed(self, done: asyncio.Future[None], waiters: list[asyncio.Future[None]],
@@ -289,13 +293,8 @@ class Journal:
         self._committing = None
         error = None if done.cancelled() else done.exception()
         if done.cancelled() or error is not None:
-            failure = error if isinstance(error, Exception) else RuntimeError(
-                "the journal commit was interrupted")
-            log.warning("! journal %s: a batch of %d entries was not committed: %r",
-                        self.run_id, count, failure)
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(failure)
+            self._fail(waiters, error if isinstance(error, Exception) else RuntimeError(
+                "the journal commit was interrupted"), count)
         else:
             self.commits += 1
             for waiter in waiters:
@@ -303,6 +302,13 @@ class Journal:
                     waiter.set_result(None)
         if self._waiters or len(self._pending) >= MAX_BATCH:
             self._start_commit()
+
+    def _fail(self, waiters: list[asyncio.Future[None]], error: Exception, count: int) -> None:
+        log.warning("! journal %s: a batch of %d entries was not committed: %r",
+                    self.run_id, count, error)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
 
     def _rows(self, batch: list[JournalEntry]) -> list[Row]:
         latest = {e.path: e for e in batch}  # intent then done in one batch: keep the last
