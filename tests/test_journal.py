@@ -23,6 +23,7 @@ from sqlalchemy import select, text
 
 from codegen.models import LiteLLMModels
 from core.db import JournalRow, create_engine, create_sync_sqlite_engine, migrate
+from core.errors import IntegrationError
 from core.settings import load_settings
 from integrations.base import EffectCall
 from integrations.catalog import build_local_catalog
@@ -251,6 +252,27 @@ async def test_a_replayed_call_returns_its_record_and_a_different_one_stops_the_
         assert runner.stop is not None
         assert runner.stop.reason == StopReason.NON_DETERMINISTIC
         assert runner.stop.path == "each#1/item#7/call#2"
+    finally:
+        await journal.close()
+        await engine.dispose()
+
+
+async def test_a_recorded_failure_replays_as_the_same_failure(db_url: str,
+                                                             tmp_path: Path) -> None:
+    recorded = update_call("each#1/item#9/call#2")
+    engine = create_engine(db_url)
+    await migrate(engine)
+    journal = Journal(engine, "run-replay")
+    await journal.record(JournalEntry(path=recorded.path, kind="write", call="Sheet.update",
+                                      request_hash=request_hash(recorded), status="failed",
+                                      error="The sheet has no row r7."), durable=True)
+    await journal.close()
+    await engine.dispose()
+    engine, runner, journal = await _resumed(db_url, tmp_path)
+    try:
+        with pytest.raises(IntegrationError, match="no row r7"):
+            await runner.perform(recorded)
+        assert runner.counts.replayed == 1 and runner.counts.live == 0
     finally:
         await journal.close()
         await engine.dispose()

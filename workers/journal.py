@@ -209,6 +209,12 @@ class Journal:
             return JournalEntry(path, kind, call, fingerprint, status, None, error, cost, raw)
         return entry
 
+    def loaded(self, path: str) -> Row | None:
+        """The row loaded for `path` (`_LOADED` columns), unless this process recorded `path`
+        since: the replay's hot path reads it without making an entry of it."""
+        row = self._loaded.get(path)
+        return None if row is None or path in self.entries else row
+
     def cost_usd(self) -> float:
         """What the recorded effects cost, each path counted once."""
         entries = self.entries
