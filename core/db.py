@@ -23,7 +23,8 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -297,6 +298,17 @@ def create_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, pool_pre_ping=True)
+
+
+def create_sync_sqlite_engine(url: str | URL) -> Engine:
+    """A sync (pysqlite) engine on the SQLite file of `url`, with `create_engine`'s pragmas.
+
+    For code that writes from a thread of its own (the journal's writer, workers.journal).
+    """
+    engine = create_sync_engine(make_url(url).set(drivername="sqlite"),
+                                connect_args={"timeout": 30})
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -7,8 +7,9 @@ call would:
 - writes: an `intent` committed before the call and a `done` after it, both durable (the caller
   waits for the commit), exactly as `EffectRunner` records a write; group commit shares each
   transaction among the waiting writers.
-On SQLite (WAL, as the worker opens it) always; on Postgres only when `DATABASE_URL` names
-one, in a throwaway database created on that server and dropped afterwards.
+On SQLite (WAL, as the worker opens it; the journal commits through its own writer thread)
+always; on Postgres (through the async engine) only when `DATABASE_URL` names one, in a
+throwaway database created on that server and dropped afterwards.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ async def reads(engine: AsyncEngine, run_id: str, count: int = READS) -> dict[st
     cpu, start = cpu_seconds(), time.perf_counter()
     await asyncio.gather(*(reader(journal, range(k, count, ITEMS)) for k in range(ITEMS)))
     # Wait for the commit of everything recorded: a last durable entry is committed after (or
-    # with) every entry before it. Not close(): it cancels a flush in progress (see notes).
+    # with) every entry before it, so the time stops at the last commit (see NOTE).
     await journal.record(read_entry(count), durable=True)
     elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     await journal.close()
@@ -104,7 +105,8 @@ def _common(count: int, elapsed: float, cpu: float, commits: int,
             "effects_per_s": round(count / elapsed), "commits": commits,
             "entries_per_commit": round(entries / commits, 1),
             "ms_per_commit": round(elapsed / commits * 1000, 2),
-            "process_cpu_s": round(cpu, 2)}
+            "process_cpu_s": round(cpu, 2),
+            "cpu_us_per_effect": round(cpu / count * 1e6, 1)}
 
 
 async def committed(engine: AsyncEngine, run_id: str) -> int:
@@ -152,15 +154,22 @@ async def on(engine: AsyncEngine, database: str, run_prefix: str,
 def explain(figures: dict[str, Any]) -> list[str]:
     busy = figures["process_cpu_s"] / figures["seconds"]
     lines = [f"{figures['commits']:,} commits of {figures['entries_per_commit']} entries, "
-             f"{figures['ms_per_commit']} ms each; this process was on CPU {busy:.0%} of the "
-             "wall time (its driver threads included)."]
+             f"{figures['ms_per_commit']} ms each; this process spent "
+             f"{figures['cpu_us_per_effect']} µs of CPU per effect and was on CPU {busy:.0%} "
+             "of the wall time (its SQLite writer thread included; on a shared machine the "
+             "load average, in the figures, says how much CPU it could get).",
+             f"{GOAL_PER_S:,} effects/s leaves {1e6 / GOAL_PER_S:.0f} µs of wall time per "
+             "effect for the event loop and the writer thread together (they overlap only "
+             "where SQLite runs without the GIL)."]
     if "fsync_ms" in figures:
-        lines.append(f"The disk's fsync takes {figures['fsync_ms']} ms (median), so the commits "
-                     "are bound by the CPU spent per commit, not by the disk.")
+        lines.append(f"The disk's fsync takes {figures['fsync_ms']} ms (median), and in WAL mode "
+                     "with synchronous=NORMAL a commit does not wait for one, so the commits are "
+                     "bound by the CPU spent per commit, not by the disk.")
     if "write_latency_p50_ms" in figures:
-        lines.append(f"A write waits for two commits (intent, then done), so with {ITEMS} "
-                     f"writers writes/s is about {ITEMS // 2} / commit time: {GOAL_PER_S:,}/s "
-                     f"needs commits of {ITEMS} entries in {ITEMS / 2 / GOAL_PER_S * 1000:.1f} ms.")
+        per_commit = figures["entries_per_commit"]
+        lines.append(f"A write waits for two commits (intent, then done); one commit runs at a "
+                     f"time while the next batch gathers, so writes/s is about {per_commit / 2:g}"
+                     " (entries per commit / 2) / commit time.")
     return lines
 
 
@@ -171,8 +180,8 @@ async def profile(engine: AsyncEngine, mix: Mix, run_id: str) -> list[str]:
     await mix(engine, run_id, count)
     profiler.disable()
     return [f"Profile of {count:,} effects of the same mix (the event-loop thread only: its "
-            "epoll wait is mostly the database running the SQL, in aiosqlite's thread or the "
-            "Postgres server):",
+            "epoll wait is mostly the database running the SQL, in the journal's SQLite writer "
+            "thread or the Postgres server):",
             *_profile.summary(profiler)]
 
 
@@ -184,9 +193,8 @@ async def run() -> list[Outcome]:
     return results + await on_postgres()
 
 
-NOTE = ("Journal.close() cancels a flush in progress; on SQLite the next commit then waits out "
-        "the 30 s busy timeout and fails with 'database is locked'. This mix therefore ends "
-        "with one durable entry (committed after all the others) instead of timing close().")
+NOTE = ("This mix ends with one durable entry, committed after (or with) all the others, and "
+        "stops the clock when it is acknowledged; Journal.close() then has nothing left to do.")
 
 
 async def on_postgres() -> list[Outcome]:
