@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import text
 
 from core.types import RunState
 from integrations.base import EffectCall
@@ -110,6 +113,38 @@ async def test_cancel_from_the_thread_stops_a_running_job(redis_server: Any,
         assert classify_calls(stack) - sampled < 140  # it stopped long before the 140 items
         [result] = await stack.messages(thread_id, "result")
         assert result["text"].startswith("Cancelled.")
+
+
+async def test_an_attempt_whose_lease_goes_to_another_steps_aside(redis_server: Any,
+                                                                  tmp_path: Path) -> None:
+    """A sweeper hands a run whose lease expired to a new attempt; the old attempt, still
+    running (its database was slow, say), must stop asking for effects and leave the run, its
+    state and its thread to the new one: two attempts never run one program at once."""
+    program = CLASSIFY_EACH.replace("each(sheet.rows(), label)",
+                                    "each(sheet.rows() * 20, label)")
+    async with Stack.running(redis_url=redis_server.url, home=tmp_path,
+                             scenario=scenario(program, delay_ms=100), env=ASK_ALWAYS) as stack:
+        thread_id = await stack.ask("do it")
+        await stack.drain()
+        sampled = classify_calls(stack)
+        status_msg = await approve(stack, thread_id)
+        run_id = status_msg["meta"]["run_id"]
+        work = asyncio.create_task(stack.drain())
+        while classify_calls(stack) - sampled < 3:
+            await asyncio.sleep(0.05)
+        async with stack.store.engine.begin() as conn:  # what another attempt's acquire does
+            await conn.execute(text("UPDATE runs SET lease_owner = 'another-attempt', "
+                                    "lease_expires_at = :until WHERE id = :id"),
+                               {"until": datetime.now(UTC) + timedelta(hours=1), "id": run_id})
+        await work
+        assert classify_calls(stack) - sampled < 140  # it stopped long before the 140 items
+        run = await stack.store.get_run(run_id)
+        assert run.state == RunState.RUNNING and run.result is None  # left to the other attempt
+        assert await stack.messages(thread_id, "result") == []
+        async with stack.store.engine.connect() as conn:
+            owner = await conn.scalar(text("SELECT lease_owner FROM runs WHERE id = :id"),
+                                      {"id": run_id})
+        assert owner == "another-attempt"
 
 
 APPEND = 'sheet = sheets.open("signups")\nsheet.append({"Name": "Zoe", "Email": "zoe@z.example"})\n'

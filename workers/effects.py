@@ -39,6 +39,7 @@ class StopReason(StrEnum):
     BUDGET = "budget"
     NON_DETERMINISTIC = "non_deterministic"
     UNCERTAIN_WRITE = "uncertain_write"
+    LEASE_LOST = "lease_lost"  # another attempt of the run holds it now: this one steps aside
 
 
 class RunStopped(SluiceError):

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 import zlib
 from typing import Any
 
@@ -36,9 +37,11 @@ WORKER_ID = f"{socket.gethostname()}-{os.getpid()}"
 class RunContext:
     """One run's live state: the effect runner, spend, and throttled progress reports."""
 
-    def __init__(self, deps: Deps, run: Run, runner: EffectRunner, models: CostedModels) -> None:
+    def __init__(self, deps: Deps, run: Run, runner: EffectRunner, models: CostedModels, *,
+                 owner: str) -> None:
         self.deps = deps
         self.run = run
+        self.owner = owner  # this attempt's name on the run's lease
         self.runner = runner
         self.models = models
         self.started = time.monotonic()
@@ -67,7 +70,10 @@ class RunContext:
     async def watch(self) -> None:
         """Renew the lease and notice a cancel request, until `stopping` is set.
 
-        It is stopped by that event, not cancelled, so no database write is cut half-way.
+        It is stopped by that event, not cancelled, so no database write is cut half-way. When
+        the lease is found in another attempt's name (it expired, say while the database was
+        unreachable, and the sweeper handed the run on), this attempt stops asking for effects:
+        the other one replays the journal and carries on, so two never run the program at once.
         """
         ttl = self.deps.settings.lease_ttl_s
         while True:
@@ -77,7 +83,13 @@ class RunContext:
             if self.stopping.is_set():
                 return
             try:
-                await self.deps.store.renew_lease(self.run.id, owner=WORKER_ID, ttl_s=ttl)
+                if not await self.deps.store.renew_lease(self.run.id, owner=self.owner,
+                                                         ttl_s=ttl):
+                    log.warning("run %s: its lease went to another attempt; this one stops",
+                                self.run.id)
+                    self.runner.request_stop(StopReason.LEASE_LOST,
+                                             "Another attempt of this run took it over.")
+                    return
                 self.runner.cancel_requested = await self.deps.store.cancel_requested(self.run.id)
             except Exception as exc:  # a busy or restarting database: try again next beat
                 log.warning("run %s: could not renew its lease (%s); retrying", self.run.id,
@@ -112,17 +124,19 @@ async def run_program(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     if run.state not in (RunState.QUEUED, RunState.RUNNING):
         log.info("↻ run_program %s is %s; nothing to do", run.id, run.state)
         return run.state
-    if not await deps.store.acquire_lease(run.id, owner=WORKER_ID,
-                                          ttl_s=deps.settings.lease_ttl_s):
-        log.info("↻ run_program %s is leased by another worker", run.id)
+    # One name per attempt, not per worker: a second attempt of the run in this same worker
+    # (re-enqueued by a sweeper while the first still ran) must not share the first's lease.
+    owner = f"{WORKER_ID}-{uuid.uuid4().hex[:8]}"
+    if not await deps.store.acquire_lease(run.id, owner=owner, ttl_s=deps.settings.lease_ttl_s):
+        log.info("↻ run_program %s is leased by another attempt", run.id)
         return "leased"
     try:
-        return await _run_leased(deps, run)
+        return await _run_leased(deps, run, owner)
     finally:
-        await deps.store.release_lease(run.id, owner=WORKER_ID)
+        await deps.store.release_lease(run.id, owner=owner)
 
 
-async def _run_leased(deps: Deps, run: Run) -> str:
+async def _run_leased(deps: Deps, run: Run, owner: str) -> str:
     plan = await deps.store.get_plan(run.plan_id)
     models = CostedModels(deps.models)
     catalog = await build_catalog(deps.settings, models, engine=deps.store.engine,
@@ -132,7 +146,7 @@ async def _run_leased(deps: Deps, run: Run) -> str:
     runner = EffectRunner(run_id=run.id, catalog=catalog, journal=journal,
                           budget_usd=run.budget_usd)
     runner.counts.spent_usd = runner.replayed_spend()
-    live = RunContext(deps, run, runner, models)
+    live = RunContext(deps, run, runner, models, owner=owner)
     await deps.store.update_run(run.id, state=RunState.RUNNING, started_at=utcnow())
     verb = f"resuming from {replaying} journaled effects" if replaying else "starting"
     log.info("→ run_program %s (plan %s, first %s): %s", run.id, plan.id,
@@ -162,6 +176,9 @@ async def _sandbox(deps: Deps, run: Run, plan: Plan, live: RunContext) -> Sandbo
 
 async def _finish(deps: Deps, live: RunContext, outcome: SandboxOutcome, plan: Plan) -> str:
     stop = live.runner.stop
+    if stop is not None and stop.reason == StopReason.LEASE_LOST:
+        log.info("↷ run_program %s: left to the attempt that holds its lease", live.run.id)
+        return "lease lost"
     if stop is not None and stop.reason in (StopReason.BUDGET, StopReason.UNCERTAIN_WRITE):
         return await _wait_for_person(deps, live, stop.message, stop.path)
     run, result = live.run, live.result(outcome)
