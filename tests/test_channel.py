@@ -1,21 +1,43 @@
-"""The child's end of the sandbox RPC channel: many threads calling at once over real pipes.
+"""The sandbox RPC channel over real pipes: frames, the child's end with many threads calling at
+once, and the parent's end reading whatever a child writes.
 
-The "parent" here is a thread on the other end of two pipes that answers the requests it reads,
-in an order of its choosing; every calling thread must get its own reply, whichever thread is
-reading at the time.
+For the child's end the "parent" is a thread on the other end of two pipes that answers the
+requests it reads, in an order of its choosing; every calling thread must get its own reply,
+whichever thread is reading at the time. For the parent's end the "child" is a script that writes
+chosen bytes.
 """
 
 from __future__ import annotations
 
 import os
+import stat
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from workers._channel import CallRouter, ChannelClosed, FdChannel, FrameError
+from integrations.base import EffectCall
+from workers._channel import (
+    MAX_FRAME,
+    CallRouter,
+    ChannelClosed,
+    FdChannel,
+    FrameError,
+    body_length,
+    pack,
+    unpack,
+)
+from workers.sandbox import SandboxLimits, run_sandboxed
+
+LIMITS = SandboxLimits(cpu_s=10, wall_s=20, memory_mb=512, output_kb=64)
+
+
+async def never_called(call: EffectCall) -> None:
+    raise AssertionError(f"no call was expected, got {call.action}")
 
 
 @contextmanager
@@ -136,3 +158,68 @@ def test_abort_wakes_the_threads_that_wait_for_a_reply() -> None:
         caller.join(timeout=20)
     assert not caller.is_alive()
     assert all(isinstance(r, RuntimeError) for r in results.values()) and len(results) == count
+
+
+async def test_garbage_on_the_channel_is_a_sandbox_error(tmp_path: Path) -> None:
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nprintf '\\000\\000\\000\\005[1,2]'\nsleep 5\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    outcome = await run_sandboxed("x = 1\n", manifest={}, handler=never_called, limits=LIMITS,
+                                  isolation="rlimits", python=str(fake))
+    assert not outcome.ok
+    assert outcome.error is not None and outcome.error["type"] == "SandboxError"
+    assert outcome.seconds < 4
+
+
+def fake_child(folder: Path, frames: list[bytes], *, chunk: int = 0) -> str:
+    """An interpreter that ignores the program and writes `frames` (raw bytes), `chunk` bytes per
+    write when set, then waits to be killed: a child that breaks the protocol in a chosen way."""
+    script = folder / "child.py"
+    script.write_text(
+        "import os, sys, time\n"
+        f"data = {b''.join(frames)!r}\n"
+        f"step = {chunk} or len(data) or 1\n"
+        "for i in range(0, len(data), step):\n"
+        "    os.write(1, data[i:i + step])\n"
+        "    time.sleep(0.001)\n"
+        "time.sleep(float(os.environ.get('LINGER', '0')))\n")
+    fake = folder / "python"
+    fake.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return str(fake)
+
+
+async def test_frames_written_a_byte_at_a_time_are_read_whole(tmp_path: Path) -> None:
+    frames = [pack({"op": "ready"}), pack({"op": "print", "text": "héllo\n"}),
+              pack({"op": "done", "variables": {"n": 3}})]
+    outcome = await run_sandboxed("x = 1\n", manifest={}, handler=never_called, limits=LIMITS,
+                                  isolation="rlimits", python=fake_child(tmp_path, frames, chunk=1))
+    assert outcome.ok, outcome.error
+    assert outcome.output == "héllo\n" and outcome.variables == {"n": 3}
+
+
+@pytest.mark.parametrize(("frames", "says"), [
+    ([pack({"op": "ready"}), pack({"op": "print", "text": "cut"})[:9]], "ended inside a frame"),
+    ([pack({"op": "ready"}), b"\x00\x00"], "ended inside a frame header"),
+    ([pack({"op": "ready"}), pack({"op": "call", "id": "one"})], "invalid frame"),
+    ([pack({"op": "ready"}), (MAX_FRAME + 1).to_bytes(4, "big")], "above the"),
+], ids=["cut-body", "cut-header", "invalid-call", "oversized"])
+async def test_a_child_that_breaks_the_framing_gets_a_sandbox_error_that_says_how(
+        tmp_path: Path, frames: list[bytes], says: str) -> None:
+    outcome = await run_sandboxed("x = 1\n", manifest={}, handler=never_called, limits=LIMITS,
+                                  isolation="rlimits", python=fake_child(tmp_path, frames))
+    assert not outcome.ok and outcome.error is not None
+    assert outcome.error["type"] == "SandboxError"
+    assert says in outcome.error["message"]
+
+
+def test_frames_are_length_prefixed_json_with_a_cap() -> None:
+    frame = pack({"op": "print", "text": "héllo"})
+    assert body_length(frame[:4]) == len(frame) - 4
+    assert unpack(frame[4:]) == {"op": "print", "text": "héllo"}
+    with pytest.raises(FrameError):
+        unpack(b"[1, 2]")
+    with pytest.raises(FrameError):
+        unpack(b"\xff\xfe")
+    with pytest.raises(FrameError):
+        body_length((MAX_FRAME + 1).to_bytes(4, "big"))

@@ -23,7 +23,7 @@ import pytest
 from core.errors import IntegrationError, SandboxError, SluiceError
 from integrations.base import EffectCall
 from workers import _isolation
-from workers._channel import MAX_FRAME, FdChannel, FrameError, body_length, pack, unpack
+from workers._channel import MAX_FRAME, FdChannel
 from workers._sandbox_namespace import Runtime, guarded_import
 from workers.sandbox import (
     ProgressTick,
@@ -520,59 +520,6 @@ async def test_hash_order_is_fixed_across_runs() -> None:
     assert first.output == second.output
 
 
-async def test_garbage_on_the_channel_is_a_sandbox_error(tmp_path: Path) -> None:
-    fake = tmp_path / "python"
-    fake.write_text("#!/bin/sh\nprintf '\\000\\000\\000\\005[1,2]'\nsleep 5\n")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    outcome = await run_sandboxed("x = 1\n", manifest={}, handler=Sheets(), limits=FAST,
-                                  isolation="rlimits", python=str(fake))
-    assert not outcome.ok
-    assert outcome.error is not None and outcome.error["type"] == "SandboxError"
-    assert outcome.seconds < 4
-
-
-def fake_child(folder: Path, frames: list[bytes], *, chunk: int = 0) -> str:
-    """An interpreter that ignores the program and writes `frames` (raw bytes), `chunk` bytes per
-    write when set, then waits to be killed: a child that breaks the protocol in a chosen way."""
-    script = folder / "child.py"
-    script.write_text(
-        "import os, sys, time\n"
-        f"data = {b''.join(frames)!r}\n"
-        f"step = {chunk} or len(data) or 1\n"
-        "for i in range(0, len(data), step):\n"
-        "    os.write(1, data[i:i + step])\n"
-        "    time.sleep(0.001)\n"
-        "time.sleep(float(os.environ.get('LINGER', '0')))\n")
-    fake = folder / "python"
-    fake.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}"\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    return str(fake)
-
-
-async def test_frames_written_a_byte_at_a_time_are_read_whole(tmp_path: Path) -> None:
-    frames = [pack({"op": "ready"}), pack({"op": "print", "text": "héllo\n"}),
-              pack({"op": "done", "variables": {"n": 3}})]
-    outcome = await run_sandboxed("x = 1\n", manifest={}, handler=Sheets(), limits=FAST,
-                                  isolation="rlimits", python=fake_child(tmp_path, frames, chunk=1))
-    assert outcome.ok, outcome.error
-    assert outcome.output == "héllo\n" and outcome.variables == {"n": 3}
-
-
-@pytest.mark.parametrize(("frames", "says"), [
-    ([pack({"op": "ready"}), pack({"op": "print", "text": "cut"})[:9]], "ended inside a frame"),
-    ([pack({"op": "ready"}), b"\x00\x00"], "ended inside a frame header"),
-    ([pack({"op": "ready"}), pack({"op": "call", "id": "one"})], "invalid frame"),
-    ([pack({"op": "ready"}), (MAX_FRAME + 1).to_bytes(4, "big")], "above the"),
-], ids=["cut-body", "cut-header", "invalid-call", "oversized"])
-async def test_a_child_that_breaks_the_framing_gets_a_sandbox_error_that_says_how(
-        tmp_path: Path, frames: list[bytes], says: str) -> None:
-    outcome = await run_sandboxed("x = 1\n", manifest={}, handler=Sheets(), limits=FAST,
-                                  isolation="rlimits", python=fake_child(tmp_path, frames))
-    assert not outcome.ok and outcome.error is not None
-    assert outcome.error["type"] == "SandboxError"
-    assert says in outcome.error["message"]
-
-
 async def test_a_sandbox_that_cannot_start_raises(tmp_path: Path) -> None:
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho 'no interpreter here' >&2\nexit 3\n")
@@ -583,18 +530,6 @@ async def test_a_sandbox_that_cannot_start_raises(tmp_path: Path) -> None:
     with pytest.raises(SandboxError, match="unknown sandbox isolation"):
         await run_sandboxed("x = 1\n", manifest={}, handler=Sheets(), limits=FAST,
                             isolation="chroot")
-
-
-def test_frames_are_length_prefixed_json_with_a_cap() -> None:
-    frame = pack({"op": "print", "text": "héllo"})
-    assert body_length(frame[:4]) == len(frame) - 4
-    assert unpack(frame[4:]) == {"op": "print", "text": "héllo"}
-    with pytest.raises(FrameError):
-        unpack(b"[1, 2]")
-    with pytest.raises(FrameError):
-        unpack(b"\xff\xfe")
-    with pytest.raises(FrameError):
-        body_length((MAX_FRAME + 1).to_bytes(4, "big"))
 
 
 def test_detect_isolation_picks_a_working_level() -> None:
