@@ -4,8 +4,7 @@
 bytes arrive and handed to `on_frame` in the same callback, so a call frame becomes a task at
 once rather than after a stream reader wakes a waiting coroutine; stderr is kept up to a cap;
 the process's exit and the closing of its pipes are futures. Replies go through `write`, which
-gathers the frames of one loop turn into one system call and waits only while the child is not
-reading (the pipe is full).
+waits only while the child is not reading (the pipe is full).
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ class ChildPipes(asyncio.SubprocessProtocol):
         self.stderr = bytearray()
         self._stderr_cap = stderr_cap
         self._transport: asyncio.SubprocessTransport | None = None
-        self._outgoing: list[bytes] = []  # frames to send at the end of this loop turn
         self._writable = asyncio.Event()
         self._writable.set()
         loop = asyncio.get_running_loop()
@@ -112,30 +110,16 @@ class ChildPipes(asyncio.SubprocessProtocol):
         self._writable.set()
 
     async def write(self, data: bytes) -> None:
-        """Send `data` (whole frames) to the child's stdin; wait while the child is not reading.
-        Does nothing once stdin is closed.
-
-        Frames written in the same turn of the event loop go out in one system call at the end
-        of it: replies finishing together then wake the child once, not once each.
-        """
+        """Send `data` to the child's stdin whole (frames never interleave: one write each);
+        wait while the child is not reading. Does nothing once stdin is closed."""
         stdin = self._stdin()
         if stdin is None or stdin.is_closing():
             return
-        if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._outgoing.append(data)
+        stdin.write(data)
         if not self._writable.is_set():
             await self._writable.wait()
 
-    def _flush(self) -> None:
-        data, self._outgoing = b"".join(self._outgoing), []
-        stdin = self._stdin()
-        if data and stdin is not None and not stdin.is_closing():
-            stdin.write(data)
-
     def close_stdin(self) -> None:
-        """Send what is pending, then close the child's stdin."""
-        self._flush()
         stdin = self._stdin()
         if stdin is not None:
             stdin.close()
