@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.db import create_engine, migrate
 from infra.redis import EmbeddedRedis
 from tests import _network
 
@@ -39,6 +41,15 @@ async def db_url(tmp_path: Path) -> AsyncIterator[str]:
 
     async with database_url(tmp_path) as url:
         yield url
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    """The test database's engine, migrated."""
+    engine = create_engine(db_url)
+    await migrate(engine)
+    yield engine
+    await engine.dispose()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Literal
 import pytest
 
 from core.errors import IntegrationError
-from core.protocols import ChatMessage, Completion, TaskKind
+from core.protocols import Completion
 from integrations import wire
 from integrations.ai import AI
 from integrations.base import EffectCall, Integration, Row, action, actions_of
@@ -21,14 +21,7 @@ from integrations.catalog import Catalog, build_local_catalog
 from integrations.mail import LocalMail
 from integrations.sheets import LocalSheets, Sheet
 from integrations.stubs import signature_text
-
-
-class CannedModel:
-    async def complete(
-        self, messages: list[ChatMessage], *, kind: TaskKind = "plan",
-        json_schema: dict[str, object] | None = None,
-    ) -> Completion:
-        return Completion(text="ok", model="canned")
+from tests._canned import CannedModel
 
 
 class Probe(Integration):

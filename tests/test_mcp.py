@@ -15,32 +15,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.db import create_engine, migrate
 from core.errors import IntegrationError
-from core.protocols import ChatMessage, Completion, TaskKind
 from core.settings import Settings
 from integrations.base import EffectCall
 from integrations.catalog import Catalog
 from integrations.mcp_client import MCPServerIntegration
 from integrations.registry import build_catalog
 from integrations.vault import Vault
+from tests._canned import CannedModel
 
 SERVER = Path(__file__).parent / "mcp_servers" / "inventory.py"
 API_KEY = "inv-key-7f3a9c"
 
 
-class CannedModel:
-    async def complete(self, messages: list[ChatMessage], *, kind: TaskKind = "plan",
-                       json_schema: dict[str, object] | None = None) -> Completion:
-        return Completion(text="ok", model="canned")
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,7 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.db import create_engine, migrate
 from core.errors import ConfigurationError, IntegrationError, InvalidInputError, NotFoundError
-from core.protocols import ChatMessage, Completion, TaskKind
 from core.settings import Settings
 from integrations.base import EffectCall, Integration, action
 from integrations.registry import (
@@ -29,6 +26,7 @@ from integrations.registry import (
     service,
 )
 from integrations.vault import Credentials, Vault
+from tests._canned import CannedModel
 
 TOKEN = "tok-9f8e7d6c5b4a"
 PASSWORD = "pw-hunter2-secret"
@@ -66,18 +64,6 @@ HELPDESK = Service(
 )
 
 
-class CannedModel:
-    async def complete(self, messages: list[ChatMessage], *, kind: TaskKind = "plan",
-                       json_schema: dict[str, object] | None = None) -> Completion:
-        return Completion(text="ok", model="canned")
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
-    await migrate(engine)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture
