@@ -536,3 +536,15 @@ _CONVERTERS: dict[str, Callable[[Field, Any, str], Any]] = {
     "choices": _to_choices,
     "email": _to_email,
 }
+
+
+def check_cell_value(sheet: str, column: str, value: Any) -> None:
+    """Raise IntegrationError unless `value` fits in one spreadsheet cell (local or hosted)."""
+    if value is None or isinstance(value, str | int | float | Decimal | dt.date):
+        return
+    raise IntegrationError(
+        f"A cell holds one value: str, int, float, bool, date or None. Column '{column}' of "
+        f"the sheet '{sheet}' was given a {type(value).__name__}; join lists into one string "
+        "first, for example ', '.join(items).",
+        sheet=sheet, column=column,
+    )

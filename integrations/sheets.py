@@ -15,7 +15,6 @@ import builtins
 import datetime as dt
 import difflib
 from collections.abc import Callable
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +32,12 @@ from integrations._sheet_files import (
 )
 from integrations.base import Integration, Preview, Resource, Row, action
 from integrations.coercion import (
+    check_cell_value,
     coerce,
     describe_fields,
     format_date,
     match_name,
 )
-
-
-def _check_value(sheet: str, column: str, value: Any) -> None:
-    if value is None or isinstance(value, str | int | float | Decimal | dt.date):
-        return
-    raise IntegrationError(
-        f"A cell holds one value: str, int, float, bool, date or None. Column '{column}' of "
-        f"the sheet '{sheet}' was given a {type(value).__name__}; join lists into one string "
-        "first, for example ', '.join(items).",
-        sheet=sheet, column=column,
-    )
 
 
 def _match_column(header: list[str], name: str) -> int | None:
@@ -88,7 +77,7 @@ def _set_values(table: _Table, index: int, values: dict[str, Any]) -> None:
     cells = table.rows[index]
     for name, value in values.items():
         column = str(name)
-        _check_value(table.name, column, value)
+        check_cell_value(table.name, column, value)
         col = _match_column(table.header, column)
         if col is None:
             table.header.append(column)

@@ -14,11 +14,11 @@ import builtins
 import datetime as dt
 import difflib
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from core.errors import IntegrationError
 from integrations.base import Integration, Resource, Row, action
+from integrations.coercion import check_cell_value
 from integrations.saas._match import match_name
 
 
@@ -63,17 +63,6 @@ def _same(cell: Any, wanted: Any) -> bool:
     return cell_text(cell) == cell_text(wanted)
 
 
-def _check_value(sheet: str, column: str, value: Any) -> None:
-    if value is None or isinstance(value, str | int | float | Decimal | dt.date):
-        return
-    raise IntegrationError(
-        f"A cell holds one value: str, int, float, bool, date or None. Column '{column}' of "
-        f"the sheet '{sheet}' was given a {type(value).__name__}; join lists into one string "
-        "first, for example ', '.join(items).",
-        sheet=sheet, column=column,
-    )
-
-
 def no_column(table: Table, name: str) -> IntegrationError:
     close = difflib.get_close_matches(name, table.columns, n=1, cutoff=0.6)
     hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -100,7 +89,7 @@ def resolve(table: Table, values: dict[str, Any]) -> tuple[dict[str, Any], built
     resolved: dict[str, Any] = {}
     new: builtins.list[str] = []
     for name, value in values.items():
-        _check_value(table.name, str(name), value)
+        check_cell_value(table.name, str(name), value)
         column = table.column(str(name))
         if column is None:
             column = str(name)
