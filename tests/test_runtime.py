@@ -92,19 +92,27 @@ async def test_budget_pauses_asks_and_resumes_without_redoing_work(
         assert "7 warm" in result["text"]
 
 
+LONG_EACH = CLASSIFY_EACH.replace("each(sheet.rows(), label)", "each(sheet.rows() * 20, label)")
+
+
+async def start_long_run(stack: Stack) -> tuple[str, dict[str, Any], int, asyncio.Task[None]]:
+    """Ask for the 140-item run, approve it and let a worker start it: (thread id, status
+    message, model calls the sample made, the worker's task) once 3 items have been asked."""
+    thread_id = await stack.ask("do it")
+    await stack.drain()
+    sampled = classify_calls(stack)
+    status_msg = await approve(stack, thread_id)
+    work = asyncio.create_task(stack.drain())
+    while classify_calls(stack) - sampled < 3:
+        await asyncio.sleep(0.05)
+    return thread_id, status_msg, sampled, work
+
+
 async def test_cancel_from_the_thread_stops_a_running_job(redis_server: Any,
                                                           tmp_path: Path) -> None:
-    program = CLASSIFY_EACH.replace("each(sheet.rows(), label)",
-                                    "each(sheet.rows() * 20, label)")
     async with Stack.running(redis_url=redis_server.url, home=tmp_path,
-                             scenario=scenario(program, delay_ms=100), env=ASK_ALWAYS) as stack:
-        thread_id = await stack.ask("do it")
-        await stack.drain()
-        sampled = classify_calls(stack)
-        status_msg = await approve(stack, thread_id)
-        work = asyncio.create_task(stack.drain())
-        while classify_calls(stack) - sampled < 3:
-            await asyncio.sleep(0.05)
+                             scenario=scenario(LONG_EACH, delay_ms=100), env=ASK_ALWAYS) as stack:
+        thread_id, status_msg, sampled, work = await start_long_run(stack)
         status, body = await stack.click(status_msg, "cancel_run")
         assert status == 200 and "Cancelling" in body["message"]["text"]
         await work
@@ -120,18 +128,10 @@ async def test_an_attempt_whose_lease_goes_to_another_steps_aside(redis_server: 
     """A sweeper hands a run whose lease expired to a new attempt; the old attempt, still
     running (its database was slow, say), must stop asking for effects and leave the run, its
     state and its thread to the new one: two attempts never run one program at once."""
-    program = CLASSIFY_EACH.replace("each(sheet.rows(), label)",
-                                    "each(sheet.rows() * 20, label)")
     async with Stack.running(redis_url=redis_server.url, home=tmp_path,
-                             scenario=scenario(program, delay_ms=100), env=ASK_ALWAYS) as stack:
-        thread_id = await stack.ask("do it")
-        await stack.drain()
-        sampled = classify_calls(stack)
-        status_msg = await approve(stack, thread_id)
+                             scenario=scenario(LONG_EACH, delay_ms=100), env=ASK_ALWAYS) as stack:
+        thread_id, status_msg, sampled, work = await start_long_run(stack)
         run_id = status_msg["meta"]["run_id"]
-        work = asyncio.create_task(stack.drain())
-        while classify_calls(stack) - sampled < 3:
-            await asyncio.sleep(0.05)
         async with stack.store.engine.begin() as conn:  # what another attempt's acquire does
             await conn.execute(text("UPDATE runs SET lease_owner = 'another-attempt', "
                                     "lease_expires_at = :until WHERE id = :id"),
