@@ -19,18 +19,18 @@ from integrations.base import Resource, Row
 HandleFactory = Callable[[str, str, str], Any]
 
 
-_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+JSON_SCALARS = frozenset({str, int, float, bool, type(None)})  # passed as they are, by exact type
 
 
 def encode(value: Any) -> Any:
     """A JSON-able form of `value`. Raises TypeError naming the type it cannot carry."""
     kind = type(value)
-    if kind in _JSON_SCALARS:  # the common case, by exact type: cheaper than isinstance
+    if kind in JSON_SCALARS:  # the common case, by exact type: cheaper than isinstance
         return value
     if kind is list or kind is tuple:
-        return [v if type(v) in _JSON_SCALARS else encode(v) for v in value]
+        return [v if type(v) in JSON_SCALARS else encode(v) for v in value]
     if kind is dict:
-        return {str(k): v if type(v) in _JSON_SCALARS else encode(v) for k, v in value.items()}
+        return {str(k): v if type(v) in JSON_SCALARS else encode(v) for k, v in value.items()}
     return _encode_other(value)
 
 

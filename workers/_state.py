@@ -114,7 +114,7 @@ def decode_value(encoded: Any) -> Any:
     return wire.decode(encoded)
 
 
-_SCALARS = frozenset({str, int, float, bool, type(None)})  # kept as they are, by exact type
+_SCALARS = wire.JSON_SCALARS  # kept as they are, by exact type
 
 
 def _plain(value: Any, depth: int) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
-import json
 import marshal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,9 +25,8 @@ from core.protocols import ChatMessage, Completion, ModelClient, TaskKind
 from integrations.base import EffectCall
 from integrations.catalog import Catalog
 from workers._journal_sqlite import Row
-from workers.journal import Journal, JournalEntry, Status
+from workers.journal import Journal, JournalEntry, Status, parse_result
 
-JSON = json.JSONDecoder()  # raw_decode: the C scanner without json.loads' wrappers
 # The model answers given while one effect is performed (an `ai.*` call makes one or more).
 _call_answers: contextvars.ContextVar[list[Completion] | None] = contextvars.ContextVar(
     "sluice_call_answers", default=None)
@@ -188,7 +186,7 @@ class EffectRunner:
         counts.replayed += 1
         tally = counts.writes if row[1] == "write" else counts.reads
         tally[row[2]] = tally.get(row[2], 0) + 1
-        return None if row[5] is None else JSON.raw_decode(row[5])[0]
+        return None if row[5] is None else parse_result(row[5])
 
     def _replay(self, call: EffectCall, entry: JournalEntry) -> Any:
         """The recorded outcome of `call` (the hot path of a resume: kept lean)."""

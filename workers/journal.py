@@ -56,7 +56,7 @@ class JournalEntry:
         surrounding whitespace.
         """
         if self.raw_result is not None:
-            return _DECODER.raw_decode(self.raw_result)[0]
+            return parse_result(self.raw_result)
         return self.result
 
 
@@ -331,6 +331,12 @@ class Journal:
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds one per call
 _DECODER = json.JSONDecoder()
+
+
+def parse_result(raw: str) -> Any:
+    """A result as stored (JSON text), parsed: `raw_decode` is the C scanner without
+    `json.loads`' wrappers, which a resume pays once per replayed effect."""
+    return _DECODER.raw_decode(raw)[0]
 
 
 def _dump(value: Any) -> str:
