@@ -1,13 +1,14 @@
-"""The direct transport: OpenAI-compatible chat completions straight over one aiohttp session.
+"""The direct transport: OpenAI-compatible chat completions straight over keep-alive HTTP.
 
 See ARCHITECTURE.md, "Models are pluggable". litellm's per-call path (Router, the openai SDK,
 httpx, pydantic models of every response, cost diagnostics) costs 13-16 ms of CPU per call on a
 small machine, so one event loop tops out near 60 calls/s: far too slow for `each()` over many
 items with a model call each. A deployment the models file declares `transport: direct` is called
 here instead: the request body litellm sends to an `openai/` model (model, messages,
-response_format), one POST on a keep-alive session shared by the models object, the answer and
-usage read straight from the JSON. Only OpenAI-compatible servers qualify; litellm stays the
-default for every deployment and the only way to reach every other provider. `codegen.models`
+response_format), one POST on a keep-alive connection of the small HTTP/1.1 client the models
+object holds (`codegen._http1`), the answer and usage read straight from the JSON. Only
+OpenAI-compatible servers qualify; litellm stays the default for every deployment and the only
+way to reach every other provider. `codegen.models`
 walks chains that mix the two, and prices and explains failures alike for both.
 """
 
@@ -18,8 +19,7 @@ import json
 from collections.abc import Mapping
 from typing import Final
 
-import aiohttp
-
+from codegen._http1 import Endpoint, HttpClient, HttpError
 from codegen.model_config import ModelRoute
 from core.protocols import ChatMessage
 
@@ -66,17 +66,18 @@ class DirectAnswer:
 
 
 class DirectDeployment:
-    """One `transport: direct` deployment: its URL, headers and timeout, built once."""
+    """One `transport: direct` deployment: its endpoint (URL and headers) and timeout, built
+    once."""
 
     def __init__(self, route: ModelRoute, *, timeout_s: float) -> None:
         self.route = route
         self.url = f"{(route.api_base or _OPENAI_BASE).rstrip('/')}/chat/completions"
         self.name = route.model.removeprefix("openai/")
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if route.api_key:
             headers["Authorization"] = f"Bearer {route.api_key}"
-        self.headers: Mapping[str, str] = headers
-        self.timeout = aiohttp.ClientTimeout(total=route.timeout_s or timeout_s)
+        self.endpoint = Endpoint.parse(self.url, headers)
+        self.timeout_s = route.timeout_s or timeout_s
 
     def body(self, messages: list[ChatMessage],
              response_format: dict[str, object] | None) -> bytes:
@@ -91,11 +92,11 @@ class DirectDeployment:
 
 
 class DirectSession:
-    """The aiohttp session all direct deployments of one models object share, opened on first
-    use in the running event loop (a session belongs to one loop)."""
+    """The HTTP client all direct deployments of one models object share. Its connections
+    belong to the event loop that opened them: a call from another loop starts a new client."""
 
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        self._client: HttpClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def post(self, deployment: DirectDeployment, body: bytes) -> DirectAnswer:
@@ -105,53 +106,35 @@ class DirectSession:
             DirectError: an HTTP error status, a timeout, a lost connection, or an answer that is
                 not a chat completion.
         """
-        session = self._open()
         try:
-            async with session.post(deployment.url, data=body, headers=deployment.headers,
-                                    timeout=deployment.timeout) as response:
-                raw = await response.read()
-                status, retry_after = response.status, response.headers.get("Retry-After")
-        except TimeoutError:
-            raise DirectError(f"no answer within {deployment.timeout.total:g} s",
-                              reason="timeout") from None
-        except aiohttp.ClientError as exc:
-            raise DirectError(f"connection failed ({type(exc).__name__})",
-                              reason="unavailable") from None
-        if status >= 400:
-            raise _http_error(status, raw, retry_after)
-        return _answer(raw)
+            answer = await self._open().post(deployment.endpoint, body,
+                                             timeout=deployment.timeout_s)
+        except HttpError as exc:
+            if exc.timeout:
+                raise DirectError(f"no answer within {deployment.timeout_s:g} s",
+                                  reason="timeout") from None
+            raise DirectError(str(exc), reason="unavailable") from None
+        if answer.status >= 400:
+            raise _http_error(answer.status, answer.body, answer.headers.get("retry-after"))
+        return _answer(answer.body)
 
     async def aclose(self) -> None:
-        """Close the session (and its connections)."""
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        """Close the connections."""
+        self.close()
 
     def close(self) -> None:
-        """Close the session from synchronous code: at once when its loop is not running, else
-        as a task on that loop."""
-        session, loop, self._session = self._session, self._loop, None
-        if session is None or session.closed or loop is None or loop.is_closed():
-            return
-        if loop.is_running():
-            _closing.add(task := loop.create_task(session.close()))
-            task.add_done_callback(_closing.discard)
-            return
-        try:
-            loop.run_until_complete(session.close())
-        except RuntimeError:  # another loop runs in this thread: let the connections go
-            session.detach()
+        """Close the connections (from any code: closing a transport does not wait)."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
-    def _open(self) -> aiohttp.ClientSession:
+    def _open(self) -> HttpClient:
         loop = asyncio.get_running_loop()
-        if self._session is None or self._loop is not loop or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=_CONNECTIONS)
-            self._session = aiohttp.ClientSession(connector=connector)
+        if self._client is None or self._loop is not loop:
+            self.close()
+            self._client = HttpClient(max_connections=_CONNECTIONS)
             self._loop = loop
-        return self._session
-
-
-_closing: set[asyncio.Task[None]] = set()
+        return self._client
 
 
 def _answer(raw: bytes) -> DirectAnswer:

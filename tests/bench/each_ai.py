@@ -3,8 +3,8 @@
 The calls go the whole real way: the sandboxed program's `ai.generate` crosses the RPC channel to
 `EffectRunner.perform` (journal on SQLite), the `ai` integration, `LiteLLMModels` and the scripted
 model server, which answers after 50 ms. The server runs in its own process, as a provider would.
-The deployment is declared `transport: direct` in a models file (`codegen.direct`: one aiohttp
-request per call), as a team running a large job would declare it; the same program through
+The deployment is declared `transport: direct` in a models file (`codegen.direct`: one request
+per call on its keep-alive HTTP/1.1 client), as a team running a large job would declare it; the same program through
 litellm's Router (the default transport) runs on fewer items beside it, for comparison.
 
 What is timed: `each_wall_s` runs from the first AI call reaching the worker to the last answer
@@ -334,7 +334,7 @@ def explain(figures: dict[str, Any]) -> list[str]:
         f"event loop, one core). Through the direct transport it spent {cpu_ms} ms per call; "
         f"each() finished {figures['calls_per_s']:,} calls/s.",
         f"Worker CPU per call by layer (each measured alone, {CONCURRENCY} at a time, no "
-        f"sandbox): the direct transport {direct} ms (aiohttp's client is most of it); the "
+        f"sandbox): the direct transport {direct} ms (HTTP and JSON); the "
         f"catalog and the ai integration add {catalog - direct:.3f} ms; EffectRunner and the "
         f"journal add {runner - catalog:.3f} ms; the rest of the {cpu_ms} ms "
         f"({cpu_ms - runner:.3f} ms) is the sandbox RPC on the worker's side.",
