@@ -4,8 +4,9 @@ The calls go the whole real way: the sandboxed program's `ai.generate` crosses t
 `EffectRunner.perform` (journal on SQLite), the `ai` integration, `LiteLLMModels` and the scripted
 model server, which answers after 50 ms. The server runs in its own process, as a provider would.
 The deployment is declared `transport: direct` in a models file (`codegen.direct`: one request
-per call on its keep-alive HTTP/1.1 client), as a team running a large job would declare it; the same program through
-litellm's Router (the default transport) runs on fewer items beside it, for comparison.
+per call on its keep-alive HTTP/1.1 client), as a team running a large job would declare it; the
+same program through litellm's Router (the default transport) runs on fewer items beside it, for
+comparison.
 
 What is timed: `each_wall_s` runs from the first AI call reaching the worker to the last answer
 leaving it (the each() itself); `run_wall_s` is the whole sandboxed run, the child's start and
