@@ -24,6 +24,7 @@ from core.errors import SandboxError
 
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
+_READ_BYTES = 1 << 16  # the most one read of the child takes beyond what a frame needs
 
 
 class FrameError(SandboxError):
@@ -75,6 +76,9 @@ class FdChannel:
         self._read_fd = read_fd
         self._write_fd = write_fd
         self._send_lock = threading.Lock()
+        # Bytes read but not yet returned as frames: one read takes every reply that has
+        # arrived (under load the parent answers many calls per loop turn), not one per call.
+        self._buffer = bytearray()
 
     def send(self, frame: dict[str, Any]) -> None:
         """Write one frame completely, never interleaved with another thread's frame."""
@@ -87,22 +91,31 @@ class FdChannel:
 
     def readable(self, timeout: float) -> bool:
         """Whether a frame (or the end of the stream) can be read now, waiting up to `timeout`."""
+        if self._has_frame():
+            return True
         return bool(select.select([self._read_fd], [], [], timeout)[0])
 
     def recv(self) -> dict[str, Any]:
         """Read one frame. Raises ChannelClosed at end of stream."""
-        return unpack(self._read_exactly(body_length(self._read_exactly(_HEADER.size))))
+        length = body_length(self._take(_HEADER.size))
+        return unpack(self._take(length))
 
-    def _read_exactly(self, size: int) -> bytes:
-        chunks: list[bytes] = []
-        remaining = size
-        while remaining:
-            chunk = os.read(self._read_fd, min(remaining, 1 << 20))
+    def _has_frame(self) -> bool:
+        buffer = self._buffer
+        size = _HEADER.size
+        return len(buffer) >= size and len(buffer) - size >= _HEADER.unpack_from(buffer)[0]
+
+    def _take(self, size: int) -> bytes:
+        """The next `size` bytes of the stream, reading what is there (at least what is missing)."""
+        buffer = self._buffer
+        while len(buffer) < size:
+            chunk = os.read(self._read_fd, max(size - len(buffer), _READ_BYTES))
             if not chunk:
                 raise ChannelClosed("the parent closed the channel")
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
+            buffer += chunk
+        data = bytes(buffer[:size])
+        del buffer[:size]
+        return data
 
 
 Failure = Callable[[], BaseException]  # makes a fresh exception for each thread that raises it
