@@ -10,6 +10,7 @@ chosen bytes.
 from __future__ import annotations
 
 import os
+import select
 import stat
 import sys
 import threading
@@ -101,6 +102,37 @@ def test_every_thread_gets_its_own_reply_when_replies_come_back_in_reverse_order
     with parent(answer_in_reverse) as router:
         results = call_from_threads(router, count)
     assert results == {n: n * 10 for n in range(count)}
+
+
+def test_replies_written_together_are_all_routed_from_one_read() -> None:
+    count = 32
+
+    def answer_all_at_once(received: list[dict[str, Any]], channel: FdChannel) -> bool:
+        if len(received) == count:  # every reply in a single write, as a busy worker sends them
+            os.write(channel._write_fd, b"".join(
+                pack({"id": frame["id"], "ok": frame["n"] + 1}) for frame in received))
+        return True
+
+    with parent(answer_all_at_once) as router:
+        results = call_from_threads(router, count)
+    assert results == {n: n + 1 for n in range(count)}
+
+
+def test_a_buffered_frame_is_readable_without_waiting() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        channel = FdChannel(read_fd, write_fd)
+        channel.send({"n": 1})
+        channel.send({"n": 2})
+        assert channel.readable(0) and channel.recv() == {"n": 1}
+        # The second frame came in with the first read: nothing is left in the pipe, yet the
+        # channel says a frame is there (a reader waiting on the pipe would wait forever).
+        assert not select.select([read_fd], [], [], 0)[0]
+        assert channel.readable(0) and channel.recv() == {"n": 2}
+        assert not channel.readable(0)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 def test_one_thread_calling_in_a_row_reads_its_own_replies() -> None:
