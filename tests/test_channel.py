@@ -135,6 +135,48 @@ def test_a_buffered_frame_is_readable_without_waiting() -> None:
         os.close(write_fd)
 
 
+def test_frames_sent_from_many_threads_at_once_arrive_whole_and_in_order() -> None:
+    read_fd, write_fd = os.pipe()
+    sender, reader = FdChannel(-1, write_fd), FdChannel(read_fd, -1)
+    threads, per_thread = 16, 200
+    received: list[dict[str, Any]] = []
+    collector = threading.Thread(
+        target=lambda: received.extend(reader.recv() for _ in range(threads * per_thread)))
+    collector.start()
+    start = threading.Barrier(threads)
+
+    def send_many(thread: int) -> None:
+        start.wait()
+        for n in range(per_thread):
+            sender.send({"thread": thread, "n": n, "pad": "x" * (n % 50)})
+
+    senders = [threading.Thread(target=send_many, args=(t,)) for t in range(threads)]
+    for thread in senders:
+        thread.start()
+    for thread in senders:
+        thread.join()
+    sender.flush()
+    collector.join(timeout=10)
+    os.close(read_fd)
+    os.close(write_fd)
+    assert len(received) == threads * per_thread
+    for thread in range(threads):
+        assert [f["n"] for f in received if f["thread"] == thread] == list(range(per_thread))
+
+
+def test_flush_takes_over_a_writer_that_never_wrote() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        channel = FdChannel(read_fd, write_fd)
+        assert channel.queue({"n": 1})  # this caller was to write, and (interrupted) never did
+        assert not channel.queue({"n": 2})  # queued behind it
+        channel.flush()
+        assert [channel.recv(), channel.recv()] == [{"n": 1}, {"n": 2}]
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
 def test_one_thread_calling_in_a_row_reads_its_own_replies() -> None:
     def echo(received: list[dict[str, Any]], channel: FdChannel) -> bool:
         channel.send({"id": received[-1]["id"], "ok": received[-1]["n"]})

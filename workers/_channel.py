@@ -17,6 +17,7 @@ import os
 import select
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from core.errors import SandboxError
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 _READ_BYTES = 1 << 16  # the most one read of the child takes beyond what a frame needs
+_FLUSH_WAIT_S = 2.0
 
 
 class FrameError(SandboxError):
@@ -69,25 +71,77 @@ class FdChannel:
     """The child's blocking end: frames in on one descriptor, out on another.
 
     `send` may be called from any thread; `recv` from one thread at a time (the start frame is
-    read before the `CallRouter` takes over reading).
+    read before the `CallRouter` takes over reading). A frame sent while another thread is
+    writing is queued and written by that thread with the others that queued meanwhile, so the
+    64 threads of an `each()` woken by one burst of replies make a few writes, not one each
+    in turn; `flush` waits until every queued frame is written.
     """
 
     def __init__(self, read_fd: int, write_fd: int) -> None:
         self._read_fd = read_fd
         self._write_fd = write_fd
-        self._send_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[bytes] = []
+        self._writing = False  # a thread is writing the queue
+        self._writes = 0  # writes made so far, for `flush` to see the writer going on
         # Bytes read but not yet returned as frames: one read takes every reply that has
         # arrived (under load the parent answers many calls per loop turn), not one per call.
         self._buffer = bytearray()
 
     def send(self, frame: dict[str, Any]) -> None:
-        """Write one frame completely, never interleaved with another thread's frame."""
+        """Write one frame whole, in the order frames were sent, never interleaved with another;
+        or leave it to the thread writing now."""
+        if self.queue(frame):
+            self.write_queued()
+
+    def queue(self, frame: dict[str, Any]) -> bool:
+        """Queue one frame; True when the caller is to write the queue now (`write_queued`),
+        False when another thread is writing it. Callers that must order frames queue them
+        under their own lock and write after releasing it."""
         data = pack(frame)
-        with self._send_lock:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._write_fd, view)
-                view = view[written:]
+        with self._queue_lock:
+            self._queue.append(data)
+            if self._writing:
+                return False
+            self._writing = True
+            return True
+
+    def flush(self) -> None:
+        """Return once every frame sent so far is written (the process may then exit). A writer
+        that has written nothing for `_FLUSH_WAIT_S` (a signal interrupted its thread between
+        queueing and writing) is taken over."""
+        seen, deadline = -1, 0.0
+        while True:
+            with self._queue_lock:
+                if not self._queue and not self._writing:
+                    return
+                if self._writes != seen:
+                    seen, deadline = self._writes, time.monotonic() + _FLUSH_WAIT_S
+                if not self._writing or time.monotonic() > deadline:
+                    self._writing = True
+                    break
+            time.sleep(0.001)  # another thread is writing the queue
+        self.write_queued()
+
+    def write_queued(self) -> None:
+        """Write queued frames until the queue is empty (after `queue` returned True)."""
+        try:
+            while True:
+                with self._queue_lock:
+                    if not self._queue:
+                        self._writing = False
+                        return
+                    data = b"".join(self._queue)
+                    self._queue.clear()
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._write_fd, view):]
+                    self._writes += 1
+        except BaseException:
+            with self._queue_lock:
+                self._queue.clear()  # the channel is broken: the reader finds out and aborts
+                self._writing = False
+            raise
 
     def readable(self, timeout: float) -> bool:
         """Whether a frame (or the end of the stream) can be read now, waiting up to `timeout`."""

@@ -91,10 +91,13 @@ class Runtime:
 
     # -- channel ----------------------------------------------------------------------------
     def send(self, frame: dict[str, Any]) -> None:
-        """Send a frame after any buffered output, so the parent sees things in order."""
+        """Send a frame after any buffered output, so the parent sees things in order (the
+        order frames are queued in; the writing happens outside the lock)."""
         with self._output:
-            self.flush_output()
-            self.channel.send(frame)
+            writer = self._queue_output()
+            writer = self.channel.queue(frame) or writer
+        if writer:
+            self.channel.write_queued()
 
     def call(self, integration: str, action: str, args: tuple[Any, ...], kwargs: dict[str, Any],
              handle: tuple[str, str, str] | None = None) -> Any:
@@ -167,10 +170,18 @@ class Runtime:
     def flush_output(self) -> None:
         """Send buffered output as one "print" frame."""
         with self._output:
-            self._last_flush = time.monotonic()
-            if self._buffer:
-                text, self._buffer, self._buffered = "".join(self._buffer), [], 0
-                self.channel.send({"op": "print", "text": text})
+            writer = self._queue_output()
+        if writer:
+            self.channel.write_queued()
+
+    def _queue_output(self) -> bool:
+        """Queue buffered output as a "print" frame (the caller holds `_output`); True when
+        the caller is to write the channel's queue."""
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return False
+        text, self._buffer, self._buffered = "".join(self._buffer), [], 0
+        return self.channel.queue({"op": "print", "text": text})
 
     # -- loops ------------------------------------------------------------------------------
     def each(self, items: Iterable[Any], fn: Callable[[Any], Any], *,

@@ -63,6 +63,7 @@ def main() -> int:
         frame = run_program(str(start.get("program") or ""), runtime,
                             state=start.get("state") or {}, seed=int(start.get("seed") or 0))
         _send_final(runtime, frame)
+        channel.flush()
     except (ChannelClosed, BrokenPipeError):
         return 1
     return 0
