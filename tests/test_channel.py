@@ -30,6 +30,7 @@ from workers._channel import (
     FrameError,
     body_length,
     pack,
+    replay_frames,
     unpack,
 )
 from workers.sandbox import SandboxLimits, run_sandboxed
@@ -297,3 +298,16 @@ def test_frames_are_length_prefixed_json_with_a_cap() -> None:
         unpack(b"\xff\xfe")
     with pytest.raises(FrameError):
         body_length((MAX_FRAME + 1).to_bytes(4, "big"))
+
+
+def test_replay_frames_carry_recorded_results_in_frames_under_the_limit() -> None:
+    results = {f"each#1/item#{i}/call#1": f'{{"__row__":["r{i}",{{"Asked":"yes"}}]}}'
+               for i in range(300)}
+    results["each#1/item#300/call#1"] = '"' + "x" * 5_000 + '"'  # too large: left to the RPC
+    frames = replay_frames(results, limit=2_000)
+    assert len(frames) > 1 and all(len(frame) <= 2_000 + 200 for frame in frames)
+    decoded = [unpack(frame[4:]) for frame in frames]
+    assert all(frame["op"] == "replay" for frame in decoded)
+    merged = {path: value for frame in decoded for path, value in frame["results"].items()}
+    assert merged == {f"each#1/item#{i}/call#1": {"__row__": [f"r{i}", {"Asked": "yes"}]}
+                      for i in range(300)}

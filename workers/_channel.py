@@ -18,7 +18,7 @@ import select
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from core.errors import SandboxError
@@ -41,6 +41,32 @@ def pack(frame: dict[str, Any]) -> bytes:
     body = text.encode("utf-8", "replace")  # lone surrogates become '?'
     if len(body) > MAX_FRAME:
         raise FrameError(f"a frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
+    return _HEADER.pack(len(body)) + body
+
+
+def replay_frames(results: Mapping[str, str], *, limit: int = MAX_FRAME // 2) -> list[bytes]:
+    """"replay" frames holding `results` (JSON text by path, as the journal keeps them),
+    written as JSON without decoding them, each at most about `limit` bytes. A result larger
+    than `limit` is left out (its call goes to the parent, which answers it as before)."""
+    frames: list[bytes] = []
+    parts: list[str] = []
+    size = 0
+    for path, result in results.items():
+        part = f"{json.dumps(path, ensure_ascii=False)}:{result}"
+        if len(part) > limit:
+            continue
+        if parts and size + len(part) > limit:
+            frames.append(_replay_frame(parts))
+            parts, size = [], 0
+        parts.append(part)
+        size += len(part) + 1
+    if parts:
+        frames.append(_replay_frame(parts))
+    return frames
+
+
+def _replay_frame(parts: list[str]) -> bytes:
+    body = ('{"op":"replay","results":{' + ",".join(parts) + "}}").encode("utf-8", "replace")
     return _HEADER.pack(len(body)) + body
 
 

@@ -28,13 +28,14 @@ from codegen.policy import FORBIDDEN_ATTRIBUTES, is_forbidden_module
 from core.errors import IntegrationError
 from integrations import wire
 from integrations.base import Resource
-from workers._channel import CallRouter, FdChannel
+from workers._channel import CallRouter, FdChannel, FrameError
 from workers._sandbox_loops import Batch, Progress, Scopes, ThreadBudget, length, track
 
 PROGRAM_FILE = "<program>"
 LOOP_HOOK = "__sluice_loop__"  # the name instrumented `for` loops call; programs cannot spell it
 MAX_FAILURES = 1000
 _TICK_S = 0.2
+_REPLAYED_BATCH = 512  # replayed calls sent to the parent in one frame
 _FLUSH_BYTES = 8192
 _SAFE_BUILTINS = (
     "abs", "all", "any", "ascii", "bin", "bool", "bytearray", "bytes", "callable", "chr",
@@ -61,8 +62,13 @@ class RunStopped(BaseException):
 class Runtime:
     """The child's side of the conversation: calls, clock, output, loops and failures."""
 
-    def __init__(self, channel: FdChannel, start: dict[str, Any]) -> None:
+    def __init__(self, channel: FdChannel, start: dict[str, Any],
+                 replay: dict[str, Any] | None = None) -> None:
         self.channel = channel
+        # Results of the calls a resumed run had done before, by path (see `call`).
+        self._replay: dict[str, Any] = replay or {}
+        self._replayed: list[dict[str, Any]] = []  # answered here, not yet sent to be checked
+        self.replayed = 0
         manifest = start.get("manifest") or {}
         self.integrations: dict[str, Any] = manifest.get("integrations") or {}
         self.resources: dict[str, Any] = manifest.get("resources") or {}
@@ -91,10 +97,11 @@ class Runtime:
 
     # -- channel ----------------------------------------------------------------------------
     def send(self, frame: dict[str, Any]) -> None:
-        """Send a frame after any buffered output, so the parent sees things in order (the
-        order frames are queued in; the writing happens outside the lock)."""
+        """Send a frame after any buffered output and replayed calls, so the parent sees things
+        in order (the order frames are queued in; the writing happens outside the lock)."""
         with self._output:
             writer = self._queue_output()
+            writer = self._queue_replayed() or writer
             writer = self.channel.queue(frame) or writer
         if writer:
             self.channel.write_queued()
@@ -110,11 +117,44 @@ class Runtime:
         frame = {"op": "call", "integration": integration, "action": action,
                  "args": wire.encode(list(args)), "kwargs": wire.encode(kwargs),
                  "handle": list(handle) if handle else None}
-        frame["path"] = self.scopes.current().next_call()
+        frame["path"] = path = self.scopes.current().next_call()
+        if self._replay:
+            recorded = self._replay.pop(path, _MISSING)
+            if recorded is not _MISSING:
+                self._note_replayed(frame)
+                return wire.decode(recorded, self.handle)
         reply = self.router.request(frame)
         if "error" in reply:
             self._raise(reply["error"] if isinstance(reply["error"], dict) else {})
         return wire.decode(reply.get("ok"), self.handle)
+
+    def _note_replayed(self, frame: dict[str, Any]) -> None:
+        """A call answered from the journal: the parent still checks it (the same call as
+        recorded, else the run stops) and counts it, from batches sent without waiting."""
+        with self._output:
+            self.replayed += 1
+            self._replayed.append(frame)
+            if len(self._replayed) < _REPLAYED_BATCH:
+                return
+            writer = self._queue_replayed()
+        if writer:
+            self.channel.write_queued()
+
+    def _queue_replayed(self) -> bool:
+        """Queue the replayed calls not sent yet (the caller holds `_output`); True when the
+        caller is to write the channel's queue."""
+        calls, self._replayed = self._replayed, []
+        return bool(calls) and self._queue_calls(calls)
+
+    def _queue_calls(self, calls: list[dict[str, Any]]) -> bool:
+        try:
+            return self.channel.queue({"op": "replayed", "calls": calls})
+        except FrameError:
+            if len(calls) == 1:
+                raise
+            half = len(calls) // 2  # too large for one frame: in two
+            first = self._queue_calls(calls[:half])
+            return self._queue_calls(calls[half:]) or first
 
     def _raise(self, error: dict[str, Any]) -> NoReturn:
         message = str(error.get("message") or "the integration call failed")

@@ -215,6 +215,11 @@ class Journal:
         row = self._loaded.get(path)
         return None if row is None or path in self.entries else row
 
+    def done_results(self) -> dict[str, str]:
+        """The loaded effects that were done, their results as JSON text, by path: what a
+        resumed program gets back without asking (`run_sandboxed`'s `replay`)."""
+        return {path: row[5] or "null" for path, row in self._loaded.items() if row[4] == "done"}
+
     def cost_usd(self) -> float:
         """What the recorded effects cost, each path counted once."""
         entries = self.entries

@@ -27,7 +27,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from core.errors import SandboxError, SluiceError
 from integrations.base import EffectCall
 from workers import _isolation
-from workers._channel import FrameError, pack
+from workers._channel import FrameError, pack, replay_frames
 from workers._child_pipes import ChildPipes
 from workers._isolation import detect_isolation
 
@@ -122,6 +122,7 @@ class SandboxOutcome(BaseModel):
     table_rows: int | None = None
     failures: list[dict[str, Any]] = Field(default_factory=list)
     calls: int = 0
+    replayed: int = 0  # of the calls, those the child answered from `replay` itself
     seconds: float = 0.0
     isolation: str
     exit_code: int | None = None
@@ -137,13 +138,20 @@ class _Ready(BaseModel):
 
 class _Call(BaseModel):
     op: Literal["call"]
-    id: int
+    id: int = 0  # none in a replayed call: nothing waits for its answer
     path: str
     integration: str
     action: str
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     handle: tuple[str, str, str] | None = None
+
+
+class _Replayed(BaseModel):
+    """Calls the child answered from the journal's results, for the handler to check."""
+
+    op: Literal["replayed"]
+    calls: list[_Call]
 
 
 class _Print(BaseModel):
@@ -185,7 +193,8 @@ class _End:
         self.error = error
 
 
-_Frame = Annotated[_Ready | _Call | _Print | _Progress | _Done | _Error, Field(discriminator="op")]
+_Frame = Annotated[_Ready | _Call | _Replayed | _Print | _Progress | _Done | _Error,
+                   Field(discriminator="op")]
 _FRAMES: TypeAdapter[_Frame] = TypeAdapter(_Frame)
 
 
@@ -203,6 +212,7 @@ async def run_sandboxed(
     state: dict[str, Any] | None = None,
     seed: int = 0,
     only_items: dict[str, list[int]] | None = None,
+    replay: Mapping[str, str] | None = None,
 ) -> SandboxOutcome:
     """Run `program` in a confined child process and serve its integration calls with `handler`.
 
@@ -226,6 +236,11 @@ async def run_sandboxed(
         seed: Seeds the program's `random` module.
         only_items: `{loop path: [item index, ...]}`: each() visits only those items, and
             loops not named visit none ("retry the failed ones").
+        replay: A resumed run's calls journaled as done: their results by path, as JSON text.
+            The child answers a call at one of these paths itself, with no round trip, and
+            sends it to `handler` afterwards in a batch, without waiting: the handler checks it
+            against the journal (a different call stops the run before any later call is
+            performed) and counts it.
 
     Returns:
         The outcome; program errors and broken limits are reported in it, never raised.
@@ -244,7 +259,7 @@ async def run_sandboxed(
     try:
         session = _Session(handler, on_progress, limits)
         await session.spawn(level, workdir, python)
-        outcome = await session.run(start, level)
+        outcome = await session.run([*replay_frames(replay or {}), pack(start)], level)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return outcome
@@ -269,6 +284,7 @@ class _Session:
         self.limits = limits
         self.output = _Output(limits.output_kb * 1024)
         self.calls = 0
+        self.replayed = 0
         self.started = time.monotonic()
         self.ready = False
         self.ended = False
@@ -307,7 +323,7 @@ class _Session:
     def stderr(self) -> bytearray:
         return self.pipes.stderr if self.pipes is not None else bytearray()
 
-    async def run(self, start: dict[str, Any], level: str) -> SandboxOutcome:
+    async def run(self, start: list[bytes], level: str) -> SandboxOutcome:
         """Converse until the child is done, fails, breaks a limit or dies; then reap it."""
         try:
             async with asyncio.timeout(self.limits.wall_s):
@@ -326,9 +342,10 @@ class _Session:
             raise SandboxError(f"the sandbox could not start ({level}, exit {exit_code}): {tail}")
         return self._outcome(level, exit_code)
 
-    async def _converse(self, start: dict[str, Any]) -> None:
-        """Send the start frame, then report progress until the final frame or the end."""
-        await self._write(pack(start))
+    async def _converse(self, start: list[bytes]) -> None:
+        """Send the start frames, then report progress until the final frame or the end."""
+        for data in start:
+            await self._write(data)
         while True:
             event = await self.events.get()
             if isinstance(event, _End):
@@ -354,6 +371,10 @@ class _Session:
         elif isinstance(frame, _Call):
             self.calls += 1
             self.tasks.add(asyncio.create_task(self._call(frame)))
+        elif isinstance(frame, _Replayed):
+            self.calls += len(frame.calls)
+            self.replayed += len(frame.calls)
+            self.tasks.add(asyncio.create_task(self._check_replayed(frame.calls)))
         elif isinstance(frame, _Print):
             self.output.add(frame.text)
         else:
@@ -369,6 +390,19 @@ class _Session:
         try:
             await self._answer(frame)
         finally:  # not a done callback: that would cost every call another turn of the loop
+            self.tasks.discard(asyncio.current_task())
+
+    async def _check_replayed(self, calls: list[_Call]) -> None:
+        """Hand the calls the child answered from the journal to the handler, which checks each
+        against its record (a different call stops the run) and counts it; the answers are the
+        child's already, so they are dropped. Later calls wait behind this task (tasks start in
+        order), so a stop it causes comes before any of them is performed."""
+        try:
+            for frame in calls:
+                await self._perform(frame)
+                if self.stopped is not None:
+                    return  # the child's next call gets the reason
+        finally:
             self.tasks.discard(asyncio.current_task())
 
     async def _answer(self, frame: _Call) -> None:
@@ -464,6 +498,7 @@ class _Session:
             ok=error is None, output=self.output.text(), output_truncated=self.output.truncated,
             error=error, table_csv=done.table_csv if done else None,
             table_rows=done.table_rows if done else None, failures=failures, calls=self.calls,
+            replayed=self.replayed,
             seconds=round(time.monotonic() - self.started, 3), isolation=level,
             exit_code=exit_code, killed_reason=self._killed_reason(exit_code),
             variables=done.variables if done and error is None else {},

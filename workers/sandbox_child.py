@@ -57,8 +57,8 @@ def main() -> int:
     _limit_thread_memory()
     try:
         channel.send({"op": "ready"})
-        start = channel.recv()
-        runtime = Runtime(channel, start)
+        start, replay = _receive_start(channel)
+        runtime = Runtime(channel, start, replay)
         _watch_cpu(int(start.get("cpu_s") or 0))
         frame = run_program(str(start.get("program") or ""), runtime,
                             state=start.get("state") or {}, seed=int(start.get("seed") or 0))
@@ -67,6 +67,16 @@ def main() -> int:
     except (ChannelClosed, BrokenPipeError):
         return 1
     return 0
+
+
+def _receive_start(channel: FdChannel) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The start frame, and the results of a resumed run's done calls sent before it."""
+    replay: dict[str, Any] = {}
+    while (frame := channel.recv()).get("op") == "replay":
+        results = frame.get("results")
+        if isinstance(results, dict):
+            replay.update(results)
+    return frame, replay
 
 
 def _send_final(runtime: Runtime, frame: dict[str, Any]) -> None:
