@@ -68,7 +68,6 @@ class Runtime:
         # Results of the calls a resumed run had done before, by path (see `call`).
         self._replay: dict[str, Any] = replay or {}
         self._replayed: list[dict[str, Any]] = []  # answered here, not yet sent to be checked
-        self.replayed = 0
         manifest = start.get("manifest") or {}
         self.integrations: dict[str, Any] = manifest.get("integrations") or {}
         self.resources: dict[str, Any] = manifest.get("resources") or {}
@@ -132,7 +131,6 @@ class Runtime:
         """A call answered from the journal: the parent still checks it (the same call as
         recorded, else the run stops) and counts it, from batches sent without waiting."""
         with self._output:
-            self.replayed += 1
             self._replayed.append(frame)
             if len(self._replayed) < _REPLAYED_BATCH:
                 return

@@ -136,9 +136,7 @@ class _Ready(BaseModel):
     op: Literal["ready"]
 
 
-class _Call(BaseModel):
-    op: Literal["call"]
-    id: int = 0  # none in a replayed call: nothing waits for its answer
+class _CallBody(BaseModel):
     path: str
     integration: str
     action: str
@@ -147,11 +145,16 @@ class _Call(BaseModel):
     handle: tuple[str, str, str] | None = None
 
 
+class _Call(_CallBody):
+    op: Literal["call"]
+    id: int
+
+
 class _Replayed(BaseModel):
     """Calls the child answered from the journal's results, for the handler to check."""
 
     op: Literal["replayed"]
-    calls: list[_Call]
+    calls: list[_CallBody]
 
 
 class _Print(BaseModel):
@@ -392,21 +395,21 @@ class _Session:
         finally:  # not a done callback: that would cost every call another turn of the loop
             self.tasks.discard(asyncio.current_task())
 
-    async def _check_replayed(self, calls: list[_Call]) -> None:
+    async def _check_replayed(self, calls: list[_CallBody]) -> None:
         """Hand the calls the child answered from the journal to the handler, which checks each
         against its record (a different call stops the run) and counts it; the answers are the
         child's already, so they are dropped. Later calls wait behind this task (tasks start in
         order), so a stop it causes comes before any of them is performed."""
         try:
             for frame in calls:
-                await self._perform(frame)
+                await self._perform(frame, 0)
                 if self.stopped is not None:
                     return  # the child's next call gets the reason
         finally:
             self.tasks.discard(asyncio.current_task())
 
     async def _answer(self, frame: _Call) -> None:
-        reply = await self._perform(frame)
+        reply = await self._perform(frame, frame.id)
         try:
             data = pack(reply)
         except FrameError:
@@ -420,22 +423,22 @@ class _Session:
             data = pack({"id": frame.id, "error": {"type": "IntegrationError", "message": message}})
         await self._write(data)
 
-    async def _perform(self, frame: _Call) -> dict[str, Any]:
+    async def _perform(self, frame: _CallBody, call_id: int) -> dict[str, Any]:
         if self.stopped is not None:
-            return {"id": frame.id, "error": self.stopped}
+            return {"id": call_id, "error": self.stopped}
         call = EffectCall(integration=frame.integration, action=frame.action, args=frame.args,
                           kwargs=frame.kwargs, handle=frame.handle, path=frame.path)
         try:
-            return {"id": frame.id, "ok": await self.handler(call)}  # already wire-encoded
+            return {"id": call_id, "ok": await self.handler(call)}  # already wire-encoded
         except SluiceError as exc:
             error = {"type": type(exc).__name__, "message": exc.message}
             if error["type"] == _STOPPED:
                 self._stop(error)
-            return {"id": frame.id, "error": error}
+            return {"id": call_id, "error": error}
         except Exception as exc:
             logger.warning("sandbox: %s.%s failed", frame.integration, frame.action, exc_info=True)
             message = f"integration failed: {type(exc).__name__}"  # its text may hold secrets
-            return {"id": frame.id, "error": {"type": "IntegrationError", "message": message}}
+            return {"id": call_id, "error": {"type": "IntegrationError", "message": message}}
 
     def _stop(self, error: dict[str, str]) -> None:
         """Answer every later call with `error`; kill a program that does not end by itself."""
