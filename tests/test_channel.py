@@ -306,8 +306,18 @@ def test_replay_frames_carry_recorded_results_in_frames_under_the_limit() -> Non
     results["each#1/item#300/call#1"] = '"' + "x" * 5_000 + '"'  # too large: left to the RPC
     frames = replay_frames(results, limit=2_000)
     assert len(frames) > 1 and all(len(frame) <= 2_000 + 200 for frame in frames)
-    decoded = [unpack(frame[4:]) for frame in frames]
-    assert all(frame["op"] == "replay" for frame in decoded)
-    merged = {path: value for frame in decoded for path, value in frame["results"].items()}
+    assert all(unpack(frame[4:])["op"] == "replay" for frame in frames)
+    merged = replayed_results(frames)
     assert merged == {f"each#1/item#{i}/call#1": {"__row__": [f"r{i}", {"Asked": "yes"}]}
                       for i in range(300)}
+
+
+def test_replay_frames_stop_at_their_total_and_keep_the_first_results() -> None:
+    results = {f"call#{i}": f'"{i:04d}"' for i in range(1000)}  # ~17 bytes each with its path
+    merged = replayed_results(replay_frames(results, limit=1_000, total=3_000))
+    assert merged == {f"call#{i}": f"{i:04d}" for i in range(len(merged))}
+    assert 150 <= len(merged) <= 200
+
+
+def replayed_results(frames: list[bytes]) -> dict[str, Any]:
+    return {path: value for frame in frames for path, value in unpack(frame[4:])["results"].items()}

@@ -24,6 +24,7 @@ from typing import Any
 from core.errors import SandboxError
 
 MAX_FRAME = 16 * 1024 * 1024
+REPLAY_BYTES = 64 * 1024 * 1024  # the most recorded results a resumed child is given up front
 _HEADER = struct.Struct(">I")
 _READ_BYTES = 1 << 16  # the most one read of the child takes beyond what a frame needs
 _FLUSH_WAIT_S = 2.0
@@ -44,10 +45,12 @@ def pack(frame: dict[str, Any]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def replay_frames(results: Mapping[str, str], *, limit: int = MAX_FRAME // 2) -> list[bytes]:
+def replay_frames(results: Mapping[str, str], *, limit: int = MAX_FRAME // 2,
+                  total: int = REPLAY_BYTES) -> list[bytes]:
     """"replay" frames holding `results` (JSON text by path, as the journal keeps them),
-    written as JSON without decoding them, each at most about `limit` bytes. A result larger
-    than `limit` is left out (its call goes to the parent, which answers it as before)."""
+    written as JSON without decoding them, each at most about `limit` bytes and `total` in all
+    (the child holds them until asked). A result larger than `limit`, and those beyond `total`,
+    are left out: their calls go to the parent, which answers them as before."""
     frames: list[bytes] = []
     parts: list[str] = []
     size = 0
@@ -55,6 +58,9 @@ def replay_frames(results: Mapping[str, str], *, limit: int = MAX_FRAME // 2) ->
         part = f"{json.dumps(path, ensure_ascii=False)}:{result}"
         if len(part) > limit:
             continue
+        total -= len(part)
+        if total < 0:
+            break
         if parts and size + len(part) > limit:
             frames.append(_replay_frame(parts))
             parts, size = [], 0
