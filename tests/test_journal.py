@@ -32,6 +32,7 @@ from workers.effects import (
     RunStopped,
     StopReason,
     legacy_request_hash,
+    marshal_request_hash,
     request_hash,
 )
 from workers.journal import Journal, JournalEntry
@@ -278,10 +279,12 @@ async def test_a_recorded_failure_replays_as_the_same_failure(db_url: str,
         await engine.dispose()
 
 
-async def test_a_journal_fingerprinted_before_marshal_still_replays(
-        db_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("older", [legacy_request_hash, marshal_request_hash])
+async def test_a_journal_fingerprinted_by_older_code_still_replays(
+        db_url: str, tmp_path: Path, older: Any) -> None:
     recorded = update_call("each#1/item#8/call#2")
-    await _journal_with(db_url, recorded, legacy_request_hash(recorded))
+    assert older(recorded) != request_hash(recorded)
+    await _journal_with(db_url, recorded, older(recorded))
     engine, runner, journal = await _resumed(db_url, tmp_path)
     try:
         assert await runner.perform(recorded) == ROW
@@ -302,9 +305,9 @@ FINGERPRINT = textwrap.dedent("""\
     """)
 
 
-@pytest.mark.parametrize("seed", ["0", "12345"])
-def test_the_fingerprint_is_the_same_in_another_process(seed: str) -> None:
-    extra = {"note": "ünïcode ✓", "n": 2**40, "x": 1.5, "flags": [True, None, False]}
+@pytest.mark.parametrize(("seed", "flags"), [("0", [True, None, False]), ("12345", [True, False])])
+def test_the_fingerprint_is_the_same_in_another_process(seed: str, flags: list[Any]) -> None:
+    extra = {"note": "ünïcode ✓", "n": 2**40, "x": 1.5, "flags": flags}
     call = update_call("each#1/item#9/call#2", **extra)
     env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(Path(__file__).parent.parent)}
     payload = json.dumps({"integration": call.integration, "action": call.action,
@@ -315,3 +318,43 @@ def test_the_fingerprint_is_the_same_in_another_process(seed: str) -> None:
     assert out == request_hash(call)
     assert request_hash(update_call("each#1/item#9/call#2", **{**extra, "n": 2**40 + 1})) != out
     assert request_hash(update_call("each#1/item#9/call#2", **{**extra, "x": 1})) != out
+
+
+# Values JSON alone would confuse (NaN and Infinity are written as null by orjson; 1 and True,
+# 1 and 1.0, "1" and 1 must stay apart too).
+CONFUSABLE: list[Any] = [1, 1.0, True, None, float("nan"), float("inf"), -0.0, 0.0, 2**70, "1",
+                         [1], {"1": 1}]
+
+
+@pytest.mark.parametrize("index", range(len(CONFUSABLE)))
+def test_the_fingerprint_tells_apart_values_json_would_confuse(index: int) -> None:
+    mine = request_hash(update_call("p", note=CONFUSABLE[index]))
+    assert mine == request_hash(update_call("p", note=CONFUSABLE[index]))
+    for other, value in enumerate(CONFUSABLE):
+        if other != index:
+            assert request_hash(update_call("p", note=value)) != mine, (CONFUSABLE[index], value)
+
+
+async def test_results_reload_exactly_whichever_json_writer_wrote_them(db_url: str) -> None:
+    engine = create_engine(db_url)
+    await migrate(engine)
+    results: list[Any] = [ROW, "ünïcode ✓\u2028", [1, 2.5, -0.0, 2**64 - 1], {"n": 2**70},
+                          [float("nan"), float("inf")], {"empty": None}, 0.1 + 0.2, True]
+    journal = Journal(engine, "run-json")
+    try:
+        for i, result in enumerate(results):
+            await journal.record(JournalEntry(path=f"call#{i}", kind="read", call="x.y",
+                                              request_hash="0" * 32, status="done",
+                                              result=result), durable=False)
+    finally:
+        await journal.close()
+    again = Journal(engine, "run-json")
+    try:
+        await again.load()
+        for i, result in enumerate(results):
+            entry = again.recorded(f"call#{i}")
+            assert entry is not None
+            assert repr(entry.value()) == repr(result)  # nan == nan is False; reprs compare
+    finally:
+        await again.close()
+        await engine.dispose()

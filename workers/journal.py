@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import functools
 import itertools
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any, Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from workers._journal_json import dump_result, parse_result
 from workers._journal_sqlite import CHUNK, Row, SqliteJournalStore
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,7 @@ class JournalEntry:
         """The recorded result; for an entry loaded from the database, parsed afresh each time.
 
         Not kept once parsed: a resume replays each entry once, and 100,000 parsed results kept
-        alive cost memory and make every garbage collection walk them. `raw_decode` is the C
-        scanner without `json.loads`' wrappers; the text is ours, written by `_dump` without
-        surrounding whitespace.
+        alive cost memory and make every garbage collection walk them.
         """
         if self.raw_result is not None:
             return parse_result(self.raw_result)
@@ -319,7 +317,7 @@ class Journal:
     def _rows(self, batch: list[JournalEntry]) -> list[Row]:
         latest = {e.path: e for e in batch}  # intent then done in one batch: keep the last
         rows = []
-        run_id, seq, dump = self.run_id, self._seq, _dump
+        run_id, seq, dump = self.run_id, self._seq, dump_result
         for entry in latest.values():
             seq += 1
             raw = entry.raw_result if entry.raw_result is not None else dump(entry.result)
@@ -329,16 +327,3 @@ class Journal:
         return rows
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds one per call
-_DECODER = json.JSONDecoder()
-
-
-def parse_result(raw: str) -> Any:
-    """A result as stored (JSON text), parsed: `raw_decode` is the C scanner without
-    `json.loads`' wrappers, which a resume pays once per replayed effect."""
-    return _DECODER.raw_decode(raw)[0]
-
-
-def _dump(value: Any) -> str:
-    """`value` as JSON, or '' (stored as NULL, see `upsert_sql`) for None."""
-    return "" if value is None else _ENCODER.encode(value)

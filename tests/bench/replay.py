@@ -130,8 +130,8 @@ def explain(figures: dict[str, Any]) -> list[str]:
         f"The goal leaves {per_entry_us:.0f} µs per entry for loading and answering it; "
         f"loading took {1e6 / figures['load_per_s']:.1f} µs per entry (SQLite rows read in "
         "table order on the journal's thread, kept as plain tuples by path) and answering "
-        f"{1e6 / figures['perform_per_s']:.1f} µs per call (a BLAKE2b of marshal's bytes of "
-        "the call as its fingerprint, the recorded JSON result parsed); the process spent "
+        f"{1e6 / figures['perform_per_s']:.1f} µs per call (a BLAKE2b of the call's JSON as "
+        "its fingerprint, the recorded JSON result parsed); the process spent "
         f"{figures['cpu_us_per_entry']} µs of CPU per entry, and on a shared machine the load "
         "average (in the figures) says how much CPU it could get.",
         f"Resident memory grew by {figures['loaded_rss_mb']} MiB while loading "
