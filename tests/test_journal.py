@@ -358,3 +358,47 @@ async def test_results_reload_exactly_whichever_json_writer_wrote_them(db_url: s
     finally:
         await again.close()
         await engine.dispose()
+
+
+def _view(journal: Journal, paths: list[str]) -> list[tuple[Any, ...]]:
+    view = []
+    for path in paths:
+        entry = journal.recorded(path)
+        assert entry is not None, path
+        view.append((entry.kind, entry.call, entry.request_hash, entry.status, entry.value(),
+                     entry.error, entry.cost_usd))
+    return view
+
+
+async def test_committed_entries_read_the_same_before_and_after_a_reload(db_url: str) -> None:
+    engine = create_engine(db_url)
+    await migrate(engine)
+    journal = Journal(engine, "run-same")
+    recorded = [
+        JournalEntry(path="call#1", kind="write", call="mail.send", request_hash="1" * 32,
+                     status="intent"),
+        JournalEntry(path="call#2", kind="read", call="ai.extract", request_hash="2" * 32,
+                     status="done", result=ROW, cost_usd=0.25),
+        JournalEntry(path="call#3", kind="write", call="Sheet.update", request_hash="3" * 32,
+                     status="failed", error="The sheet has no row r7."),
+    ]
+    paths = [entry.path for entry in recorded]
+    try:
+        for entry in recorded:
+            await journal.record(entry, durable=True)
+        in_process = _view(journal, paths)
+        assert journal.cost_usd() == pytest.approx(0.25)
+        recorded[0].status, recorded[0].result = "done", "<m1@x>"  # the write's done, later
+        await journal.record(recorded[0], durable=True)
+        in_process[0] = _view(journal, paths[:1])[0]
+        assert in_process[0][3:5] == ("done", "<m1@x>")
+    finally:
+        await journal.close()
+    again = Journal(engine, "run-same")
+    try:
+        await again.load()
+        assert _view(again, paths) == in_process
+        assert again.cost_usd() == pytest.approx(0.25)
+    finally:
+        await again.close()
+        await engine.dispose()
