@@ -94,7 +94,9 @@ async def test_a_result_json_cannot_hold_fails_its_record_and_no_other(db_url: s
     finally:
         await journal.close()
         await engine.dispose()
-    assert await rows_of(db_url, "run-bad") == {"call#2": ("done", "[1]")}
+    committed = await rows_of(db_url, "run-bad")
+    assert list(committed) == ["call#2"]
+    assert committed["call#2"][0] == "done" and json.loads(committed["call#2"][1] or "") == [1]
 
 
 async def test_concurrent_writers_share_commits_and_reload_exactly(db_url: str) -> None:
@@ -196,8 +198,8 @@ async def test_a_process_killed_mid_batch_loses_no_acknowledged_write(tmp_path: 
     for path, status in acknowledged.items():
         assert path in committed, f"{path} was acknowledged ({status}) but not committed"
         if status == "done":
-            assert committed[path] == ("done", json.dumps({"sent": int(path[5:])},
-                                                          separators=(",", ":")))
+            assert committed[path][0] == "done"
+            assert json.loads(committed[path][1] or "") == {"sent": int(path[5:])}
     # The database is whole and writable: a resumed journal loads it and commits again.
     engine = create_engine(url)
     journal = Journal(engine, "run-crash")
@@ -401,4 +403,25 @@ async def test_committed_entries_read_the_same_before_and_after_a_reload(db_url:
         assert again.cost_usd() == pytest.approx(0.25)
     finally:
         await again.close()
+        await engine.dispose()
+
+
+async def test_results_written_before_orjson_still_replay_exactly(db_url: str,
+                                                                  tmp_path: Path) -> None:
+    recorded = update_call("each#1/item#5/call#2")
+    result = {"__row__": ["r7", {"Name": "Ana", "Big": 2**70, "Ratio": float("nan")}]}
+    engine = create_engine(db_url)
+    await migrate(engine)
+    async with engine.begin() as conn:  # the row as the standard library's encoder wrote it
+        await conn.execute(JournalRow.__table__.insert().values(
+            run_id="run-replay", path=recorded.path, kind="write", call="Sheet.update",
+            request_hash=marshal_request_hash(recorded), status="done",
+            result=json.dumps(result, separators=(",", ":")), error=None, cost_usd=0.0, seq=1))
+    await engine.dispose()
+    engine, runner, journal = await _resumed(db_url, tmp_path)
+    try:
+        assert repr(await runner.perform(recorded)) == repr(result)  # 2**70 stays an int
+        assert runner.counts.replayed == 1 and runner.counts.live == 0
+    finally:
+        await journal.close()
         await engine.dispose()
