@@ -348,5 +348,3 @@ class Journal:
                          entry.status, raw, entry.error or "", entry.cost_usd, seq))
         self._seq = seq
         return rows
-
-
