@@ -32,6 +32,7 @@ from workers.effects import (
     RunStopped,
     StopReason,
     legacy_request_hash,
+    marshal_request_hash,
     request_hash,
 )
 from workers.journal import Journal, JournalEntry
@@ -93,7 +94,9 @@ async def test_a_result_json_cannot_hold_fails_its_record_and_no_other(db_url: s
     finally:
         await journal.close()
         await engine.dispose()
-    assert await rows_of(db_url, "run-bad") == {"call#2": ("done", "[1]")}
+    committed = await rows_of(db_url, "run-bad")
+    assert list(committed) == ["call#2"]
+    assert committed["call#2"][0] == "done" and json.loads(committed["call#2"][1] or "") == [1]
 
 
 async def test_concurrent_writers_share_commits_and_reload_exactly(db_url: str) -> None:
@@ -195,8 +198,8 @@ async def test_a_process_killed_mid_batch_loses_no_acknowledged_write(tmp_path: 
     for path, status in acknowledged.items():
         assert path in committed, f"{path} was acknowledged ({status}) but not committed"
         if status == "done":
-            assert committed[path] == ("done", json.dumps({"sent": int(path[5:])},
-                                                          separators=(",", ":")))
+            assert committed[path][0] == "done"
+            assert json.loads(committed[path][1] or "") == {"sent": int(path[5:])}
     # The database is whole and writable: a resumed journal loads it and commits again.
     engine = create_engine(url)
     journal = Journal(engine, "run-crash")
@@ -278,10 +281,12 @@ async def test_a_recorded_failure_replays_as_the_same_failure(db_url: str,
         await engine.dispose()
 
 
-async def test_a_journal_fingerprinted_before_marshal_still_replays(
-        db_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("older", [legacy_request_hash, marshal_request_hash])
+async def test_a_journal_fingerprinted_by_older_code_still_replays(
+        db_url: str, tmp_path: Path, older: Any) -> None:
     recorded = update_call("each#1/item#8/call#2")
-    await _journal_with(db_url, recorded, legacy_request_hash(recorded))
+    assert older(recorded) != request_hash(recorded)
+    await _journal_with(db_url, recorded, older(recorded))
     engine, runner, journal = await _resumed(db_url, tmp_path)
     try:
         assert await runner.perform(recorded) == ROW
@@ -302,9 +307,9 @@ FINGERPRINT = textwrap.dedent("""\
     """)
 
 
-@pytest.mark.parametrize("seed", ["0", "12345"])
-def test_the_fingerprint_is_the_same_in_another_process(seed: str) -> None:
-    extra = {"note": "ünïcode ✓", "n": 2**40, "x": 1.5, "flags": [True, None, False]}
+@pytest.mark.parametrize(("seed", "flags"), [("0", [True, None, False]), ("12345", [True, False])])
+def test_the_fingerprint_is_the_same_in_another_process(seed: str, flags: list[Any]) -> None:
+    extra = {"note": "ünïcode ✓", "n": 2**40, "x": 1.5, "flags": flags}
     call = update_call("each#1/item#9/call#2", **extra)
     env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(Path(__file__).parent.parent)}
     payload = json.dumps({"integration": call.integration, "action": call.action,
@@ -315,3 +320,108 @@ def test_the_fingerprint_is_the_same_in_another_process(seed: str) -> None:
     assert out == request_hash(call)
     assert request_hash(update_call("each#1/item#9/call#2", **{**extra, "n": 2**40 + 1})) != out
     assert request_hash(update_call("each#1/item#9/call#2", **{**extra, "x": 1})) != out
+
+
+# Values JSON alone would confuse (NaN and Infinity are written as null by orjson; 1 and True,
+# 1 and 1.0, "1" and 1 must stay apart too).
+CONFUSABLE: list[Any] = [1, 1.0, True, None, float("nan"), float("inf"), -0.0, 0.0, 2**70, "1",
+                         [1], {"1": 1}]
+
+
+@pytest.mark.parametrize("index", range(len(CONFUSABLE)))
+def test_the_fingerprint_tells_apart_values_json_would_confuse(index: int) -> None:
+    mine = request_hash(update_call("p", note=CONFUSABLE[index]))
+    assert mine == request_hash(update_call("p", note=CONFUSABLE[index]))
+    for other, value in enumerate(CONFUSABLE):
+        if other != index:
+            assert request_hash(update_call("p", note=value)) != mine, (CONFUSABLE[index], value)
+
+
+async def test_results_reload_exactly_whichever_json_writer_wrote_them(db_url: str) -> None:
+    engine = create_engine(db_url)
+    await migrate(engine)
+    results: list[Any] = [ROW, "ünïcode ✓\u2028", [1, 2.5, -0.0, 2**64 - 1], {"n": 2**70},
+                          [float("nan"), float("inf")], {"empty": None}, 0.1 + 0.2, True]
+    journal = Journal(engine, "run-json")
+    try:
+        for i, result in enumerate(results):
+            await journal.record(JournalEntry(path=f"call#{i}", kind="read", call="x.y",
+                                              request_hash="0" * 32, status="done",
+                                              result=result), durable=False)
+    finally:
+        await journal.close()
+    again = Journal(engine, "run-json")
+    try:
+        await again.load()
+        for i, result in enumerate(results):
+            entry = again.recorded(f"call#{i}")
+            assert entry is not None
+            assert repr(entry.value()) == repr(result)  # nan == nan is False; reprs compare
+    finally:
+        await again.close()
+        await engine.dispose()
+
+
+def _view(journal: Journal, paths: list[str]) -> list[tuple[Any, ...]]:
+    view = []
+    for path in paths:
+        entry = journal.recorded(path)
+        assert entry is not None, path
+        view.append((entry.kind, entry.call, entry.request_hash, entry.status, entry.value(),
+                     entry.error, entry.cost_usd))
+    return view
+
+
+async def test_committed_entries_read_the_same_before_and_after_a_reload(db_url: str) -> None:
+    engine = create_engine(db_url)
+    await migrate(engine)
+    journal = Journal(engine, "run-same")
+    recorded = [
+        JournalEntry(path="call#1", kind="write", call="mail.send", request_hash="1" * 32,
+                     status="intent"),
+        JournalEntry(path="call#2", kind="read", call="ai.extract", request_hash="2" * 32,
+                     status="done", result=ROW, cost_usd=0.25),
+        JournalEntry(path="call#3", kind="write", call="Sheet.update", request_hash="3" * 32,
+                     status="failed", error="The sheet has no row r7."),
+    ]
+    paths = [entry.path for entry in recorded]
+    try:
+        for entry in recorded:
+            await journal.record(entry, durable=True)
+        in_process = _view(journal, paths)
+        assert journal.cost_usd() == pytest.approx(0.25)
+        recorded[0].status, recorded[0].result = "done", "<m1@x>"  # the write's done, later
+        await journal.record(recorded[0], durable=True)
+        in_process[0] = _view(journal, paths[:1])[0]
+        assert in_process[0][3:5] == ("done", "<m1@x>")
+    finally:
+        await journal.close()
+    again = Journal(engine, "run-same")
+    try:
+        await again.load()
+        assert _view(again, paths) == in_process
+        assert again.cost_usd() == pytest.approx(0.25)
+    finally:
+        await again.close()
+        await engine.dispose()
+
+
+async def test_results_written_before_orjson_still_replay_exactly(db_url: str,
+                                                                  tmp_path: Path) -> None:
+    recorded = update_call("each#1/item#5/call#2")
+    result = {"__row__": ["r7", {"Name": "Ana", "Big": 2**70, "Ratio": float("nan")}]}
+    engine = create_engine(db_url)
+    await migrate(engine)
+    async with engine.begin() as conn:  # the row as the standard library's encoder wrote it
+        await conn.execute(JournalRow.__table__.insert().values(
+            run_id="run-replay", path=recorded.path, kind="write", call="Sheet.update",
+            request_hash=marshal_request_hash(recorded), status="done",
+            result=json.dumps(result, separators=(",", ":")), error=None, cost_usd=0.0, seq=1))
+    await engine.dispose()
+    engine, runner, journal = await _resumed(db_url, tmp_path)
+    try:
+        assert repr(await runner.perform(recorded)) == repr(result)  # 2**70 stays an int
+        assert runner.counts.replayed == 1 and runner.counts.live == 0
+    finally:
+        await journal.close()
+        await engine.dispose()

@@ -24,8 +24,9 @@ from core.errors import IntegrationError, SluiceError
 from core.protocols import ChatMessage, Completion, ModelClient, TaskKind
 from integrations.base import EffectCall
 from integrations.catalog import Catalog
+from workers._journal_json import exact_json, parse_result
 from workers._journal_sqlite import Row
-from workers.journal import Journal, JournalEntry, Status, parse_result
+from workers.journal import Journal, JournalEntry, Status
 
 # The model answers given while one effect is performed (an `ai.*` call makes one or more).
 _call_answers: contextvars.ContextVar[list[Completion] | None] = contextvars.ContextVar(
@@ -119,12 +120,28 @@ def call_key(call: EffectCall) -> str:
 def request_hash(call: EffectCall) -> str:
     """A fingerprint of what was asked, to tell a replayed call from a different one.
 
-    The bytes hashed are marshal's format 0 of the call's wire-form JSON values: type-tagged and
+    BLAKE2b of the call's wire-form values as compact JSON (orjson), where that JSON is exact
+    (`_journal_json.exact_json`: it tells apart every two values marshal does; a handle is a tuple
+    or None, written as an array or `[]`). Key order is the program's own (a deterministic
+    program passes the same dicts the same way), so no sorting is needed. Any other call gets
+    `marshal_request_hash`, the fingerprint journals written before this one hold; the two hash
+    inputs cannot be equal (a JSON array starts with `[`, marshal's tuple with `(`).
+    """
+    data = exact_json((call.integration, call.action, call.handle or (), call.args, call.kwargs))
+    if data is None:
+        return marshal_request_hash(call)
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def marshal_request_hash(call: EffectCall) -> str:
+    """The fingerprint of a call JSON cannot tell exactly, and of every call in journals written
+    before `request_hash` used JSON.
+
+    The bytes hashed are marshal's format 0 of the call's values: type-tagged and
     length-prefixed (so different values give different bytes), the same in every process and
     Python version (format 0 has neither the object references nor the interned-string marks of
-    later formats, which follow reference counts), and about four times cheaper than a `repr`.
-    Key order is the program's own (a deterministic program passes the same dicts the same way),
-    so no sorting is needed. A value marshal cannot write falls back to its `repr`.
+    later formats, which follow reference counts). A value marshal cannot write falls back to its
+    `repr`.
     """
     body = (call.integration, call.action, call.handle, call.args, call.kwargs)
     try:
@@ -138,6 +155,11 @@ def legacy_request_hash(call: EffectCall) -> str:
     """The fingerprint journals written before `request_hash` used marshal hold (a `repr`)."""
     body = repr((call.integration, call.action, call.handle, call.args, call.kwargs))
     return hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
+
+
+def is_older_fingerprint(fingerprint: str, call: EffectCall) -> bool:
+    """Whether `fingerprint` is `call`'s as journals written before `request_hash` hold it."""
+    return fingerprint in (marshal_request_hash(call), legacy_request_hash(call))
 
 
 class EffectRunner:
@@ -161,13 +183,14 @@ class EffectRunner:
             self.stop = Stop(reason, message, path)
 
     async def perform(self, call: EffectCall) -> Any:
+        fingerprint = request_hash(call)
         row = self.journal.loaded(call.path)
-        if row is not None and row[4] == "done" and row[3] == request_hash(call):
+        if row is not None and row[4] == "done" and row[3] == fingerprint:
             return self._replay_done(row)
         entry = self.journal.recorded(call.path)
         if entry is not None and entry.status != "intent":
-            return self._replay(call, entry)
-        key, fingerprint = call_key(call), request_hash(call)
+            return self._replay(call, entry, fingerprint)
+        key = call_key(call)
         self._check_stop()
         kind = "clock" if call.integration == "runtime" else self.catalog.effect_of(call)
         if entry is not None:  # a write that started before a crash and was never confirmed
@@ -188,9 +211,9 @@ class EffectRunner:
         tally[row[2]] = tally.get(row[2], 0) + 1
         return None if row[5] is None else parse_result(row[5])
 
-    def _replay(self, call: EffectCall, entry: JournalEntry) -> Any:
-        """The recorded outcome of `call` (the hot path of a resume: kept lean)."""
-        self._check_same(call, entry, request_hash(call))
+    def _replay(self, call: EffectCall, entry: JournalEntry, fingerprint: str) -> Any:
+        """The recorded outcome of `call`, once its checks pass."""
+        self._check_same(call, entry, fingerprint)
         counts = self.counts
         counts.replayed += 1
         tally = counts.writes if entry.kind == "write" else counts.reads
@@ -200,7 +223,7 @@ class EffectRunner:
         return entry.value()
 
     def _check_same(self, call: EffectCall, entry: JournalEntry, fingerprint: str) -> None:
-        if entry.request_hash == fingerprint or entry.request_hash == legacy_request_hash(call):
+        if entry.request_hash == fingerprint or is_older_fingerprint(entry.request_hash, call):
             return
         message = (f"The program is not deterministic: at {call.path} it asked for "
                    f"{call_key(call)} where the journal has {entry.call} with other arguments. "

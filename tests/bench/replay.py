@@ -10,7 +10,6 @@ the loaded journal.
 from __future__ import annotations
 
 import cProfile
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from integrations.catalog import Catalog, build_local_catalog
 from tests.bench import _profile
 from tests.bench._report import Goal, Outcome
 from tests.bench._services import cpu_seconds, rss_mb, sqlite_engine
+from workers._journal_json import dump_result
 from workers.effects import EffectRunner, call_key, request_hash
 from workers.journal import Journal
 
@@ -61,7 +61,7 @@ def journal_row(run_id: str, call: EffectCall, seq: int) -> dict[str, Any]:
     """The row `Journal` commits for `call` done."""
     return {"run_id": run_id, "path": call.path, "kind": "write", "call": call_key(call),
             "request_hash": request_hash(call), "status": "done",
-            "result": json.dumps(result_of(call), separators=(",", ":")), "error": None,
+            "result": dump_result(result_of(call)), "error": None,
             "cost_usd": 0.0, "seq": seq}
 
 
@@ -130,8 +130,8 @@ def explain(figures: dict[str, Any]) -> list[str]:
         f"The goal leaves {per_entry_us:.0f} µs per entry for loading and answering it; "
         f"loading took {1e6 / figures['load_per_s']:.1f} µs per entry (SQLite rows read in "
         "table order on the journal's thread, kept as plain tuples by path) and answering "
-        f"{1e6 / figures['perform_per_s']:.1f} µs per call (a BLAKE2b of marshal's bytes of "
-        "the call as its fingerprint, the recorded JSON result parsed); the process spent "
+        f"{1e6 / figures['perform_per_s']:.1f} µs per call (a BLAKE2b of the call's JSON as "
+        "its fingerprint, the recorded JSON result parsed); the process spent "
         f"{figures['cpu_us_per_entry']} µs of CPU per entry, and on a shared machine the load "
         "average (in the figures) says how much CPU it could get.",
         f"Resident memory grew by {figures['loaded_rss_mb']} MiB while loading "
