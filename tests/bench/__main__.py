@@ -1,8 +1,8 @@
 """`python -m tests.bench`: run the benchmarks side by side, write results.json, print a table.
 
 Options: `--full` (each() over 100,000 items instead of the default), `--ai-items N`,
-`--only NAME` (repeatable: sandbox, journal, replay, each, resume; the results of the others
-stay in the file as they were), `--output PATH`.
+`--only NAME` (repeatable: sandbox, journal, replay (with replay through the sandbox), each,
+resume; the results of the others stay in the file as they were), `--output PATH`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ from pathlib import Path
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # litellm must not fetch prices at import
 
 from tests import _network
-from tests.bench import each_ai, journal_throughput, replay, resume, sandbox_overhead
+from tests.bench import (
+    each_ai,
+    journal_throughput,
+    replay,
+    replay_sandbox,
+    resume,
+    sandbox_overhead,
+)
 from tests.bench._report import Outcome, table, write_results
 
 RESULTS = Path(__file__).with_name("results.json")
@@ -28,10 +35,14 @@ Bench = Callable[[argparse.Namespace], Awaitable[list[Outcome]]]
 BENCHMARKS: dict[str, Bench] = {
     "sandbox": lambda args: sandbox_overhead.run(),
     "journal": lambda args: journal_throughput.run(),
-    "replay": lambda args: replay.run(),
+    "replay": lambda args: _in_turn(replay.run, replay_sandbox.run),
     "each": lambda args: each_ai.run(full=args.full, items=args.ai_items),
     "resume": lambda args: resume.run(),
 }
+
+
+async def _in_turn(*benches: Callable[[], Awaitable[list[Outcome]]]) -> list[Outcome]:
+    return [outcome for bench in benches for outcome in await bench()]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
