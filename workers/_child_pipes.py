@@ -4,10 +4,7 @@
 bytes arrive and handed to `on_frame` in the same callback, so a call frame becomes a task at
 once rather than after a stream reader wakes a waiting coroutine; stderr is kept up to a cap;
 the process's exit and the closing of its pipes are futures. Replies go through `write`, which
-waits only while the child is not reading (the pipe is full). The first reply of a turn of the
-event loop is written at once; the others finished in the same turn (under `each()` one poll
-often brings several answers) go together at the start of the next turn: half the writes, and
-of the child's wake-ups, while a lone call waits for nothing.
+waits only while the child is not reading (the pipe is full).
 """
 
 from __future__ import annotations
@@ -39,9 +36,7 @@ class ChildPipes(asyncio.SubprocessProtocol):
         self._transport: asyncio.SubprocessTransport | None = None
         self._writable = asyncio.Event()
         self._writable.set()
-        self._held: list[bytes] | None = None  # frames waiting for the next turn; None: none sent
         loop = asyncio.get_running_loop()
-        self._loop = loop
         self.exited: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
 
@@ -115,30 +110,16 @@ class ChildPipes(asyncio.SubprocessProtocol):
         self._writable.set()
 
     async def write(self, data: bytes) -> None:
-        """Send `data` (whole frames, never interleaved) to the child's stdin, at once or with
-        the others of this turn; wait while the child is not reading. Does nothing once stdin
-        is closed."""
+        """Send `data` to the child's stdin whole (frames never interleave: one write each);
+        wait while the child is not reading. Does nothing once stdin is closed."""
         stdin = self._stdin()
         if stdin is None or stdin.is_closing():
             return
-        if self._held is None:
-            stdin.write(data)
-            self._held = []
-            self._loop.call_soon(self._flush)
-        else:
-            self._held.append(data)
+        stdin.write(data)
         if not self._writable.is_set():
             await self._writable.wait()
 
-    def _flush(self) -> None:
-        """Write the frames held back in the previous turn, in one go."""
-        held, self._held = self._held, None
-        stdin = self._stdin()
-        if held and stdin is not None and not stdin.is_closing():
-            stdin.write(b"".join(held))
-
     def close_stdin(self) -> None:
-        self._flush()
         stdin = self._stdin()
         if stdin is not None:
             stdin.close()
