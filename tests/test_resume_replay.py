@@ -96,13 +96,9 @@ async def test_a_resumed_run_answers_its_done_calls_from_the_journal(
 
 async def test_a_different_call_at_a_replayed_path_stops_before_any_later_call(
         engine: AsyncEngine, tmp_path: Path) -> None:
-    path = write_sheet(tmp_path / "sheets", [f"Person {i}" for i in range(ROWS)])
-    first, _ = await run(engine, tmp_path)
-    assert first.ok, first.error
-    await _forget_after(engine, ROWS)  # the run died halfway
+    path, _ = await died_halfway(engine, tmp_path)
     changed = PROGRAM.replace('{"Asked": "yes"}', '{"Asked": "yes" if row["Name"] != '
                               '"Person 7" else "no"}')
-    write_sheet(tmp_path / "sheets", [f"Person {i}" for i in range(ROWS)])
 
     outcome, resumed = await run(engine, tmp_path, changed)
 
@@ -116,11 +112,7 @@ async def test_a_different_call_at_a_replayed_path_stops_before_any_later_call(
 
 async def test_a_run_killed_halfway_replays_the_done_half_and_performs_the_rest(
         engine: AsyncEngine, tmp_path: Path) -> None:
-    path = write_sheet(tmp_path / "sheets", [f"Person {i}" for i in range(ROWS)])
-    first, _ = await run(engine, tmp_path)
-    assert first.ok, first.error
-    kept = await _forget_after(engine, ROWS)
-    write_sheet(tmp_path / "sheets", [f"Person {i}" for i in range(ROWS)])
+    path, kept = await died_halfway(engine, tmp_path)
 
     outcome, resumed = await run(engine, tmp_path)
 
@@ -132,6 +124,18 @@ async def test_a_run_killed_halfway_replays_the_done_half_and_performs_the_rest(
     assert [row[1] for row in rows].count("yes") == ROWS - (kept - 2)
     paths = await _journal_paths(engine)
     assert len(paths) == len(set(paths)) == ROWS + 2
+
+
+async def died_halfway(engine: AsyncEngine, home: Path) -> tuple[Path, int]:
+    """A run whose journal holds what it had done when it died halfway, its sheet as it was
+    before the run (as if the writes after that never happened); the entries kept."""
+    names = [f"Person {i}" for i in range(ROWS)]
+    path = write_sheet(home / "sheets", names)
+    first, _ = await run(engine, home)
+    assert first.ok, first.error
+    kept = await _forget_after(engine, ROWS)
+    write_sheet(home / "sheets", names)
+    return path, kept
 
 
 async def _forget_after(engine: AsyncEngine, records: int) -> int:
