@@ -3,8 +3,9 @@
 The direct transport (`codegen.direct`) sends one kind of request, a JSON POST to an
 OpenAI-compatible endpoint, thousands of times per job, and its CPU per call bounds how fast
 `each()` can go. aiohttp's general client (sessions, cookies, tracing, redirects, multipart,
-proxies) costs about three times what this needs per request (tests/bench/each_ai.py measures
-both). This client does just the part a model API uses, on asyncio protocols:
+proxies) spent 380-415 µs of CPU per request where this one spends 230-240 (side by side on a
+2-CPU VM, 4,000 requests at concurrency 64; the each() bench's `direct_cpu_ms_per_call` is this
+client's). This client does just the part a model API uses, on asyncio protocols:
 
 - keep-alive connections, pooled per endpoint and reused last-in first-out, at most
   `max_connections` requests in flight per endpoint;
