@@ -8,8 +8,8 @@ here instead: the request body litellm sends to an `openai/` model (model, messa
 response_format), one POST on a keep-alive connection of the small HTTP/1.1 client the models
 object holds (`codegen._http1`), the answer and usage read straight from the JSON. Only
 OpenAI-compatible servers qualify; litellm stays the default for every deployment and the only
-way to reach every other provider. `codegen.models`
-walks chains that mix the two, and prices and explains failures alike for both.
+way to reach every other provider. `codegen.models` walks chains that mix the two, and prices and
+explains failures alike for both.
 """
 
 from __future__ import annotations
