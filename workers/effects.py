@@ -205,19 +205,15 @@ class EffectRunner:
         """A loaded effect done with the same request: the hot path of a resume, on the row as
         loaded (path, kind, call, request_hash, status, result, ...). Any other case (failed,
         different, recorded since) goes through `_replay` and its checks."""
-        counts = self.counts
-        counts.replayed += 1
-        tally = counts.writes if row[1] == "write" else counts.reads
-        tally[row[2]] = tally.get(row[2], 0) + 1
+        self.counts.replayed += 1
+        self.counts.add(row[1], row[2])
         return None if row[5] is None else parse_result(row[5])
 
     def _replay(self, call: EffectCall, entry: JournalEntry, fingerprint: str) -> Any:
         """The recorded outcome of `call`, once its checks pass."""
         self._check_same(call, entry, fingerprint)
-        counts = self.counts
-        counts.replayed += 1
-        tally = counts.writes if entry.kind == "write" else counts.reads
-        tally[entry.call] = tally.get(entry.call, 0) + 1
+        self.counts.replayed += 1
+        self.counts.add(entry.kind, entry.call)
         if entry.status == "failed":
             raise IntegrationError(entry.error or "the integration call failed")
         return entry.value()
