@@ -3,10 +3,10 @@ no secrets": the program reaches the world only through this channel).
 
 A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON holding one object.
 The parent reads with an asyncio protocol (`workers._child_pipes`). The child, whose program runs
-in plain threads, reads and writes file descriptors directly: sends go under a lock, and the
-waiting threads take turns reading (`CallRouter`), each reply left for the thread waiting for it,
-by id, so that many calls can be in flight at once. Kept to the standard library so the child
-starts fast.
+in plain threads, reads and writes file descriptors directly: frames are queued and written whole
+by one thread at a time, and the waiting threads take turns reading (`CallRouter`), each reply
+left for the thread waiting for it, by id, so that many calls can be in flight at once. Kept to
+the standard library so the child starts fast.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from core.errors import SandboxError
 MAX_FRAME = 16 * 1024 * 1024
 REPLAY_BYTES = 64 * 1024 * 1024  # the most recorded results a resumed child is given up front
 _HEADER = struct.Struct(">I")
+HEADER_SIZE = _HEADER.size
 _READ_BYTES = 1 << 16  # the most one read of the child takes beyond what a frame needs
 _FLUSH_WAIT_S = 2.0
 
@@ -93,6 +94,15 @@ def body_length(header: bytes) -> int:
     if length > MAX_FRAME:
         raise FrameError(f"a frame announces {length} bytes, above the {MAX_FRAME}-byte limit")
     return int(length)
+
+
+def frame_end(buffer: bytes | bytearray, start: int = 0) -> int | None:
+    """Where the frame beginning at `start` of `buffer` ends, or None while it is incomplete (the
+    one rule both ends read frames by). Raises FrameError for a length above MAX_FRAME."""
+    if len(buffer) - start < HEADER_SIZE:
+        return None
+    end = start + HEADER_SIZE + body_length(bytes(buffer[start:start + HEADER_SIZE]))
+    return end if len(buffer) >= end else None
 
 
 class ChannelClosed(BaseException):
@@ -187,9 +197,7 @@ class FdChannel:
         return unpack(self._take(length))
 
     def _has_frame(self) -> bool:
-        buffer = self._buffer
-        size = _HEADER.size
-        return len(buffer) >= size and len(buffer) - size >= _HEADER.unpack_from(buffer)[0]
+        return frame_end(self._buffer) is not None
 
     def _take(self, size: int) -> bytes:
         """The next `size` bytes of the stream, reading what is there (at least what is missing)."""

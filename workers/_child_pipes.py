@@ -13,9 +13,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from workers._channel import FrameError, body_length, unpack
-
-_HEADER_SIZE = 4
+from workers._channel import HEADER_SIZE, FrameError, frame_end, unpack
 
 
 class ChildPipes(asyncio.SubprocessProtocol):
@@ -71,7 +69,7 @@ class ChildPipes(asyncio.SubprocessProtocol):
             return
         if not self._buffer:
             self._end(None)
-        elif len(self._buffer) < _HEADER_SIZE:
+        elif len(self._buffer) < HEADER_SIZE:
             self._end(FrameError("the stream ended inside a frame header"))
         else:
             self._end(FrameError("the stream ended inside a frame"))
@@ -80,12 +78,8 @@ class ChildPipes(asyncio.SubprocessProtocol):
         """Hand on every complete frame in the buffer, then keep the incomplete rest."""
         buffer, start = self._buffer, 0
         try:
-            while len(buffer) - start >= _HEADER_SIZE:
-                length = body_length(bytes(buffer[start:start + _HEADER_SIZE]))
-                end = start + _HEADER_SIZE + length
-                if len(buffer) < end:
-                    break
-                frame = unpack(bytes(buffer[start + _HEADER_SIZE:end]))
+            while (end := frame_end(buffer, start)) is not None:
+                frame = unpack(bytes(buffer[start + HEADER_SIZE:end]))
                 start = end
                 self._on_frame(frame)
                 if self._ended:
