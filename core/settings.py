@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     smtp_dedups_message_id: bool = Field(
         default=True, description="The SMTP server drops a repeated Message-ID (the local outbox "
         "does), so an unconfirmed send may be redone after a crash. Set false for a relay.")
+    smtp_is_outbox: bool = Field(
+        default=True, description="The SMTP server is Sluice's local outbox, which stores what it "
+        "receives in Sluice's database: after a crash, a send left unconfirmed is looked up there "
+        "instead of sent again. Set false for a relay.")
 
     # Email in (inbound SMTP in the bot process; `sluice up` turns it on) and signed links.
     email_inbound: bool = Field(default=False, description="Start the inbound SMTP server.")

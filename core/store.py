@@ -397,6 +397,12 @@ class Store:
             return False
         return True
 
+    async def outbox_has(self, message_id: str) -> bool:
+        """Whether the local outbox received a mail with this Message-ID."""
+        async with self.session() as s:
+            found = await s.scalar(select(OutboxRow.seq).where(OutboxRow.message_id == message_id))
+        return found is not None
+
     async def list_outbox(self) -> list[OutboxMail]:
         async with self.session() as s:
             rows = (await s.scalars(select(OutboxRow).order_by(OutboxRow.seq))).all()

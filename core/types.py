@@ -158,7 +158,11 @@ class RunResult(_Model):
     writes: dict[str, int] = Field(default_factory=dict)
     reads: dict[str, int] = Field(default_factory=dict)
     replayed: int = 0
-    writes_redone: int = 0
+    writes_checked: int = Field(default=0, description="Writes a crash left unconfirmed, looked "
+                                "up with their integration on resume.")
+    writes_confirmed: int = Field(default=0, description="Of those, found done (not done again).")
+    writes_redone: int = Field(default=0, description="Unconfirmed writes done again without a "
+                               "check: idempotent ones, or sends the server deduplicates.")
     saved_variables: list[str] = Field(default_factory=list)
     unsaved_variables: list[dict[str, str]] = Field(default_factory=list)
     model_calls: int = 0

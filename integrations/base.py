@@ -41,8 +41,9 @@ def action(
 ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
     """Mark an async method as an action that generated programs may call.
 
-    `idempotent` writes may be redone after a crash left them unconfirmed; others are checked
-    with the integration (`Integration.redo_is_safe`) or raised to a person.
+    A write a crash left unconfirmed is first looked up with the connector's `confirm_<action>`
+    (see `Found`). When that cannot tell, `idempotent` writes are redone, others only when
+    `Integration.redo_is_safe` says so; the rest are raised to a person.
     """
 
     def mark(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -79,6 +80,19 @@ class Preview:
     text: str  # one line: "email to ana@example.com: “Your budget”"
     details: dict[str, Any]  # the whole of it: recipients, subject, body; or before → after
     result: Any = None  # what the action would have returned
+
+
+@dataclass(frozen=True)
+class Found:
+    """Whether a write a crash left unconfirmed was done, as the service shows it.
+
+    A connector checks a write `act` with a method `confirm_act` taking the same arguments (the
+    idempotency key included) and returning a Found, or None when it cannot tell: the row holds
+    the values, the outbox has the Message-ID. It only looks; it never changes anything.
+    """
+
+    done: bool  # False: it was not done (or was undone since), so doing it now is no repeat
+    result: Any = None  # what the action returned, when done
 
 
 @dataclass(frozen=True)

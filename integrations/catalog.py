@@ -28,6 +28,7 @@ from integrations.base import (
     ActionSpec,
     Effect,
     EffectCall,
+    Found,
     Integration,
     Preview,
     Resource,
@@ -223,6 +224,26 @@ class Catalog:
         preview: Preview = await self._guarded(call, describe)
         return preview
 
+    async def confirm(self, call: EffectCall) -> Found | None:
+        """Whether the write `call`, left unconfirmed by a crash, was done, as its connector's
+        `confirm_<action>` finds it (`Found.result` in wire form). None when the connector has
+        no such check or cannot tell, including when looking fails (logged): the caller then
+        decides between a redo and a person, as without a check."""
+
+        async def look(target: Any, args: list[Any], kwargs: dict[str, Any]) -> Found | None:
+            method = getattr(type(target), f"confirm_{call.action}", None)
+            if method is None:
+                return None
+            found: Found | None = await method(target, *args, **kwargs)
+            return None if found is None else Found(found.done, encode(found.result))
+
+        try:
+            found: Found | None = await self._guarded(call, look)
+        except IntegrationError as exc:
+            logger.warning("could not check whether %s was done: %s", _label(call), exc.message)
+            return None
+        return found
+
     async def _guarded(
         self, call: EffectCall,
         act: Callable[[Any, list[Any], dict[str, Any]], Awaitable[Any]],
@@ -364,8 +385,10 @@ def local_integrations(
     models: ModelClient,
     *,
     on_completion: Callable[[Completion], None] | None = None,
+    delivered: Callable[[str], Awaitable[bool]] | None = None,
 ) -> list[Integration]:
-    """The integrations every workspace has: sheets, mail and ai."""
+    """The integrations every workspace has: sheets, mail and ai. `delivered` tells whether the
+    local outbox holds a Message-ID (`LocalMail.confirm_send`), when the SMTP server is it."""
     return [
         LocalSheets(settings.effective_sheets_dir),
         LocalMail(
@@ -374,6 +397,7 @@ def local_integrations(
             sender=settings.mail_from,
             mailbox=settings.effective_mailbox_dir,
             server_dedups=settings.smtp_dedups_message_id,
+            delivered=delivered if settings.smtp_is_outbox else None,
         ),
         AI(models, on_completion=on_completion),
     ]

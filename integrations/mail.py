@@ -3,7 +3,8 @@
 Implements the embedded default of ARCHITECTURE.md ("a local SMTP outbox"). Sending goes through
 `smtplib` in a thread. A write carries an idempotency key from the runtime; the Message-ID is
 derived from it, so the same logical send always has the same Message-ID and the outbox can drop
-a repeat. The inbox is a folder of `.eml` files; a message counts as read when its `Status`
+a repeat; after a crash, a send left unconfirmed is looked up in the outbox (`delivered`) before it
+is sent again. The inbox is a folder of `.eml` files; a message counts as read when its `Status`
 header contains "R" (the mbox convention mail clients use), otherwise it is unread.
 """
 
@@ -15,6 +16,7 @@ import hashlib
 import logging
 import re
 import smtplib
+from collections.abc import Awaitable, Callable
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -31,7 +33,7 @@ from typing import Any, TypedDict
 
 from core.errors import IntegrationError
 from core.text import html_to_text
-from integrations.base import ActionSpec, Integration, Preview, action
+from integrations.base import ActionSpec, Found, Integration, Preview, action
 
 logger = logging.getLogger(__name__)
 
@@ -178,8 +180,10 @@ class LocalMail(Integration):
     def __init__(
         self, *, smtp_host: str, smtp_port: int, sender: str, mailbox: Path,
         timeout_s: float = 30.0, server_dedups: bool = False,
+        delivered: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.server_dedups = server_dedups
+        self.delivered = delivered  # whether the server holds a Message-ID (Sluice's outbox)
         self.smtp_host = smtp_host
         self.smtp_port = smtp_port
         self.sender = sender
@@ -213,6 +217,25 @@ class LocalMail(Integration):
                                 idempotency_key=idempotency_key)
         await asyncio.to_thread(self._deliver, message)
         return str(message["Message-ID"])
+
+    async def confirm_send(
+        self,
+        to: str | list[str],
+        subject: str,
+        body: str,
+        *,
+        cc: str | list[str] | None = None,
+        reply_to: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Found | None:
+        """After a crash: when the server is Sluice's outbox, done when it holds the Message-ID
+        this send gets, else not done. A relay cannot be asked."""
+        if self.delivered is None or not idempotency_key:
+            return None
+        message_id = message_id_for(idempotency_key)
+        if await self.delivered(message_id):
+            return Found(done=True, result=message_id)
+        return Found(done=False)
 
     async def preview_send(
         self,

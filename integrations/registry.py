@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.errors import ConfigurationError, InvalidInputError, SluiceError
 from core.protocols import Completion, ModelClient
 from core.settings import Settings
+from core.store import Store
 from integrations.ai import AI
 from integrations.base import Integration
 from integrations.catalog import Catalog, local_integrations, scrub
@@ -160,7 +161,8 @@ async def build_catalog(
     A connection that cannot be built (its service was removed, its fields are wrong) is left out
     with a warning naming it, so one broken connection does not stop every job.
     """
-    integrations = local_integrations(settings, models, on_completion=on_completion)
+    integrations = local_integrations(settings, models, on_completion=on_completion,
+                                      delivered=Store(engine).outbox_has)
     ai = next(i for i in integrations if isinstance(i, AI))
     integrations.append(Files(folder=settings.effective_files_dir, ai=ai, engine=engine,
                               thread_id=thread_id))

@@ -30,7 +30,7 @@ from integrations._sheet_files import (
     _Table,
     _xlsx_value,
 )
-from integrations.base import Integration, Preview, Resource, Row, action
+from integrations.base import Found, Integration, Preview, Resource, Row, action
 from integrations.coercion import (
     check_cell_value,
     coerce,
@@ -181,6 +181,37 @@ class Sheet(Resource):
         """
         return await self._write(lambda table: self._append(table, values))
 
+    async def confirm_update(self, row: Row | str, values: dict[str, Any]) -> Found:
+        """After a crash: done when the row already holds `values` as `update` stores them
+        (updating it would change nothing), else not done (or changed since)."""
+        row_id = row.id if isinstance(row, Row) else str(row)
+        old = await self._stored()
+        new = old.copy()
+        index = self._update(new, row_id, values)
+        if (new.header, new.rows) == (old.header, old.rows):
+            return Found(done=True, result=new.to_row(index))
+        return Found(done=False)
+
+    async def confirm_append(self, values: dict[str, Any]) -> Found | None:
+        """After a crash: when the sheet has an "id" column and `values` an id, done when a row
+        has that id and the values, not done when no row has it. Otherwise there is no telling
+        (a row without an id may be another row with the same values)."""
+        old = await self._stored()
+        new = old.copy()
+        new.rows.append([None] * len(new.header))
+        index = len(new.rows) - 1
+        _set_values(new, index, values)
+        row_id = new.row_id(index)
+        if old.id_column() is None or row_id == f"row-{index + 1}":
+            return None
+        existing = old.index_of(row_id)
+        if existing is None:
+            return Found(done=False)
+        wanted, stored = new.to_row(index), old.to_row(existing)
+        if all(stored.get(name) == value for name, value in wanted.items() if value is not None):
+            return Found(done=True, result=stored)
+        return None
+
     @action("read")
     async def find(self, **equals: Any) -> list[Row]:
         """The rows whose cells equal all the given values, e.g. find(Email="ana@example.com").
@@ -206,6 +237,12 @@ class Sheet(Resource):
 
     async def _load(self) -> _Table:
         return await asyncio.to_thread(_load, self._sheets().path_of(self.key))
+
+    async def _stored(self) -> _Table:
+        """The sheet as `_write` finds it (with its column types), read between writes."""
+        owner = self._sheets()
+        async with owner.lock:
+            return await asyncio.to_thread(_load_with_schema, owner.path_of(self.key))
 
     async def _write(self, change: Callable[[_Table], int]) -> Row:
         owner = self._sheets()

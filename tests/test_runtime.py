@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from core.types import RunState
 from integrations.base import EffectCall
+from integrations.mail import LocalMail
 from tests._stack import Stack
 from workers.effects import call_key, request_hash
 from workers.journal import Journal, JournalEntry
@@ -184,6 +185,98 @@ async def test_unconfirmed_write_is_raised_to_a_person(redis_server: Any, tmp_pa
         run = await stack.store.get_run(run_id)
         assert run.state == RunState.SUCCEEDED, run.error
         assert (stack.sheets_dir / "signups.csv").read_text().count("Zoe") == 1
+
+
+SEND = 'mail.send("ben@okafor.example", "Your budget", "What budget do you have in mind?")\n'
+SENT = EffectCall(integration="mail", action="send",
+                  args=["ben@okafor.example", "Your budget", "What budget do you have in mind?"],
+                  kwargs={}, path="call#1")
+
+
+async def _send_left_unconfirmed(stack: Stack, *, delivered: bool) -> tuple[str, str]:
+    """A send approved, then its worker died after journaling the intent, and (`delivered`)
+    after the outbox took the email: (thread id, run id)."""
+    thread_id = await stack.ask("do it")
+    await stack.drain()
+    run_id = (await approve(stack, thread_id))["meta"]["run_id"]
+    await _journal_before(stack, run_id, "call#1", SENT, "intent")
+    if delivered:  # as the dead worker did, with the idempotency key the runtime gives it
+        mail = LocalMail(smtp_host="127.0.0.1", smtp_port=stack.outbox.port,
+                         sender=stack.settings.mail_from, mailbox=stack.sheets_dir)
+        await mail.send(*SENT.args, idempotency_key=f"{run_id}/call#1")
+    return thread_id, run_id
+
+
+async def test_an_unconfirmed_send_the_outbox_holds_is_not_sent_again(
+        redis_server: Any, tmp_path: Path) -> None:
+    async with Stack.running(redis_url=redis_server.url, home=tmp_path,
+                             scenario=scenario(SEND)) as stack:
+        thread_id, run_id = await _send_left_unconfirmed(stack, delivered=True)
+        await stack.drain()
+        run = await stack.store.get_run(run_id)
+        assert run.state == RunState.SUCCEEDED, run.error
+        assert run.result is not None and run.result.writes == {"mail.send": 1}
+        assert (run.result.writes_checked, run.result.writes_confirmed,
+                run.result.writes_redone) == (1, 1, 0)
+        assert stack.outbox.handler.received == 1  # the outbox was asked, not sent to again
+        assert [m["subject"] for m in await stack.outbox_mails()] == ["Your budget"]
+        assert not await stack.messages(thread_id, "question")
+
+
+async def test_an_unconfirmed_send_the_outbox_lacks_is_sent_once(
+        redis_server: Any, tmp_path: Path) -> None:
+    async with Stack.running(redis_url=redis_server.url, home=tmp_path,
+                             scenario=scenario(SEND)) as stack:
+        _thread_id, run_id = await _send_left_unconfirmed(stack, delivered=False)
+        await stack.drain()
+        run = await stack.store.get_run(run_id)
+        assert run.state == RunState.SUCCEEDED, run.error
+        assert run.result is not None
+        assert (run.result.writes_checked, run.result.writes_confirmed,
+                run.result.writes_redone) == (1, 0, 0)
+        assert stack.outbox.handler.received == 1
+        assert len(await stack.outbox_mails()) == 1
+
+
+async def test_an_unconfirmed_send_through_a_relay_is_raised_to_a_person(
+        redis_server: Any, tmp_path: Path) -> None:
+    relay = {"SLUICE_SMTP_IS_OUTBOX": "false", "SLUICE_SMTP_DEDUPS_MESSAGE_ID": "false"}
+    async with Stack.running(redis_url=redis_server.url, home=tmp_path, scenario=scenario(SEND),
+                             env=relay) as stack:
+        thread_id, _run_id = await _send_left_unconfirmed(stack, delivered=True)
+        await stack.drain()
+        [question] = await stack.messages(thread_id, "question")
+        assert "can't tell whether" in question["text"] and "ben@okafor.example" in question["text"]
+        assert stack.outbox.handler.received == 1  # nothing was repeated silently
+
+
+UPDATE = 'sheet = sheets.open("signups")\nsheet.update("row-2", {"Budget": 5000})\n'
+
+
+async def test_an_unconfirmed_update_the_sheet_shows_done_is_not_written_again(
+        redis_server: Any, tmp_path: Path) -> None:
+    async with Stack.running(redis_url=redis_server.url, home=tmp_path,
+                             scenario=scenario(UPDATE)) as stack:
+        thread_id = await stack.ask("do it")
+        await stack.drain()
+        run_id = (await approve(stack, thread_id))["meta"]["run_id"]
+        update = EffectCall(integration="sheets", action="update",
+                            args=["row-2", {"Budget": 5000}], kwargs={},
+                            handle=("sheets", "Sheet", "signups"), path="call#2")
+        await _journal_before(stack, run_id, "call#2", update, "intent")
+        # The worker died after the sheet was written, before the write was journaled done.
+        path = stack.sheets_dir / "signups.csv"
+        path.write_text(path.read_text().replace("Ben Okafor,ben@okafor.example,Okafor "
+                                                 "Logistics,Business,,", "Ben Okafor,ben@okafor."
+                                                 "example,Okafor Logistics,Business,5000,"))
+        written = path.stat().st_mtime_ns
+        await stack.drain()
+        run = await stack.store.get_run(run_id)
+        assert run.state == RunState.SUCCEEDED, run.error
+        assert run.result is not None
+        assert (run.result.writes_confirmed, run.result.writes_redone) == (1, 0)
+        assert path.stat().st_mtime_ns == written  # looked at, not written again
+        assert "Business,5000," in path.read_text()
 
 
 async def test_a_different_effect_at_a_journaled_path_stops_the_run(redis_server: Any,

@@ -9,7 +9,7 @@ import openpyxl
 import pytest
 
 from core.errors import IntegrationError
-from integrations.base import Row
+from integrations.base import Found, Row
 from integrations.sheets import LocalSheets, Sheet
 
 SIGNUPS = "Name,Email,Budget\r\nAna,ana@example.com,\r\nBo,bo@example.com,5000\r\n"
@@ -90,6 +90,37 @@ async def test_update_is_idempotent(sheets: LocalSheets, folder: Path) -> None:
     await sheet.update("row-1", {"Budget": "100", "Asked on": dt.date(2024, 6, 1)})
     assert (folder / "signups.csv").read_bytes() == first
     assert (folder / "signups.csv").stat().st_mtime_ns == mtime  # not even rewritten
+
+
+async def test_confirm_update_tells_an_applied_update_from_one_not_done(
+        sheets: LocalSheets, folder: Path) -> None:
+    sheet = await sheets.open("signups")
+    values = {"Budget": 100, "Asked on": dt.date(2024, 6, 1)}
+    assert await sheet.confirm_update("row-1", values) == Found(done=False)
+    before = (folder / "signups.csv").read_bytes()
+    assert before == SIGNUPS.encode()  # looking changes nothing
+    stored = await sheet.update("row-1", values)
+    found = await sheet.confirm_update("row-1", {"Budget": "100", "Asked on": "2024-06-01"})
+    assert found == Found(done=True, result=stored) and found.result.id == "row-1"
+    await sheet.update("row-1", {"Budget": 7})  # changed since: no longer what was asked
+    assert await sheet.confirm_update("row-1", values) == Found(done=False)
+    with pytest.raises(IntegrationError, match="row-9"):
+        await sheet.confirm_update("row-9", values)
+
+
+async def test_confirm_append_needs_an_id_to_tell(sheets: LocalSheets, folder: Path) -> None:
+    leads = await sheets.open("leads")
+    new = {"id": "L-11", "Company": "Initech", "Stage": "new"}
+    assert await leads.confirm_append(new) == Found(done=False)
+    added = await leads.append(new)
+    assert await leads.confirm_append(new) == Found(done=True, result=added)
+    # The id is taken by a row with other values: not this append's row, or changed since.
+    assert await leads.confirm_append({**new, "Stage": "won"}) is None
+    # Without an id a row with the same values may be another row.
+    signups = await sheets.open("signups")
+    await signups.append({"Name": "Cy", "Email": "cy@example.com"})
+    assert await signups.confirm_append({"Name": "Cy", "Email": "cy@example.com"}) is None
+    assert (folder / "leads.csv").read_text().count("L-11") == 1
 
 
 async def test_new_column_is_added_at_the_right_end(sheets: LocalSheets, folder: Path) -> None:

@@ -3,9 +3,10 @@
 `EffectRunner.perform` is the sandbox's call handler. For each call it looks up the journal at the
 call's path: a recorded effect returns its result without calling out; a different effect at the
 same path stops the run as non-deterministic; a write recorded as started but never confirmed is
-redone only when the integration says a redo is safe (idempotency key, identity), otherwise the
-run stops and a person is asked. Live effects are journaled; writes carry an idempotency key
-derived from the run and the path.
+first looked up with its integration (the row holds the values, the outbox has the Message-ID);
+when that cannot tell, it is redone only when the integration says a redo is safe (idempotency
+key, identity), otherwise the run stops and a person is asked. Live effects are journaled; writes
+carry an idempotency key derived from the run and the path.
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ class EffectCounts:
     writes: dict[str, int] = field(default_factory=dict)
     replayed: int = 0
     live: int = 0
-    writes_redone: int = 0
+    writes_checked: int = 0  # unconfirmed writes (after a crash) looked up with the integration
+    writes_confirmed: int = 0  # of those, found done: journaled done, not done again
+    writes_redone: int = 0  # unconfirmed writes done again blind (idempotent, or the server dedups)
     spent_usd: float = 0.0
 
     def add(self, kind: str, key: str) -> None:
@@ -195,8 +198,13 @@ class EffectRunner:
         kind = "clock" if call.integration == "runtime" else self.catalog.effect_of(call)
         if entry is not None:  # a write that started before a crash and was never confirmed
             self._check_same(call, entry, fingerprint)
-            self._check_redo_safe(call, key)
-            self.counts.writes_redone += 1
+            found = await self.catalog.confirm(self._with_idempotency_key(call))
+            self.counts.writes_checked += found is not None
+            if found is not None and found.done:
+                return await self._confirmed(entry, key, found.result)
+            if found is None:
+                self._check_redo_safe(call, key)
+                self.counts.writes_redone += 1
         if kind == "read" and call.integration == "ai":
             self._check_budget()
         return await self._live(call, kind, key, fingerprint)
@@ -217,6 +225,13 @@ class EffectRunner:
         if entry.status == "failed":
             raise IntegrationError(entry.error or "the integration call failed")
         return entry.value()
+
+    async def _confirmed(self, entry: JournalEntry, key: str, result: Any) -> Any:
+        """An unconfirmed write its integration shows done: journaled done, not done again."""
+        await self._finish(entry, "done", result, None, 0.0)
+        self.counts.writes_confirmed += 1
+        self.counts.add("write", key)
+        return result
 
     def _check_same(self, call: EffectCall, entry: JournalEntry, fingerprint: str) -> None:
         if entry.request_hash == fingerprint or is_older_fingerprint(entry.request_hash, call):

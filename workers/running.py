@@ -109,6 +109,8 @@ class RunContext:
                               model_calls=self.models.calls, cost_usd=cost)
         return RunResult(summary=summary, writes=counts.writes, reads=counts.reads,
                          replayed=counts.replayed, writes_redone=counts.writes_redone,
+                         writes_checked=counts.writes_checked,
+                         writes_confirmed=counts.writes_confirmed,
                          model_calls=self.models.calls, cost_usd=counts.spent_usd,
                          seconds=seconds, output=outcome.output, table_rows=outcome.table_rows,
                          failures=outcome.failures,

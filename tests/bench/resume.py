@@ -4,8 +4,9 @@ The job is `tests/test_durable.py`'s: each() over 2,000 rows sending an email (t
 outbox) and updating the row, concurrency 8. With the default lease settings (10 s lease, 5 s
 sweep) the worker is killed with SIGKILL when about half the journal is written and a new worker
 is started at once. Measured: the time from the kill to the first new journal entry, whether any
-effect journaled as done was performed again, sends the outbox received twice, and duplicates
-stored.
+effect journaled as done was performed again, how the writes the kill left unconfirmed were settled
+(looked up with the sheet and the outbox, found done, or redone blind), sends the outbox received
+twice, and duplicates stored.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ LEASES = {"SLUICE_LEASE_TTL_S": "10", "SLUICE_SWEEP_EVERY_S": "5"}  # the defaul
 RESUME_GOAL_S = 30.0
 TIMEOUT_S = 240.0
 GOALS = [Goal("resume_latency_s", "<", RESUME_GOAL_S), Goal("done_paths_redone", "<=", 0),
+         Goal("writes_redone", "<=", 0), Goal("sends_redone_at_smtp", "<=", 0),
          Goal("duplicates_stored", "<=", 0), Goal("succeeded", ">=", 1)]
 
 
@@ -135,6 +137,8 @@ async def check(store: Store, final: Run, outbox: Outbox, folder: Path) -> dict[
         updated = sum(row["Asked"] == "yes" for row in csv.DictReader(f))
     journal = await store.journal_count(final.id)
     return {"succeeded": final.state == RunState.SUCCEEDED, "replayed": replayed,
+            "writes_checked": result.writes_checked if result is not None else None,
+            "writes_confirmed": result.writes_confirmed if result is not None else None,
             "writes_redone": result.writes_redone if result is not None else None,
             "sends_redone_at_smtp": outbox.handler.duplicates,
             "emails_stored": len(mails),
@@ -159,6 +163,10 @@ def explain(figures: dict[str, Any]) -> list[str]:
     if figures["done_paths_redone"] > 0 or figures["duplicates_stored"] > 0:
         lines.append("Effects journaled as done were performed again, or a write was stored "
                      "twice: the journal did not protect them (see the logs).")
+    if figures["writes_redone"] or figures["sends_redone_at_smtp"]:
+        lines.append(f"Of {figures['intent_only_at_kill']} writes the kill left unconfirmed, "
+                     f"{figures['writes_checked']} were looked up with their integration and "
+                     f"{figures['writes_redone']} redone without a look (see the logs).")
     return [*lines, "Worker logs (tails):"]
 
 
