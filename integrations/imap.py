@@ -6,7 +6,8 @@ re-opened when the server dropped it; reads use EXAMINE and BODY.PEEK so reading
 message as read. An email's `id` is "FOLDER:UID", which move(), label() and the attachment
 actions take back. Sending composes like the local mail integration (the Message-ID derives from
 the idempotency key) and goes through the configured SMTP server, with STARTTLS or TLS and login
-when configured.
+when configured. After a crash, a send left unconfirmed is looked up by that Message-ID in the Sent
+folder: found, it is not sent again; otherwise a person is asked.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from typing import Any, Literal, TypeVar
 from core.errors import IntegrationError
 from core.settings import Settings
 from core.text import html_to_text
-from integrations.base import ActionSpec, Integration, Row, action
+from integrations.base import ActionSpec, Found, Integration, Row, action
 from integrations.files import pdf_pages, rows_of
-from integrations.mail import Email, LocalMail, parse_email, parse_message
+from integrations.mail import Email, LocalMail, message_id_for, parse_email, parse_message
 from integrations.registry import CredentialField, Service, named
 from integrations.vault import Credentials
 
@@ -38,6 +39,7 @@ Security = Literal["ssl", "starttls", "none"]
 _FETCHED = re.compile(rb"UID (\d+)")
 _FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
 _ATOM = re.compile(r"^[A-Za-z0-9_.\-$]+$")
+_SENT_NAMES = {"sent", "sent items", "sent messages", "sent mail", "[gmail]/sent mail"}
 
 
 def _quoted(text: str) -> str:
@@ -178,6 +180,20 @@ class IMAPMail(Integration):
         await asyncio.to_thread(self._deliver, message)
         return str(message["Message-ID"])
 
+    async def confirm_send(self, to: str | builtins.list[str], subject: str, body: str, *,
+                           cc: str | builtins.list[str] | None = None,
+                           reply_to: str | None = None,
+                           idempotency_key: str | None = None) -> Found | None:
+        """After a crash: done when a Sent folder holds the Message-ID this send gets (servers
+        such as Gmail's file what their SMTP sends there). Not finding it tells nothing: not
+        every server files sent mail."""
+        if not idempotency_key:
+            return None
+        message_id = message_id_for(idempotency_key)
+        if await self._run(lambda c: self._in_sent(c, message_id)):
+            return Found(done=True, result=message_id)
+        return None
+
     async def describe(self) -> dict[str, Any]:
         """{"address": who it is, "folders": [...], "inbox": {"emails", "unread"}}."""
         return await self._run(self._describe)
@@ -239,14 +255,32 @@ class IMAPMail(Integration):
                                    folder=folder)
 
     def _folders(self, conn: imaplib.IMAP4) -> builtins.list[str]:
+        return sorted(name for _flags, name in self._listed(conn))
+
+    def _listed(self, conn: imaplib.IMAP4) -> builtins.list[tuple[str, str]]:
+        """(flags, name) of every folder, e.g. ("\\HasNoChildren \\Sent", "Sent")."""
         _status, data = conn.list()
-        names = []
+        listed = []
         for line in data:
             if isinstance(line, bytes):
                 match = re.match(rb'\((?P<flags>[^)]*)\) (?P<sep>"[^"]*"|NIL) (?P<name>.+)', line)
                 if match:
-                    names.append(match.group("name").decode().strip('"'))
-        return sorted(names)
+                    listed.append((match.group("flags").decode(),
+                                   match.group("name").decode().strip('"')))
+        return listed
+
+    def _in_sent(self, conn: imaplib.IMAP4, message_id: str) -> bool:
+        """Whether a Sent folder holds `message_id`: the folders flagged \\Sent (RFC 6154), else
+        one named like a Sent folder."""
+        listed = self._listed(conn)
+        flagged = [name for flags, name in listed if "\\sent" in flags.casefold().split()]
+        named = [name for _flags, name in listed if name.casefold() in _SENT_NAMES]
+        for folder in flagged or named:
+            self._select(conn, folder, readonly=True)
+            _status, data = conn.uid("SEARCH", "HEADER", "Message-ID", _quoted(message_id))
+            if data and data[0]:
+                return True
+        return False
 
     def _search(self, conn: imaplib.IMAP4, folder: str, criteria: builtins.list[str],
                 limit: int | None) -> builtins.list[Email]:

@@ -65,6 +65,10 @@ namespace inbox {{
   mailbox Invoices {{
     auto = create
   }}
+  mailbox Sent {{
+    auto = create
+    special_use = \\Sent
+  }}
 }}
 """
 

@@ -14,9 +14,10 @@ from core.db import create_engine, migrate
 from core.errors import IntegrationError
 from core.store import Store
 from infra.outbox import start_outbox
-from integrations.base import EffectCall
+from integrations.base import EffectCall, Found
 from integrations.catalog import Catalog
 from integrations.imap import IMAPMail
+from integrations.mail import message_id_for
 from tests._dovecot import DOVECOT, MISSING, Dovecot, dovecot
 from tests.test_files import pdf
 
@@ -24,11 +25,12 @@ pytestmark = pytest.mark.skipif(DOVECOT is None, reason=MISSING)
 
 
 def _message(sender: str, subject: str, body: str, when: str,
-             attachments: list[tuple[str, str, bytes]] = ()) -> bytes:  # type: ignore[assignment]
+             attachments: list[tuple[str, str, bytes]] = (),  # type: ignore[assignment]
+             message_id: str | None = None) -> bytes:
     message = EmailMessage()
     message["From"], message["To"] = sender, "ana@example.com"
     message["Subject"], message["Date"] = subject, when
-    message["Message-ID"] = f"<{subject.replace(' ', '-')}@example.com>"
+    message["Message-ID"] = message_id or f"<{subject.replace(' ', '-')}@example.com>"
     message.set_content(body)
     for name, ctype, data in attachments:
         main, sub = ctype.split("/")
@@ -77,7 +79,7 @@ async def test_search_reads_without_marking_and_lists_attachments(
     mailbox: tuple[IMAPMail, Store],
 ) -> None:
     mail, _store = mailbox
-    assert await mail.folders() == ["Archive", "INBOX", "Invoices"]
+    assert await mail.folders() == ["Archive", "INBOX", "Invoices", "Sent"]
     found = await mail.search(subject="invoice")
     assert [e["subject"] for e in found] == ["Invoice G-2", "Invoice INV-7"]  # newest first
     inv = found[1]
@@ -121,7 +123,7 @@ async def test_label_mark_read_and_move(mailbox: tuple[IMAPMail, Store]) -> None
                                                r"moved\)"):
         await mail.read("INBOX:3")
     with pytest.raises(IntegrationError, match=r"There is no folder 'Paid'\. Folders: Archive, "
-                                               r"INBOX, Invoices\."):
+                                               r"INBOX, Invoices, Sent\."):
         await mail.move("INBOX:1", "Paid")
     with pytest.raises(IntegrationError, match="cannot be a label"):
         await mail.label("INBOX:1", "two words")
@@ -137,6 +139,29 @@ async def test_send_goes_through_smtp_once_per_key(mailbox: tuple[IMAPMail, Stor
     sent = await store.list_outbox()
     assert len(sent) == 1 and sent[0].recipients == ["bo@example.com"]
     assert sent[0].sender == "ana@example.com" and sent[0].subject == "Re: Lunch?"
+
+
+async def test_confirm_send_finds_a_send_filed_in_sent(server: Dovecot,
+                                                       mailbox: tuple[IMAPMail, Store]) -> None:
+    mail, store = mailbox
+    key = "run-2/item#5/call#1"
+    # Not in Sent tells nothing: this server's SMTP may not file what it sends.
+    assert await mail.confirm_send("bo@example.com", "Re: Lunch?", "Friday.",
+                                   idempotency_key=key) is None
+    message_id = message_id_for(key)
+    imap = imaplib.IMAP4(server.host, server.port)
+    imap.login(server.user, server.password)
+    # What a server like Gmail's does with a message its SMTP sent.
+    imap.append("Sent", "(\\Seen)", None, _message(
+        "ana@example.com", "Re: Lunch?", "Friday.", "Thu, 05 Nov 2026 10:00:00 +0000",
+        message_id=message_id))
+    imap.logout()
+    found = await mail.confirm_send("bo@example.com", "Re: Lunch?", "Friday.",
+                                    idempotency_key=key)
+    assert found == Found(done=True, result=message_id)
+    assert await mail.confirm_send("bo@example.com", "Re: Lunch?", "Friday.",
+                                   idempotency_key="run-2/item#6/call#1") is None
+    assert await store.list_outbox() == []  # looking sends nothing
 
 
 async def test_wrong_password_is_a_clear_error_without_the_password(server: Dovecot) -> None:
