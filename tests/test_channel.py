@@ -28,6 +28,7 @@ from workers._channel import (
     ChannelClosed,
     FdChannel,
     FrameError,
+    RawObject,
     body_length,
     pack,
     replay_frames,
@@ -298,6 +299,16 @@ def test_frames_are_length_prefixed_json_with_a_cap() -> None:
         unpack(b"\xff\xfe")
     with pytest.raises(FrameError):
         body_length((MAX_FRAME + 1).to_bytes(4, "big"))
+
+
+def test_raw_members_are_written_as_they_are_beside_the_others() -> None:
+    texts = RawObject({"rows": '[{"id":1,"name":"Ana"}]', "née": '"Zoë"', "none": "null"})
+    frame = pack({"op": "done", "variables": texts, "unsaved": []})
+    assert unpack(frame[4:]) == {"op": "done", "unsaved": [], "variables": {
+        "rows": [{"id": 1, "name": "Ana"}], "née": "Zoë", "none": None}}
+    assert unpack(pack({"variables": RawObject()})[4:]) == {"variables": {}}
+    with pytest.raises(FrameError):
+        pack({"variables": RawObject({"big": '"' + "x" * MAX_FRAME + '"'})})
 
 
 def test_replay_frames_carry_recorded_results_in_frames_under_the_limit() -> None:

@@ -37,9 +37,23 @@ class FrameError(SandboxError):
     code = "sandbox_frame_error"
 
 
+class RawObject(dict[str, str]):
+    """A frame member whose values are JSON texts already: `pack` writes them as they are (the
+    saved variables, encoded once by `workers._state`, are the bulk of a final frame)."""
+
+
 def pack(frame: dict[str, Any]) -> bytes:
     """One frame: header and JSON body. Raises FrameError when the body exceeds MAX_FRAME."""
-    text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    raw = [key for key, value in frame.items() if type(value) is RawObject]
+    if raw:
+        rest = {key: value for key, value in frame.items() if key not in raw}
+        text = json.dumps(rest, separators=(",", ":"), ensure_ascii=False)
+        spliced = [_member(key, "{" + ",".join(_member(name, value)
+                                             for name, value in frame[key].items()) + "}")
+                   for key in raw]
+        text = text[:-1] + ("," if rest else "") + ",".join(spliced) + "}"
+    else:
+        text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
     body = text.encode("utf-8", "replace")  # lone surrogates become '?'
     if len(body) > MAX_FRAME:
         raise FrameError(f"a frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
@@ -56,7 +70,7 @@ def replay_frames(results: Mapping[str, str], *, limit: int = MAX_FRAME // 2,
     parts: list[str] = []
     size = 0
     for path, result in results.items():
-        part = f"{json.dumps(path, ensure_ascii=False)}:{result}"
+        part = _member(path, result)
         if len(part) > limit:
             continue
         total -= len(part)
@@ -70,6 +84,11 @@ def replay_frames(results: Mapping[str, str], *, limit: int = MAX_FRAME // 2,
     if parts:
         frames.append(_replay_frame(parts))
     return frames
+
+
+def _member(name: str, text: str) -> str:
+    """`"name":text`, one member of a JSON object whose value is JSON text already."""
+    return f"{json.dumps(name, ensure_ascii=False)}:{text}"
 
 
 def _replay_frame(parts: list[str]) -> bytes:

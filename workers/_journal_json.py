@@ -34,12 +34,18 @@ _MARKED = _REFUSED | orjson.OPT_APPEND_NEWLINE
 def exact_json(value: Any, *, marked: bool = False) -> bytes | None:
     """`value` as compact JSON by orjson (ending with a newline if `marked`), or None where that
     would not be exact (see above)."""
+    data = plain_json(value, marked=marked)
+    # `find`, not `in`: for bytes it is about twice as fast (measured, Python 3.11).
+    return None if data is None or data.find(b"null") >= 0 else data
+
+
+def plain_json(value: Any, *, marked: bool = False) -> bytes | None:
+    """`value` as compact JSON by orjson when it holds JSON types only (exact, but for NaN and
+    ±Infinity written as `null`), else None."""
     try:
-        data = orjson.dumps(value, option=_MARKED if marked else _REFUSED)
+        return orjson.dumps(value, option=_MARKED if marked else _REFUSED)
     except TypeError:  # orjson.JSONEncodeError
         return None
-    # `find`, not `in`: for bytes it is about twice as fast (measured, Python 3.11).
-    return None if data.find(b"null") >= 0 else data
 
 
 def dump_result(value: Any) -> str:

@@ -8,8 +8,8 @@ numbers, booleans, None, dates, datetimes, decimals, rows). What cannot be kept 
 generator, a resource handle, an object, more than the size cap) is listed with the reason, so
 the person and the model know to rebuild it.
 
-Imported by the sandbox child, so standard library and `integrations.wire` only at import time;
-pandas is imported when a DataFrame is decoded.
+Imported by the sandbox child, so standard library, orjson and `integrations.wire` only at import
+time; pandas is imported when a DataFrame is decoded.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 
 from integrations import wire
 from integrations.base import Resource, Row
+from workers._journal_json import plain_json
 
 __all__ = ["MAX_STATE_BYTES", "decode_state", "encode_state"]
 
@@ -39,6 +40,7 @@ _DATAFRAME = "__dataframe__"
 _CODE = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
          functools.partial)
 _PLAIN = (str, int, float, bool, dt.date, Decimal)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 class _Unsaveable(Exception):
@@ -51,28 +53,27 @@ class _Unsaveable(Exception):
 
 def encode_state(
     namespace: Mapping[str, Any], *, max_bytes: int = MAX_STATE_BYTES
-) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """The variables of `namespace` that can be kept, encoded, and those that cannot.
+) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """The variables of `namespace` that can be kept, encoded as JSON text, and those that cannot.
 
     Names starting with "_", modules, functions and classes are left out silently. Variables are
     kept in binding order until their encoded size reaches `max_bytes`; later ones that would go
     over are listed as unsaved.
 
     Returns:
-        `({name: encoded}, [{"name": ..., "reason": ...}])`.
+        `({name: JSON text of its encoded form}, [{"name": ..., "reason": ...}])`.
     """
-    variables: dict[str, Any] = {}
+    variables: dict[str, str] = {}
     unsaved: list[dict[str, str]] = []
     used = 0
     for name, value in namespace.items():
         if name.startswith("_") or isinstance(value, _CODE):
             continue
         try:
-            encoded = encode_value(value)
+            encoded, size = _json_of(value)
         except _Unsaveable as exc:
             unsaved.append({"name": name, "reason": exc.reason})
             continue
-        size = _size(encoded)
         if used + size > max_bytes:
             reason = f"it would take the saved variables over {_size_text(max_bytes)}"
             unsaved.append({"name": name, "reason": reason})
@@ -182,7 +183,19 @@ def _size_text(size: int) -> str:
     return f"{size // mib} MiB" if size >= mib else f"{size} bytes"
 
 
-def _size(encoded: Any) -> int:
-    """Bytes `encoded` takes in a frame (escaping included)."""
-    text = json.dumps(encoded, separators=(",", ":"), ensure_ascii=False)
-    return len(text.encode("utf-8", "replace"))
+def _json_of(value: Any) -> tuple[str, int]:
+    """The JSON text of `value`'s encoded form, and the bytes it takes in a frame.
+
+    A value made of JSON types only (lists, dicts with string keys, strings, numbers, booleans,
+    None: most variables) is its own encoded form, written by orjson in one pass when that is
+    exact (`workers._journal_json`: no null in it), else by the standard library without a
+    copy. Anything else goes through `encode_value`, and so do values nested more than 254
+    levels, which orjson refuses (`encode_value` refuses more than 100)."""
+    data = plain_json(value)
+    if data is None:
+        text = _ENCODER.encode(encode_value(value))
+    elif data.find(b"null") < 0:
+        return data.decode(), len(data)
+    else:  # None, or NaN or ±Infinity that orjson writes as null: the standard library's way
+        text = _ENCODER.encode(value)
+    return text, len(text.encode("utf-8", "replace"))

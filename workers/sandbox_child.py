@@ -26,7 +26,7 @@ import types
 from typing import Any
 
 from codegen.policy import check_program, render_violations
-from workers._channel import ChannelClosed, FdChannel, FrameError
+from workers._channel import ChannelClosed, FdChannel, FrameError, RawObject
 from workers._sandbox_namespace import (
     LOOP_HOOK,
     PROGRAM_FILE,
@@ -202,8 +202,8 @@ def _program_traceback(exc: BaseException) -> str:
 
 def _done_frame(namespace: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
     variables, unsaved = encode_state(runtime.program_variables(namespace))
-    frame: dict[str, Any] = {"op": "done", "failures": runtime.failures, "variables": variables,
-                             "unsaved": unsaved}
+    frame: dict[str, Any] = {"op": "done", "failures": runtime.failures,
+                             "variables": RawObject(variables), "unsaved": unsaved}
     try:
         table = table_of(namespace.get("result"))
     except Exception as exc:
