@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -556,15 +557,18 @@ def _reason(exc: Exception, status: int | None) -> str:
     """A stable word for what went wrong, from litellm's exception types and the HTTP status."""
     if isinstance(exc, DirectError):
         return exc.reason
-    from litellm.exceptions import ContextWindowExceededError, Timeout
-    from litellm.types.router import RouterRateLimitError
+    if "litellm" in sys.modules:  # else it is not litellm's, and importing it takes seconds
+        from litellm.exceptions import ContextWindowExceededError, Timeout
+        from litellm.types.router import RouterRateLimitError
 
-    if isinstance(exc, RouterRateLimitError):  # every deployment of the group is cooling down
-        return "cooling_down"
-    if isinstance(exc, Timeout) or status == 408:
+        if isinstance(exc, RouterRateLimitError):  # every deployment of the group cools down
+            return "cooling_down"
+        if isinstance(exc, Timeout):
+            return "timeout"
+        if isinstance(exc, ContextWindowExceededError):
+            return "too_long"
+    if status == 408:
         return "timeout"
-    if isinstance(exc, ContextWindowExceededError):
-        return "too_long"
     if status == 429:
         return "rate_limited"
     if status in (401, 403):

@@ -9,6 +9,9 @@ transports send, and to answer with a body that is not a chat completion.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -322,3 +325,17 @@ async def test_a_run_whose_direct_deployments_fail_finishes_with_no_error_in_the
                   if str(r.messages[-1]["content"]).startswith("Summarize signup")]
     assert ("direct-alpha", 500) in item_calls and ("direct-beta", 429) in item_calls
     assert {model for model, status in item_calls if status == 200} == {"gpt-4o-mini"}
+
+
+def test_codegen_keeps_litellm_offline_and_unloaded_when_a_direct_call_fails_oddly() -> None:
+    """Importing codegen tells litellm to use its bundled prices (it fetches them from the
+    network otherwise), and a failure that is not litellm's is classified without importing
+    litellm (seconds of the worker's event loop, and a fetch of prices where it was not told)."""
+    code = ("import os, sys\n"
+            "import codegen.models as models\n"
+            "print(os.environ['LITELLM_LOCAL_MODEL_COST_MAP'])\n"
+            "print(models._reason(AssertionError(), None), 'litellm' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k != "LITELLM_LOCAL_MODEL_COST_MAP"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120, check=False)
+    assert done.stdout.split() == ["True", "unavailable", "False"], done.stderr

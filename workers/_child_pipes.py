@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from workers._channel import HEADER_SIZE, FrameError, frame_end, unpack
 
@@ -40,8 +40,8 @@ class ChildPipes(asyncio.SubprocessProtocol):
 
     # -- the process ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.SubprocessTransport)
-        self._transport = transport
+        # Other event loops' (uvloop's) transports do not subclass asyncio's.
+        self._transport = cast(asyncio.SubprocessTransport, transport)
 
     def process_exited(self) -> None:
         if not self.exited.done():
