@@ -19,6 +19,8 @@ import json
 from collections.abc import Mapping
 from typing import Final
 
+import orjson
+
 from codegen._http1 import Endpoint, HttpClient, HttpError
 from codegen.model_config import ModelRoute
 from core.protocols import ChatMessage
@@ -88,7 +90,10 @@ class DirectDeployment:
             for m in messages]}
         if response_format is not None:
             request["response_format"] = response_format
-        return json.dumps(request, separators=(",", ":")).encode()
+        try:
+            return orjson.dumps(request)
+        except TypeError:  # a lone surrogate, say: the standard library writes it escaped
+            return json.dumps(request, separators=(",", ":")).encode()
 
 
 class DirectSession:
@@ -140,7 +145,7 @@ class DirectSession:
 def _answer(raw: bytes) -> DirectAnswer:
     """`choices[0].message.content` and `usage` of a chat completion."""
     try:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         text = data["choices"][0]["message"]["content"] or ""
         usage = data.get("usage")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):

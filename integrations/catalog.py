@@ -353,16 +353,27 @@ def signature_of(fn: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(fn)
 
 
+_FITTING: set[tuple[Callable[..., Any], int, frozenset[str]]] = set()
+
+
 def _check_arguments(
     label: str, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
 ) -> None:
-    """Raise IntegrationError showing the right call when the arguments do not fit `fn`."""
+    """Raise IntegrationError showing the right call when the arguments do not fit `fn`.
+
+    Whether arguments bind depends only on how many are positional and which names the others
+    have, so a shape that bound once is not bound again (every call of a program is checked)."""
+    shape = (fn, len(args), frozenset(kwargs))
+    if shape in _FITTING:
+        return
     try:
         signature_of(fn).bind(*args, **kwargs)
     except TypeError as exc:
         usage = signature_text(fn, with_self=False)
         raise IntegrationError(f"{label}(): {exc}. Call it as {label}{usage}.",
                                action=label) from None
+    if len(_FITTING) < 4096:
+        _FITTING.add(shape)
 
 
 def build_local_catalog(

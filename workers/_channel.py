@@ -6,7 +6,7 @@ The parent reads with an asyncio protocol (`workers._child_pipes`). The child, w
 in plain threads, reads and writes file descriptors directly: frames are queued and written whole
 by one thread at a time, and the waiting threads take turns reading (`CallRouter`), each reply
 left for the thread waiting for it, by id, so that many calls can be in flight at once. Kept to
-the standard library so the child starts fast.
+the standard library and orjson (written where its JSON is exact) so the child starts fast.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from core.errors import SandboxError
+from workers._journal_json import exact_json
 
 MAX_FRAME = 16 * 1024 * 1024
 REPLAY_BYTES = 64 * 1024 * 1024  # the most recorded results a resumed child is given up front
@@ -52,9 +53,15 @@ def pack(frame: dict[str, Any]) -> bytes:
                                              for name, value in frame[key].items()) + "}")
                    for key in raw]
         text = text[:-1] + ("," if rest else "") + ",".join(spliced) + "}"
+    elif (data := exact_json(frame)) is not None:  # most frames: orjson, in a tenth the time
+        return _sized(data)
     else:
         text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
-    body = text.encode("utf-8", "replace")  # lone surrogates become '?'
+    return _sized(text.encode("utf-8", "replace"))  # lone surrogates become '?'
+
+
+def _sized(body: bytes) -> bytes:
+    """Header and body. Raises FrameError when the body exceeds MAX_FRAME."""
     if len(body) > MAX_FRAME:
         raise FrameError(f"a frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
     return _HEADER.pack(len(body)) + body
