@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from core.errors import IntegrationError
 from core.settings import Settings
-from integrations.base import Integration, Resource, Row, action
+from integrations.base import Found, Integration, Resource, Row, action
 from integrations.coercion import Field, coerce, describe_fields, match_name, options
 from integrations.registry import CredentialField, Service, named
 from integrations.vault import Credentials
@@ -141,6 +141,14 @@ class Table(Resource):
         row_id = row.id if isinstance(row, Row) else str(row)
         return await self._db().write(lambda conn: self._db().update_row(conn, self.key, row_id,
                                                                          values))
+
+    async def confirm_update(self, row: Row | str, values: dict[str, Any]) -> Found:
+        """After a crash: done when the row already holds `values` (converted as update()
+        converts them), else not done (or changed since)."""
+        row_id = row.id if isinstance(row, Row) else str(row)
+        stored = await self._db().read(lambda conn: self._db().holding(conn, self.key, row_id,
+                                                                       values))
+        return Found(done=False) if stored is None else Found(done=True, result=stored)
 
     @action("write", preview="insert {n} table rows")
     async def append(self, values: dict[str, Any]) -> Row:
@@ -334,11 +342,23 @@ class SQL(Integration):
             changed = conn.execute(sa.select(sa.func.count()).select_from(table)
                                    .where(where)).scalar_one()
         if not changed:
-            raise IntegrationError(f"The table '{name}' has no row '{row_id}' (row ids are the "
-                                   "primary key). Use a row from table.rows() or table.find().",
-                                   table=name, row=row_id)
+            raise _no_row(name, row_id)
         found = conn.execute(sa.select(table).where(where)).mappings().one()
         return self._row(table, dict(found), 0)
+
+    def holding(self, conn: Connection, name: str, row_id: str,
+                values: dict[str, Any]) -> Row | None:
+        """The row `row_id` when it already holds `values` (converted as `update_row` converts
+        them), else None."""
+        table = self.schema(conn, name)
+        found = conn.execute(sa.select(table).where(self._where_id(table, row_id))
+                             ).mappings().one_or_none()
+        if found is None:
+            raise _no_row(name, row_id)
+        if all(found[column.name] == value
+               for column, value in self._values(table, values).items()):
+            return self._row(table, dict(found), 0)
+        return None
 
     def insert_row(self, conn: Connection, name: str, values: dict[str, Any]) -> Row:
         table = self.schema(conn, name)
@@ -409,3 +429,9 @@ SERVICE = Service(
                                    "host/db or sqlite:////path/to/file.db", secret=True),),
     factory=_from_credentials,
 )
+
+
+def _no_row(table: str, row_id: str) -> IntegrationError:
+    return IntegrationError(f"The table '{table}' has no row '{row_id}' (row ids are the primary "
+                            "key). Use a row from table.rows() or table.find().",
+                            table=table, row=row_id)

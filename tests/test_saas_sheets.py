@@ -17,7 +17,7 @@ import pytest
 
 from core.errors import IntegrationError
 from integrations import wire
-from integrations.base import EffectCall, Row, actions_of
+from integrations.base import EffectCall, Found, Row, actions_of
 from integrations.catalog import Catalog
 from integrations.saas import FACTORIES
 from integrations.saas._tabular import Sheet as SaasSheet
@@ -159,6 +159,40 @@ async def test_google_update_addresses_the_row_and_repeating_it_sends_nothing(
     await _call(catalog, "update", "row-2", {"Budget": 450})
     assert [r for r in fake.requests if r[0] == "POST"] == writes
     assert fake.tab("signups").cells[2] == ["Bo", "bo@example.com", 450]
+
+
+async def _confirm_update_after_a_crash(catalog: Catalog) -> list[Found | None]:
+    """What the catalog finds about an update of Bo's budget: before it, once it was done, and
+    once someone changed the cell since."""
+    bo = (await _call(catalog, "rows"))[1]
+    call = EffectCall("sheets", "update", wire.encode([bo.id, {"budget": "450"}]), {},
+                      handle=("sheets", "Sheet", "signups"))
+    found = [await catalog.confirm(call)]
+    await catalog.dispatch(call)
+    found.append(await catalog.confirm(call))
+    await _call(catalog, "update", bo.id, {"Budget": 7})
+    found.append(await catalog.confirm(call))
+    return found
+
+
+async def test_google_confirms_an_update_by_reading_the_row(
+    google: tuple[GoogleSheetsFake, Catalog],
+) -> None:
+    fake, catalog = google
+    before, done, changed = await _confirm_update_after_a_crash(catalog)
+    assert before == changed == Found(done=False)
+    assert done is not None and done.done and done.result["__row__"][1]["Budget"] == 450
+    writes = [r for r in fake.requests if r[0] == "POST"]
+    assert len(writes) == 2  # the update and the change since; looking wrote nothing
+
+
+async def test_airtable_confirms_an_update_by_reading_the_row(
+    airtable: tuple[AirtableFake, Catalog],
+) -> None:
+    _fake, catalog = airtable
+    before, done, changed = await _confirm_update_after_a_crash(catalog)
+    assert before == changed == Found(done=False)
+    assert done is not None and done.done and done.result["__row__"][1]["Budget"] == 450
 
 
 async def test_google_grows_the_grid_for_a_new_column(

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.errors import IntegrationError
-from integrations.base import Row
+from integrations.base import Found, Row
 from integrations.sql import SQL, Table
 from tests._database import database_url
 
@@ -80,6 +80,18 @@ async def test_update_and_append_coerce_values_to_column_types(sql: SQL) -> None
     assert [r.id for r in await contacts.find(active=True)] == ["1", "2", "3"]
     assert [r.id for r in await contacts.find(budget=None)] == ["3"]
     assert [r.id for r in await contacts.find(Signed_On="2026-03-12")] == ["2"]
+
+
+async def test_confirm_update_tells_an_applied_update_from_one_not_done(sql: SQL) -> None:
+    contacts = await sql.table("contacts")
+    values = {"Budget": "$1,200.50", "signed on": "12 March 2026"}
+    assert await contacts.confirm_update("2", values) == Found(done=False)
+    stored = await contacts.update("2", values)
+    assert await contacts.confirm_update("2", values) == Found(done=True, result=stored)
+    await contacts.update("2", {"budget": 7})  # changed since
+    assert await contacts.confirm_update("2", values) == Found(done=False)
+    with pytest.raises(IntegrationError, match="no row '9'"):
+        await contacts.confirm_update("9", values)
 
 
 async def test_values_that_do_not_fit_say_what_to_pass(sql: SQL) -> None:

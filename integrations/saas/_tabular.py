@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import IntegrationError
-from integrations.base import Integration, Resource, Row, action
+from integrations.base import Found, Integration, Resource, Row, action
 from integrations.coercion import check_cell_value
 from integrations.saas._match import match_name
 
@@ -61,6 +61,23 @@ def cell_text(value: Any) -> str | None:
 
 def _same(cell: Any, wanted: Any) -> bool:
     return cell_text(cell) == cell_text(wanted)
+
+
+def _change(table: Table, row: Row | str, values: dict[str, Any]
+            ) -> tuple[Row, dict[str, Any], builtins.list[str]]:
+    """The row `update(row, values)` changes, the values by the sheet's column names, and the
+    columns to add. Raises IntegrationError for an unknown row or a bad value."""
+    row_id = row.id if isinstance(row, Row) else str(row)
+    current = table.row(row_id)
+    if current is None:
+        raise _no_row(table, row_id)
+    resolved, new = resolve(table, values)
+    return current, resolved, new
+
+
+def _holds(current: Row, resolved: dict[str, Any], new: builtins.list[str]) -> bool:
+    """Whether `current` already holds the values (an update to them changes nothing)."""
+    return not new and all(_same(current.get(c), v) for c, v in resolved.items())
 
 
 def no_column(table: Table, name: str) -> IntegrationError:
@@ -128,16 +145,23 @@ class Sheet(Resource):
         end. Use None or "" to clear a cell. Updating to the same values again is a no-op.
         """
         owner = self._owner()
-        row_id = row.id if isinstance(row, Row) else str(row)
         async with owner.lock:
             table = await owner.load(self.key)
-            current = table.row(row_id)
-            if current is None:
-                raise _no_row(table, row_id)
-            resolved, new = resolve(table, values)
-            if not new and all(_same(current.get(c), v) for c, v in resolved.items()):
+            current, resolved, new = _change(table, row, values)
+            if _holds(current, resolved, new):
                 return current
             return await owner.write_row(table, current, resolved, new)
+
+    async def confirm_update(self, row: Row | str, values: dict[str, Any]) -> Found:
+        """After a crash: done when the row already holds `values` (updating it would change
+        nothing), else not done (or changed since)."""
+        owner = self._owner()
+        async with owner.lock:
+            table = await owner.load(self.key)
+        current, resolved, new = _change(table, row, values)
+        if _holds(current, resolved, new):
+            return Found(done=True, result=current)
+        return Found(done=False)
 
     @action("write", preview="add {n} rows")
     async def append(self, values: dict[str, Any]) -> Row:
