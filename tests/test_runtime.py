@@ -221,19 +221,25 @@ async def test_an_unconfirmed_send_the_outbox_holds_is_not_sent_again(
         assert stack.outbox.handler.received == 1  # the outbox was asked, not sent to again
         assert [m["subject"] for m in await stack.outbox_mails()] == ["Your budget"]
         assert not await stack.messages(thread_id, "question")
+        [result] = await stack.messages(thread_id, "result")
+        assert "sent 1 email" in result["text"]
+        assert ("of the 1 write it had left unconfirmed, 1 was found already done and not "
+                "repeated.") in result["text"]
 
 
 async def test_an_unconfirmed_send_the_outbox_lacks_is_sent_once(
         redis_server: Any, tmp_path: Path) -> None:
     async with Stack.running(redis_url=redis_server.url, home=tmp_path,
                              scenario=scenario(SEND)) as stack:
-        _thread_id, run_id = await _send_left_unconfirmed(stack, delivered=False)
+        thread_id, run_id = await _send_left_unconfirmed(stack, delivered=False)
         await stack.drain()
         run = await stack.store.get_run(run_id)
         assert run.state == RunState.SUCCEEDED, run.error
         assert run.result is not None
         assert (run.result.writes_checked, run.result.writes_confirmed,
                 run.result.writes_redone) == (1, 0, 0)
+        [result] = await stack.messages(thread_id, "result")
+        assert "1 was found not done and done now." in result["text"]
         assert stack.outbox.handler.received == 1
         assert len(await stack.outbox_mails()) == 1
 
@@ -248,6 +254,23 @@ async def test_an_unconfirmed_send_through_a_relay_is_raised_to_a_person(
         [question] = await stack.messages(thread_id, "question")
         assert "can't tell whether" in question["text"] and "ben@okafor.example" in question["text"]
         assert stack.outbox.handler.received == 1  # nothing was repeated silently
+
+
+async def test_an_unconfirmed_send_through_a_relay_that_drops_repeats_is_sent_again(
+        redis_server: Any, tmp_path: Path) -> None:
+    relay = {"SLUICE_SMTP_IS_OUTBOX": "false", "SLUICE_SMTP_DEDUPS_MESSAGE_ID": "true"}
+    async with Stack.running(redis_url=redis_server.url, home=tmp_path, scenario=scenario(SEND),
+                             env=relay) as stack:
+        thread_id, run_id = await _send_left_unconfirmed(stack, delivered=True)
+        await stack.drain()
+        run = await stack.store.get_run(run_id)
+        assert run.state == RunState.SUCCEEDED, run.error
+        assert run.result is not None and run.result.writes_redone == 1
+        # Sent again under the same Message-ID, which the server dropped: stored once.
+        assert (stack.outbox.handler.received, stack.outbox.handler.duplicates) == (2, 1)
+        assert len(await stack.outbox_mails()) == 1
+        [result] = await stack.messages(thread_id, "result")
+        assert "1 was done again, which the service ignores when it is a repeat." in result["text"]
 
 
 UPDATE = 'sheet = sheets.open("signups")\nsheet.update("row-2", {"Budget": 5000})\n'

@@ -27,7 +27,7 @@ from workers.deps import Deps
 from workers.effects import CostedModels, EffectRunner, StopReason
 from workers.journal import Journal
 from workers.sandbox import ProgressTick, SandboxLimits, SandboxOutcome, run_sandboxed
-from workers.summary import estimate_vs_actual, run_summary
+from workers.summary import estimate_vs_actual, run_summary, unconfirmed_note
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5
@@ -107,6 +107,10 @@ class RunContext:
         summary = run_summary(writes=counts.writes, items_done=items,
                               failures=len(outcome.failures), seconds=seconds,
                               model_calls=self.models.calls, cost_usd=cost)
+        if note := unconfirmed_note(checked=counts.writes_checked,
+                                    confirmed=counts.writes_confirmed,
+                                    redone=counts.writes_redone):
+            summary += " " + note
         return RunResult(summary=summary, writes=counts.writes, reads=counts.reads,
                          replayed=counts.replayed, writes_redone=counts.writes_redone,
                          writes_checked=counts.writes_checked,

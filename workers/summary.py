@@ -33,6 +33,26 @@ def run_summary(*, writes: dict[str, int], items_done: int | None, failures: int
     return text
 
 
+def unconfirmed_note(*, checked: int, confirmed: int, redone: int) -> str:
+    """What a resumed run did with the writes a stopped worker had started and not confirmed,
+    for the result message ('' when there were none)."""
+    if not checked and not redone:
+        return ""
+    parts = []
+    if confirmed:
+        parts.append(f"{confirmed} {'was' if confirmed == 1 else 'were'} found already done "
+                     "and not repeated")
+    if checked > confirmed:
+        undone = checked - confirmed
+        parts.append(f"{undone} {'was' if undone == 1 else 'were'} found not done and done now")
+    if redone:
+        parts.append(f"{redone} {'was' if redone == 1 else 'were'} done again, which the service "
+                     "ignores when it is a repeat")
+    total = checked + redone
+    return (f"A worker stopped during the run and another resumed it: of the {total} "
+            f"write{'s' if total != 1 else ''} it had left unconfirmed, " + "; ".join(parts) + ".")
+
+
 def estimate_vs_actual(estimate: Estimate, *, seconds: float, cost_usd: float | None,
                        model_calls: int) -> str:
     """"Estimated ~12 s and $0.0040 (30 AI calls); it took 11.2 s and $0.0038 (30).\""""
