@@ -180,13 +180,11 @@ class IMAPMail(Integration):
         await asyncio.to_thread(self._deliver, message)
         return str(message["Message-ID"])
 
-    async def confirm_send(self, to: str | builtins.list[str], subject: str, body: str, *,
-                           cc: str | builtins.list[str] | None = None,
-                           reply_to: str | None = None,
-                           idempotency_key: str | None = None) -> Found | None:
-        """After a crash: done when a Sent folder holds the Message-ID this send gets (servers
-        such as Gmail's file what their SMTP sends there). Not finding it tells nothing: not
-        every server files sent mail."""
+    async def confirm_send(self, *_message: Any, idempotency_key: str | None = None,
+                           **_options: Any) -> Found | None:
+        """After a crash: done when a Sent folder holds the Message-ID this send gets (from
+        `idempotency_key` alone; servers such as Gmail's file what their SMTP sends there). Not
+        finding it tells nothing: not every server files sent mail."""
         if not idempotency_key:
             return None
         message_id = message_id_for(idempotency_key)

@@ -218,18 +218,10 @@ class LocalMail(Integration):
         await asyncio.to_thread(self._deliver, message)
         return str(message["Message-ID"])
 
-    async def confirm_send(
-        self,
-        to: str | list[str],
-        subject: str,
-        body: str,
-        *,
-        cc: str | list[str] | None = None,
-        reply_to: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> Found | None:
+    async def confirm_send(self, *_message: Any, idempotency_key: str | None = None,
+                           **_options: Any) -> Found | None:
         """After a crash: when the server is Sluice's outbox, done when it holds the Message-ID
-        this send gets, else not done. A relay cannot be asked."""
+        this send gets (from `idempotency_key` alone), else not done. A relay cannot be asked."""
         if self.delivered is None or not idempotency_key:
             return None
         message_id = message_id_for(idempotency_key)
