@@ -13,7 +13,7 @@ import random
 from typing import Any
 
 from integrations.base import EffectCall, Row
-from workers._state import decode_state, encode_state
+from workers._state import decode_state, encode_state, state_texts
 from workers.sandbox import SandboxLimits, SandboxOutcome, detect_isolation, run_sandboxed
 
 ISOLATION = detect_isolation()
@@ -170,6 +170,19 @@ def test_encode_state_caps_the_size_and_says_why() -> None:
     assert reasons["big"] == "it would take the saved variables over 50 bytes"
     assert "sorted(" in reasons["tags"]
     assert "keys are not all strings" in reasons["ids"]
+
+
+def test_saved_variables_without_tags_are_sent_to_decode_to_themselves() -> None:
+    when = dt.date(2024, 5, 6)
+    texts, _ = encode_state({"rows": [{"a": 1, "b": None}], "row": Row("1", {"a": 1}),
+                             "when": when, "note": 'say "__row__"'})
+    saved = {name: json.loads(text) for name, text in texts.items()}
+    again, untagged = state_texts(saved)
+    assert again == texts and untagged == ["rows"]  # a quote inside a string counts as a tag
+    decoded = decode_state(saved, untagged=set(untagged))
+    assert decoded == {"rows": [{"a": 1, "b": None}], "row": {"a": 1}, "when": when,
+                       "note": 'say "__row__"'}
+    assert isinstance(decoded["row"], Row)
 
 
 def test_decode_state_round_trips_and_skips_what_it_cannot_read() -> None:

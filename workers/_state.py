@@ -21,7 +21,7 @@ import json
 import logging
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -29,7 +29,7 @@ from integrations import wire
 from integrations.base import Resource, Row
 from workers._journal_json import plain_json
 
-__all__ = ["MAX_STATE_BYTES", "decode_state", "encode_state"]
+__all__ = ["MAX_STATE_BYTES", "decode_state", "encode_state", "state_texts"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +83,21 @@ def encode_state(
     return variables, unsaved
 
 
-def decode_state(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The variables of an encoded state; one that cannot be decoded is left out (and logged)."""
+def state_texts(state: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """An encoded state as JSON text by name (for a frame, without encoding it twice), and the
+    names whose text holds no tag (no key starting with "__"): those decode to themselves."""
+    texts = {name: _json_of(encoded)[0] for name, encoded in state.items()}
+    return texts, [name for name, text in texts.items() if '"__' not in text]
+
+
+def decode_state(state: Mapping[str, Any], *, untagged: Collection[str] = ()) -> dict[str, Any]:
+    """The variables of an encoded state; one that cannot be decoded is left out (and logged).
+    Those named in `untagged` hold no tag (`state_texts`) and are taken as they are."""
     variables: dict[str, Any] = {}
     for name, encoded in state.items():
+        if name in untagged:
+            variables[name] = encoded
+            continue
         try:
             variables[name] = decode_value(encoded)
         except (ValueError, TypeError, KeyError, IndexError) as exc:

@@ -11,9 +11,11 @@ breaks a limit gives an unsuccessful `SandboxOutcome`; only a sandbox that canno
 
 Frames (see `workers._channel`): the child sends "ready", "call" (id, path, integration, action,
 args, kwargs, handle), "print", "progress", then "done" (table, failures, variables, unsaved) or
-"error" (type, message, line, traceback, failures). The parent sends "start" (program, manifest,
-preview, limit_items, output_bytes, cpu_s, seed, state) and one reply per call: `{"id", "ok"}` or
-`{"id", "error": {"type", "message"}}`; an error of type "RunStopped" stops the program.
+"error" (type, message, line, traceback, failures). The parent sends "replay" frames (a resumed
+run's journaled results), "start" (program, manifest, preview, limit_items, only_items,
+output_bytes, cpu_s, seed, state, untagged: the saved variables that decode to themselves) and one
+reply per call: `{"id", "ok"}` or `{"id", "error": {"type", "message"}}`; an error of type
+"RunStopped" stops the program.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from core.errors import SandboxError, SluiceError
 from integrations.base import EffectCall
 from workers import _isolation
-from workers._channel import FrameError, pack, replay_frames
+from workers._channel import FrameError, RawObject, pack, replay_frames
 from workers._child_pipes import ChildPipes
 from workers._isolation import detect_isolation
+from workers._state import state_texts
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -254,10 +257,11 @@ async def run_sandboxed(
             a run that way, or by cancelling the task.
     """
     level = await asyncio.to_thread(detect_isolation, isolation)
+    texts, untagged = state_texts(state or {})
     start = {"op": "start", "program": program, "manifest": manifest, "preview": preview,
              "limit_items": limit_items, "output_bytes": limits.output_kb * 1024,
-             "cpu_s": limits.cpu_s, "seed": seed, "state": state or {},
-             "only_items": only_items}
+             "cpu_s": limits.cpu_s, "seed": seed, "state": RawObject(texts),
+             "untagged": untagged, "only_items": only_items}
     workdir = tempfile.mkdtemp(prefix="sluice-sandbox-")
     try:
         session = _Session(handler, on_progress, limits)
