@@ -43,7 +43,6 @@ from codegen.model_config import (
 from codegen.prices import (
     DeploymentPrices,
     cost_usd,
-    litellm_ready,
     price_per_token,
     register_prices,
 )
@@ -478,7 +477,6 @@ def _build_router(
     Retry-After seconds when the provider sent one, else `cooldown_s` (litellm's default when
     None). The fallback gate relies on that.
     """
-    litellm_ready()
     from litellm.router import Router
 
     routes = {group: route for group, route in _routes_by_id(chains).items() if not route.direct}

@@ -1,23 +1,17 @@
 """What model calls cost, from litellm's bundled price list and the models file's own prices.
 
 See ARCHITECTURE.md, "Preview before spending": estimates and spend use the same prices. litellm
-takes seconds to import, so it is imported inside functions, never at module import.
+takes seconds to import, so it is imported inside functions, never at module import; it reads the
+bundled price list, which matches the pinned version, because importing `codegen` says so.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 from codegen.model_config import ModelRoute
 
-__all__ = ["DeploymentPrices", "cost_usd", "litellm_ready", "price_per_token", "register_prices"]
-
-
-def litellm_ready() -> None:
-    """Call before importing litellm: it would otherwise fetch its price list from the network at
-    import. The bundled list matches the pinned version, so prices are reproducible offline."""
-    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+__all__ = ["DeploymentPrices", "cost_usd", "price_per_token", "register_prices"]
 
 
 def price_per_token(model: str) -> tuple[float, float] | None:
@@ -25,7 +19,6 @@ def price_per_token(model: str) -> tuple[float, float] | None:
 
     `model` may carry a provider prefix ("openai/gpt-4o-mini").
     """
-    litellm_ready()
     import litellm
 
     key = _price_key(model, litellm.model_cost)
@@ -40,7 +33,6 @@ def price_per_token(model: str) -> tuple[float, float] | None:
 
 def cost_usd(price_as: str, *, prompt_tokens: int, completion_tokens: int) -> float | None:
     """What the tokens cost at `price_as`'s prices, in dollars; None when the price is unknown."""
-    litellm_ready()
     import litellm
 
     key = _price_key(price_as, litellm.model_cost)
@@ -83,7 +75,6 @@ class DeploymentPrices:
         """The prices `route` costs: the models file's `price`, else its `price_as` model's."""
         if route.price is not None:
             return cls(route.price_as, route.price)
-        litellm_ready()
         import litellm
 
         key = _price_key(route.price_as, litellm.model_cost)
