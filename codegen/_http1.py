@@ -185,15 +185,8 @@ class _Connection(asyncio.Protocol):
             pass
 
     def _head(self) -> bool:
-        buffer = self._buffer
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buffer) > MAX_HEAD:
-                raise HttpError(f"the answer's head is longer than {MAX_HEAD} bytes")
-            return False
-        head = bytes(buffer[:end])
-        del buffer[: end + 4]
-        return not self._start(head)
+        head = self._cut(b"\r\n\r\n", MAX_HEAD, "the answer's head")
+        return head is not None and not self._start(head)
 
     def _fixed(self) -> bool:
         buffer = self._buffer
@@ -284,15 +277,20 @@ class _Connection(asyncio.Protocol):
         return False
 
     def _line(self) -> bytes | None:
+        return self._cut(b"\r\n", _MAX_LINE, "a line of the answer")
+
+    def _cut(self, end_mark: bytes, limit: int, what: str) -> bytes | None:
+        """The buffer up to `end_mark`, taken out with the mark; None until the mark arrives.
+        Raises HttpError when more than `limit` bytes came without it."""
         buffer = self._buffer
-        end = buffer.find(b"\r\n")
+        end = buffer.find(end_mark)
         if end < 0:
-            if len(buffer) > _MAX_LINE:
-                raise HttpError(f"a line of the answer is longer than {_MAX_LINE} bytes")
+            if len(buffer) > limit:
+                raise HttpError(f"{what} is longer than {limit} bytes")
             return None
-        line = bytes(buffer[:end])
-        del buffer[: end + 2]
-        return line
+        taken = bytes(buffer[:end])
+        del buffer[: end + len(end_mark)]
+        return taken
 
     def _grow(self, size: int) -> None:
         self._size += size
