@@ -185,22 +185,16 @@ class Sheet(Resource):
         """After a crash: done when the row already holds `values` as `update` stores them
         (updating it would change nothing), else not done (or changed since)."""
         row_id = row.id if isinstance(row, Row) else str(row)
-        old = await self._stored()
-        new = old.copy()
-        index = self._update(new, row_id, values)
-        if (new.header, new.rows) == (old.header, old.rows):
-            return Found(done=True, result=new.to_row(index))
-        return Found(done=False)
+        new, index, changed = _applied(await self._stored(),
+                                       lambda table: self._update(table, row_id, values))
+        return Found(done=False) if changed else Found(done=True, result=new.to_row(index))
 
     async def confirm_append(self, values: dict[str, Any]) -> Found | None:
         """After a crash: when the sheet has an "id" column and `values` an id, done when a row
         has that id and the values, not done when no row has it. Otherwise there is no telling
         (a row without an id may be another row with the same values)."""
         old = await self._stored()
-        new = old.copy()
-        new.rows.append([None] * len(new.header))
-        index = len(new.rows) - 1
-        _set_values(new, index, values)
+        new, index, _ = _applied(old, lambda table: self._add_row(table, values))
         row_id = new.row_id(index)
         if old.id_column() is None or row_id == f"row-{index + 1}":
             return None
@@ -249,9 +243,8 @@ class Sheet(Resource):
         async with owner.lock:
             path = owner.path_of(self.key)
             old = await asyncio.to_thread(_load_with_schema, path)
-            new = old.copy()
-            index = change(new)
-            if (new.header, new.rows) != (old.header, old.rows):
+            new, index, changed = _applied(old, change)
+            if changed:
                 await asyncio.to_thread(_save, path, old, new)
             return new.to_row(index)
 
@@ -271,10 +264,16 @@ class Sheet(Resource):
         return index
 
     @staticmethod
-    def _append(table: _Table, values: dict[str, Any]) -> int:
+    def _add_row(table: _Table, values: dict[str, Any]) -> int:
+        """Add a row holding `values` at the bottom (its id not checked); its index."""
         table.rows.append([None] * len(table.header))
         index = len(table.rows) - 1
         _set_values(table, index, values)
+        return index
+
+    @staticmethod
+    def _append(table: _Table, values: dict[str, Any]) -> int:
+        index = Sheet._add_row(table, values)
         new_id = table.row_id(index)
         if table.id_column() is not None and table.index_of(new_id) != index:
             raise IntegrationError(
@@ -283,6 +282,14 @@ class Sheet(Resource):
                 sheet=table.name, row=new_id,
             )
         return index
+
+
+def _applied(old: _Table, change: Callable[[_Table], int]) -> tuple[_Table, int, bool]:
+    """`change` made to a copy of `old`: the copy, the row it addressed, and whether the sheet
+    differs from `old`."""
+    new = old.copy()
+    index = change(new)
+    return new, index, (new.header, new.rows) != (old.header, old.rows)
 
 
 def _change_preview(sheet: str, old: _Table, new: _Table, index: int, *, verb: str) -> Preview:
