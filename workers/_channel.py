@@ -99,8 +99,8 @@ def _member(name: str, text: str) -> str:
 
 
 def _replay_frame(parts: list[str]) -> bytes:
-    body = ('{"op":"replay","results":{' + ",".join(parts) + "}}").encode("utf-8", "replace")
-    return _HEADER.pack(len(body)) + body
+    return _sized(('{"op":"replay","results":{' + ",".join(parts) + "}}").encode("utf-8",
+                                                                               "replace"))
 
 
 def unpack(body: bytes) -> dict[str, Any]:
@@ -219,7 +219,7 @@ class FdChannel:
 
     def recv(self) -> dict[str, Any]:
         """Read one frame. Raises ChannelClosed at end of stream."""
-        length = body_length(self._take(_HEADER.size))
+        length = body_length(self._take(HEADER_SIZE))
         return unpack(self._take(length))
 
     def _has_frame(self) -> bool:
