@@ -6,8 +6,11 @@ re-opened when the server dropped it; reads use EXAMINE and BODY.PEEK so reading
 message as read. An email's `id` is "FOLDER:UID", which move(), label() and the attachment
 actions take back. Sending composes like the local mail integration (the Message-ID derives from
 the idempotency key) and goes through the configured SMTP server, with STARTTLS or TLS and login
-when configured. After a crash, a send left unconfirmed is looked up by that Message-ID in the Sent
-folder: found, it is not sent again; otherwise a person is asked.
+when configured; then a copy is filed in the Sent folder, as a mail client does (not on Gmail,
+whose SMTP files sent mail itself, nor when the folder holds that Message-ID already). After a
+crash, a send left unconfirmed is looked up by its Message-ID in the Sent folder: found, it is not
+sent again; otherwise a person is asked (the crash may have come between the SMTP server taking
+the email and the copy being filed).
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import builtins
 import contextlib
 import datetime as dt
 import imaplib
+import logging
 import re
 import smtplib
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -34,8 +39,10 @@ from integrations.mail import Email, LocalMail, message_id_for, parse_email, par
 from integrations.registry import CredentialField, Service, named
 from integrations.vault import Credentials
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 Security = Literal["ssl", "starttls", "none"]
+FileSent = Literal["auto", "yes", "no"]
 _FETCHED = re.compile(rb"UID (\d+)")
 _FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
 _ATOM = re.compile(r"^[A-Za-z0-9_.\-$]+$")
@@ -66,11 +73,12 @@ class IMAPMail(Integration):
     def __init__(self, *, host: str, port: int, username: str, password: str,
                  security: Security = "ssl", smtp_host: str = "", smtp_port: int = 0,
                  smtp_security: Security = "starttls", sender: str = "",
-                 timeout_s: float = 30.0) -> None:
+                 file_sent: FileSent = "auto", timeout_s: float = 30.0) -> None:
         self.host, self.port, self.username, self._password = host, port, username, password
         self.security, self.timeout_s = security, timeout_s
         self.smtp_host, self.smtp_port, self.smtp_security = smtp_host, smtp_port, smtp_security
         self.sender = sender or username
+        self.file_sent = file_sent  # auto: file a copy in Sent unless the server is Gmail
         self._conn: imaplib.IMAP4 | None = None
         self._lock = threading.Lock()
 
@@ -165,7 +173,8 @@ class IMAPMail(Integration):
     async def send(self, to: str | builtins.list[str], subject: str, body: str, *,
                    cc: str | builtins.list[str] | None = None, reply_to: str | None = None,
                    idempotency_key: str | None = None) -> str:
-        """Send a plain-text email from this mailbox and return its Message-ID.
+        """Send a plain-text email from this mailbox and return its Message-ID; a copy goes
+        to the Sent folder.
 
         `to` and `cc` take one address or a list. Leave `idempotency_key` out: the runtime
         sets it so a retried job never sends the same email twice.
@@ -178,13 +187,28 @@ class IMAPMail(Integration):
         message = composer._compose(to, subject, body, cc=cc, reply_to=reply_to,
                                     idempotency_key=idempotency_key)
         await asyncio.to_thread(self._deliver, message)
+        if self.file_sent != "no":
+            await self._file_copy(message.as_bytes(), str(message["Message-ID"]))
         return str(message["Message-ID"])
+
+    async def _file_copy(self, raw: bytes, message_id: str) -> None:
+        """File the sent email in the Sent folder. The email is sent already: a failure here is
+        logged, never raised (raising would have the send retried)."""
+        try:
+            folder = await self._run(lambda c: self._file_sent(c, raw, message_id))
+        except IntegrationError as exc:
+            logger.warning("email %s was sent but not filed in Sent: %s", message_id, exc)
+            return
+        if folder is None:
+            logger.info("email %s was sent; no copy filed (no Sent folder, or the server "
+                        "files sent mail itself)", message_id)
 
     async def confirm_send(self, *_message: Any, idempotency_key: str | None = None,
                            **_options: Any) -> Found | None:
         """After a crash: done when a Sent folder holds the Message-ID this send gets (from
-        `idempotency_key` alone; servers such as Gmail's file what their SMTP sends there). Not
-        finding it tells nothing: not every server files sent mail."""
+        `idempotency_key` alone): `send` files its copy there once the SMTP server took the
+        email, Gmail's SMTP files it itself. Not finding it tells nothing: the crash may have
+        come between the two, or the copy was not filed (`file_sent` no, no Sent folder)."""
         if not idempotency_key:
             return None
         message_id = message_id_for(idempotency_key)
@@ -267,18 +291,36 @@ class IMAPMail(Integration):
                                    match.group("name").decode().strip('"')))
         return listed
 
-    def _in_sent(self, conn: imaplib.IMAP4, message_id: str) -> bool:
-        """Whether a Sent folder holds `message_id`: the folders flagged \\Sent (RFC 6154), else
-        one named like a Sent folder."""
+    def _sent_folders(self, conn: imaplib.IMAP4) -> builtins.list[str]:
+        """The folders flagged \\Sent (RFC 6154), else those named like a Sent folder."""
         listed = self._listed(conn)
         flagged = [name for flags, name in listed if "\\sent" in flags.casefold().split()]
-        named = [name for _flags, name in listed if name.casefold() in _SENT_NAMES]
-        for folder in flagged or named:
-            self._select(conn, folder, readonly=True)
-            _status, data = conn.uid("SEARCH", "HEADER", "Message-ID", _quoted(message_id))
-            if data and data[0]:
-                return True
-        return False
+        return flagged or [name for _flags, name in listed if name.casefold() in _SENT_NAMES]
+
+    def _in_sent(self, conn: imaplib.IMAP4, message_id: str) -> bool:
+        """Whether a Sent folder holds `message_id`."""
+        return any(self._holds(conn, folder, message_id) for folder in self._sent_folders(conn))
+
+    def _holds(self, conn: imaplib.IMAP4, folder: str, message_id: str) -> bool:
+        self._select(conn, folder, readonly=True)
+        _status, data = conn.uid("SEARCH", "HEADER", "Message-ID", _quoted(message_id))
+        return bool(data and data[0])
+
+    def _file_sent(self, conn: imaplib.IMAP4, raw: bytes, message_id: str) -> str | None:
+        """APPEND `raw` (seen) to the Sent folder; the folder, or None when nothing was filed:
+        on "auto" Gmail (X-GM-EXT-1) files what its SMTP sends itself, and a copy already there
+        (filed by the server, or by an earlier try of the same send) is not filed twice."""
+        if self.file_sent == "auto" and files_sent_itself(conn.capabilities):
+            return None
+        folders = self._sent_folders(conn)
+        if not folders or self._holds(conn, folders[0], message_id):
+            return None
+        status, data = conn.append(_quoted(folders[0]), "(\\Seen)",
+                                   imaplib.Time2Internaldate(time.time()), raw)
+        if status != "OK":
+            raise IntegrationError(f"The mail server refused to file the copy in "
+                                   f"{folders[0]}: {data!r}.")
+        return folders[0]
 
     def _search(self, conn: imaplib.IMAP4, folder: str, criteria: builtins.list[str],
                 limit: int | None) -> builtins.list[Email]:
@@ -393,6 +435,18 @@ class IMAPMail(Integration):
                                    f"({exc.strerror or type(exc).__name__}).") from None
 
 
+def files_sent_itself(capabilities: tuple[str, ...]) -> bool:
+    """Whether the server files what its SMTP sends in Sent by itself: Gmail does (its IMAP
+    announces X-GM-EXT-1), so a client's copy would show twice."""
+    return any(c.upper() == "X-GM-EXT-1" for c in capabilities)
+
+
+def _file_sent_choice(value: str) -> FileSent:
+    if value not in ("auto", "yes", "no"):
+        raise IntegrationError(f"file_sent must be auto, yes or no, not {value!r}.")
+    return value  # type: ignore[return-value]
+
+
 def _security(value: str, field: str) -> Security:
     if value not in ("ssl", "starttls", "none"):
         raise IntegrationError(f"{field} must be ssl, starttls or none, not {value!r}.")
@@ -407,7 +461,7 @@ def _from_credentials(credentials: Credentials, settings: Settings) -> Integrati
         security=_security(get("imap_security") or "ssl", "imap_security"),
         smtp_host=get("smtp_host", ""), smtp_port=int(get("smtp_port") or 587),
         smtp_security=_security(get("smtp_security") or "starttls", "smtp_security"),
-        sender=get("sender", ""),
+        sender=get("sender", ""), file_sent=_file_sent_choice(get("file_sent") or "auto"),
     )
 
 
@@ -426,6 +480,9 @@ SERVICE = Service(
         CredentialField("smtp_security", "SMTP security: ssl, starttls or none",
                         default="starttls"),
         CredentialField("sender", "From address (default: the user name)", required=False),
+        CredentialField("file_sent", "File a copy of sent email in the Sent folder: auto (yes, "
+                                     "but not on Gmail, which does it itself), yes or no",
+                        default="auto"),
     ),
     factory=_from_credentials,
 )

@@ -16,7 +16,7 @@ from core.store import Store
 from infra.outbox import start_outbox
 from integrations.base import EffectCall, Found
 from integrations.catalog import Catalog
-from integrations.imap import IMAPMail
+from integrations.imap import IMAPMail, files_sent_itself
 from integrations.mail import message_id_for
 from tests._dovecot import DOVECOT, MISSING, Dovecot, dovecot
 from tests.test_files import pdf
@@ -141,11 +141,68 @@ async def test_send_goes_through_smtp_once_per_key(mailbox: tuple[IMAPMail, Stor
     assert sent[0].sender == "ana@example.com" and sent[0].subject == "Re: Lunch?"
 
 
+def _sent_copies(server: Dovecot, message_id: str) -> list[bytes]:
+    """The flags and headers of the Sent folder's copies of `message_id`."""
+    imap = imaplib.IMAP4(server.host, server.port)
+    imap.login(server.user, server.password)
+    imap.select("Sent", readonly=True)
+    _status, data = imap.uid("SEARCH", "HEADER", "Message-ID", f'"{message_id}"')
+    uids = (data[0] or b"").split()
+    copies = []
+    for uid in uids:
+        _status, fetched = imap.uid("FETCH", uid, "(FLAGS BODY.PEEK[HEADER])")
+        copies.append(b"".join(part[0] + part[1] if isinstance(part, tuple) else part
+                               for part in fetched))
+    imap.logout()
+    return copies
+
+
+async def test_send_files_one_copy_in_sent(server: Dovecot,
+                                           mailbox: tuple[IMAPMail, Store]) -> None:
+    mail, store = mailbox
+    key = "run-3/item#1/call#1"
+    message_id = await mail.send("bo@example.com", "Re: Lunch?", "Friday works.",
+                                 idempotency_key=key)
+    await mail.send("bo@example.com", "Re: Lunch?", "Friday works.", idempotency_key=key)
+    copies = _sent_copies(server, message_id)
+    assert len(copies) == 1  # the retry of the same send is not filed twice
+    assert b"\\Seen" in copies[0] and b"Subject: Re: Lunch?" in copies[0]
+    assert b"To: bo@example.com" in copies[0]
+    # So a crash after the send is settled by looking, without asking anyone.
+    found = await mail.confirm_send("bo@example.com", "Re: Lunch?", "Friday works.",
+                                    idempotency_key=key)
+    assert found == Found(done=True, result=message_id)
+    assert len(await store.list_outbox()) == 1
+
+
+async def test_send_files_no_copy_when_told_not_to(server: Dovecot, tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'sluice.db'}")
+    await migrate(engine)
+    outbox = await start_outbox(Store(engine))
+    mail = IMAPMail(host=server.host, port=server.port, username=server.user,
+                    password=server.password, security="none", smtp_host="127.0.0.1",
+                    smtp_port=outbox.port, smtp_security="none", file_sent="no")
+    try:
+        message_id = await mail.send("bo@example.com", "Hi", "Hello.",
+                                     idempotency_key="run-4/call#1")
+        assert _sent_copies(server, message_id) == []
+        assert await Store(engine).outbox_has(message_id)
+    finally:
+        await mail.aclose()
+        await outbox.stop()
+        await engine.dispose()
+
+
+def test_gmail_files_sent_mail_itself() -> None:
+    assert files_sent_itself(("IMAP4REV1", "X-GM-EXT-1", "UIDPLUS"))
+    assert not files_sent_itself(("IMAP4REV1", "SPECIAL-USE", "UIDPLUS"))
+
+
 async def test_confirm_send_finds_a_send_filed_in_sent(server: Dovecot,
                                                        mailbox: tuple[IMAPMail, Store]) -> None:
     mail, store = mailbox
     key = "run-2/item#5/call#1"
-    # Not in Sent tells nothing: this server's SMTP may not file what it sends.
+    # Not in Sent tells nothing: the crash may have come before the copy was filed.
     assert await mail.confirm_send("bo@example.com", "Re: Lunch?", "Friday.",
                                    idempotency_key=key) is None
     message_id = message_id_for(key)
