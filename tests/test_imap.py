@@ -150,7 +150,7 @@ def _sent_copies(server: Dovecot, message_id: str) -> list[bytes]:
     uids = (data[0] or b"").split()
     copies = []
     for uid in uids:
-        _status, fetched = imap.uid("FETCH", uid, "(FLAGS BODY.PEEK[HEADER])")
+        _status, fetched = imap.uid("FETCH", uid.decode(), "(FLAGS BODY.PEEK[HEADER])")
         copies.append(b"".join(part[0] + part[1] if isinstance(part, tuple) else part
                                for part in fetched))
     imap.logout()
