@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint check sandbox-tools mail-tools clean
+.PHONY: demo test test-postgres postgres-leg bench lint check sandbox-tools mail-tools db-tools clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "Sluice needs Python 3.11 ($(PYTHON) not found). Set PYTHON=/path/to/python3.11."; exit 1; }
@@ -31,6 +31,16 @@ mail-tools:
 	      || echo "Could not install dovecot-imapd; the IMAP tests will be skipped."; \
 	  else echo "dovecot is not installed; the IMAP tests will be skipped (install dovecot-imapd)."; fi; }
 
+# The journal is also tested on a real PostgreSQL (a throwaway cluster, tests/_postgres.py);
+# install it when we can (root with apt), else that part of `make test` is skipped and says so.
+db-tools:
+	@command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing postgresql for the Postgres tests..."; \
+	    (apt-get install -y -qq postgresql >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq postgresql >/dev/null 2>&1)) \
+	      || echo "Could not install postgresql; the Postgres tests will be skipped."; \
+	  else echo "PostgreSQL is not installed; the Postgres tests will be skipped (install postgresql)."; fi; }
+
 demo: $(STAMP) sandbox-tools
 	$(BIN)/sluice up --demo
 
@@ -39,8 +49,23 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-test: $(STAMP) sandbox-tools mail-tools lint
+# The tests where the database matters most, run again on PostgreSQL; `make test-postgres` runs
+# the whole suite there.
+POSTGRES_TESTS := tests/test_journal.py tests/test_runtime.py tests/test_resume_replay.py \
+	tests/test_sql.py tests/test_spine.py
+
+test: $(STAMP) sandbox-tools mail-tools db-tools lint
 	$(BIN)/pytest -q
+	@$(MAKE) --no-print-directory postgres-leg TESTS="$(POSTGRES_TESTS)"
+
+test-postgres: $(STAMP) sandbox-tools mail-tools db-tools
+	@$(MAKE) --no-print-directory postgres-leg TESTS=
+
+postgres-leg:
+	@if why=$$($(BIN)/python -c "from tests._postgres import available; print(available() or '')") && [ -z "$$why" ]; then \
+	  echo "The same tests on PostgreSQL (a throwaway cluster):"; \
+	  SLUICE_TEST_POSTGRES=start $(BIN)/pytest -q $(TESTS); \
+	else echo "Skipping the PostgreSQL tests: $$why"; fi
 
 # Benchmarks (not part of `make test`): results in tests/bench/results.json. BENCH_ARGS=--full
 # runs each() over 100,000 items; BENCH_ARGS="--only sandbox" runs one.

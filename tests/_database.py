@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 ADMIN_URL = os.environ.get("SLUICE_TEST_POSTGRES_URL")
@@ -28,7 +28,7 @@ async def database_url(folder: Path) -> AsyncIterator[str]:
     try:
         async with admin.connect() as conn:
             await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:
         async with admin.connect() as conn:
             await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

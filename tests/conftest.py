@@ -34,6 +34,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
     server.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def postgres_for_the_session() -> Iterator[None]:
+    """With SLUICE_TEST_POSTGRES=start, the database-backed tests run on a throwaway PostgreSQL
+    cluster started for the session (tests/_postgres.py) instead of SQLite."""
+    if os.environ.get("SLUICE_TEST_POSTGRES") != "start":
+        yield
+        return
+    from tests import _database, _postgres
+
+    why = _postgres.available()
+    if why is not None:
+        pytest.exit(f"SLUICE_TEST_POSTGRES=start, but {why}", returncode=1)
+    with _postgres.postgres_server() as url:
+        _database.ADMIN_URL = url
+        yield
+
+
 @pytest.fixture
 async def db_url(tmp_path: Path) -> AsyncIterator[str]:
     """SQLite in the test's folder, or a fresh Postgres database (see tests/_database.py)."""

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from core.db import create_engine, migrate
@@ -48,7 +48,8 @@ async def postgres_engine(url: str) -> AsyncIterator[AsyncEngine]:
     try:
         async with admin.connect() as conn:
             await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        engine = create_engine(url.rsplit("/", 1)[0] + f"/{name}")
+        engine = create_engine(make_url(url).set(database=name).render_as_string(
+            hide_password=False))
         try:
             await migrate(engine)
             yield engine
