@@ -323,6 +323,17 @@ def test_replay_frames_carry_recorded_results_in_frames_under_the_limit() -> Non
                       for i in range(300)}
 
 
+def test_names_are_quoted_whatever_they_hold() -> None:
+    # Paths are plain, but a variable's name or a path may hold anything a str can.
+    names = ['say "hi"', "back\\slash", "tab\tand\nline\x01", "née", "emoji 😀", "\u2028"]
+    texts = RawObject({name: "1" for name in names})
+    assert unpack(pack({"variables": texts})[4:]) == {"variables": {name: 1 for name in names}}
+    lone = pack({"variables": RawObject({"x\ud800": "2"})})  # a lone surrogate becomes "?"
+    assert unpack(lone[4:]) == {"variables": {"x?": 2}}
+    frames = replay_frames({name: '"ok"' for name in names})
+    assert replayed_results(frames) == {name: "ok" for name in names}
+
+
 def test_replay_frames_stop_at_their_total_and_keep_the_first_results() -> None:
     results = {f"call#{i}": f'"{i:04d}"' for i in range(1000)}  # ~17 bytes each with its path
     merged = replayed_results(replay_frames(results, limit=1_000, total=3_000))

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
+
 from core.errors import SandboxError
 from workers._journal_json import exact_json
 
@@ -94,8 +96,15 @@ def replay_frames(results: Mapping[str, str], *, limit: int = MAX_FRAME // 2,
 
 
 def _member(name: str, text: str) -> str:
-    """`"name":text`, one member of a JSON object whose value is JSON text already."""
-    return f"{json.dumps(name, ensure_ascii=False)}:{text}"
+    """`"name":text`, one member of a JSON object whose value is JSON text already. The name is
+    quoted by orjson (a resumed run's replay frames quote one path per journaled call: a tenth
+    of the standard library's time), or by the standard library where orjson refuses it (a
+    lone surrogate)."""
+    try:
+        quoted = orjson.dumps(name).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        quoted = json.dumps(name, ensure_ascii=False)
+    return f"{quoted}:{text}"
 
 
 def _replay_frame(parts: list[str]) -> bytes:
