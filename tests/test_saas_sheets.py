@@ -195,6 +195,52 @@ async def test_airtable_confirms_an_update_by_reading_the_row(
     assert done is not None and done.done and done.result["__row__"][1]["Budget"] == 450
 
 
+async def _confirm_append_after_a_crash(catalog: Catalog) -> list[Found | None]:
+    """What the catalog finds about appending order A-2 to a sheet with an ID column: before
+    it, once it was done; then about an append without an id, and one whose id another row
+    has with other values."""
+    def append(values: dict[str, Any]) -> EffectCall:
+        return EffectCall("sheets", "append", wire.encode([values]), {},
+                          handle=("sheets", "Sheet", "orders"))
+
+    call = append({"id": "A-2", "Item": "Tea", "Amount": 20})
+    found = [await catalog.confirm(call)]
+    await catalog.dispatch(call)
+    found.append(await catalog.confirm(call))
+    found.append(await catalog.confirm(append({"Item": "Tea", "Amount": 20})))
+    found.append(await catalog.confirm(append({"ID": "A-1", "Item": "Tea"})))
+    return found
+
+
+async def test_google_confirms_an_append_by_its_id(
+    google: tuple[GoogleSheetsFake, Catalog],
+) -> None:
+    fake, catalog = google
+    fake.add_tab("orders", [["ID", "Item", "Amount"], ["A-1", "Mugs", 100]], columns=3)
+    before, done, no_id, other = await _confirm_append_after_a_crash(catalog)
+    assert before == Found(done=False)
+    assert done is not None and done.done
+    assert done.result["__row__"][1] == {"ID": "A-2", "Item": "Tea", "Amount": 20}
+    assert no_id is None and other is None  # no telling: a person is asked
+    assert fake.tab("orders").cells[1:] == [["A-1", "Mugs", 100], ["A-2", "Tea", 20]]
+
+
+async def test_airtable_confirms_an_append_by_its_id(
+    airtable: tuple[AirtableFake, Catalog],
+) -> None:
+    fake, catalog = airtable
+    fake.add_table("orders", [Field("ID"), Field("Item"),
+                              Field("Amount", "number", {"precision": 0})],
+                   [{"ID": "A-1", "Item": "Mugs", "Amount": 100}])
+    before, done, no_id, other = await _confirm_append_after_a_crash(catalog)
+    assert before == Found(done=False)
+    assert done is not None and done.done
+    assert done.result["__row__"][1] == {"ID": "A-2", "Item": "Tea", "Amount": 20}
+    assert no_id is None and other is None
+    rows = await _call(catalog, "rows", sheet="orders")
+    assert [r["ID"] for r in rows] == ["A-1", "A-2"]  # looking added nothing
+
+
 async def test_google_grows_the_grid_for_a_new_column(
     google: tuple[GoogleSheetsFake, Catalog],
 ) -> None:

@@ -176,6 +176,26 @@ class Sheet(Resource):
             resolved, new = resolve(table, values)
             return await owner.add_row(table, resolved, new)
 
+    async def confirm_append(self, values: dict[str, Any]) -> Found | None:
+        """After a crash: when the sheet has an "id" column and `values` an id for it, done when
+        a row has that id and the values, not done when no row has that id. Otherwise there is
+        no telling: a row without an id may be another row with the same values, and an append
+        that adds columns may have stopped between adding them and adding the row."""
+        owner = self._owner()
+        async with owner.lock:
+            table = await owner.load(self.key)
+        resolved, new = resolve(table, values)
+        column = next((c for c in table.columns if c.strip().casefold() == "id"), None)
+        if column is None or new or cell_text(resolved.get(column)) is None:
+            return None
+        same_id = [r for r in table.rows if _same(r.get(column), resolved[column])]
+        if not same_id:
+            return Found(done=False)
+        for row in same_id:
+            if all(_same(row.get(c), v) for c, v in resolved.items() if cell_text(v) is not None):
+                return Found(done=True, result=row)
+        return None
+
     @action("read")
     async def find(self, **equals: Any) -> list[Row]:
         """The rows whose cells equal all the given values, e.g. find(Email="ana@example.com").
