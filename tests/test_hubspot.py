@@ -139,6 +139,26 @@ async def test_upsert_contact_never_duplicates(
     assert again["firstname"] == "Bo" and again["lastname"] == "Berg"
 
 
+async def test_a_create_a_crash_left_unconfirmed_is_found_by_its_unique_value(
+    hubspot: tuple[HubSpotFake, Catalog, str],
+) -> None:
+    fake, catalog, _url = hubspot
+    bo = EffectCall("crm", "create", wire.encode(["contacts", {"email": "Bo@Example.com",
+                                                               "firstname": "Bo"}]), {})
+    assert await catalog.confirm(bo) is None  # not found yet: HubSpot's search may lag
+    made = await catalog.dispatch(bo)
+    found = await catalog.confirm(bo)
+    assert found is not None and found.done
+    assert found.result["__row__"][0] == made["__row__"][0]  # the record the create made
+    # Ana exists with another first name: not this create. A deal has no unique value.
+    ana = EffectCall("crm", "create", wire.encode(["contacts", {"email": "ana@example.com",
+                                                                "firstname": "Anna"}]), {})
+    deal = EffectCall("crm", "create", wire.encode(["deals", {"dealname": "Acme"}]), {})
+    await catalog.dispatch(deal)
+    assert await catalog.confirm(ana) is None and await catalog.confirm(deal) is None
+    assert len(fake.records["contacts"]) == 2 and len(fake.records["deals"]) == 1
+
+
 async def test_custom_property_and_unknown_property(
     hubspot: tuple[HubSpotFake, Catalog, str],
 ) -> None:

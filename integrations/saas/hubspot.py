@@ -33,7 +33,7 @@ from hubspot.crm.properties import OptionInput, PropertyCreate
 from urllib3.util.retry import Retry
 
 from core.errors import IntegrationError
-from integrations.base import Integration, Row, action
+from integrations.base import Found, Integration, Row, action
 from integrations.saas._match import match_name, match_option, no_option, norm
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,12 @@ def _kind(kind: str) -> Kind:
 
 def _record_id(record: Row | str | int) -> str:
     return record.id if isinstance(record, Row) else str(record)
+
+
+def _same_value(stored: Any, sent: str) -> bool:
+    """Whether a stored property value is the one sent, without case (an email's case is not
+    significant) or surrounding spaces; an empty value is a cleared property."""
+    return str(stored or "").strip().casefold() == sent.strip().casefold()
 
 
 def _row(obj: Any) -> Row:
@@ -236,6 +242,25 @@ class HubSpot(Integration):
         body = SimplePublicObjectInputForCreate(properties=values, associations=[])
         obj = await self._call(self.client.crm.objects.basic_api.create, kind, body, kind=kind)
         return await self.get(kind, str(obj.id))
+
+    async def confirm_create(self, kind: Kind, properties: dict[str, Any]) -> Found | None:
+        """After a crash: done when a record has the value of a unique property among
+        `properties` (a contact's email, or a property made with unique values) and the other
+        values. Otherwise there is no telling: HubSpot's search is eventually consistent, so a
+        record made moments ago may not be found yet, and without a unique value a record found
+        may be another with the same values."""
+        kind = _kind(kind)
+        schema = await self._schema(kind)
+        values = schema.properties(properties)
+        unique = [name for name, value in values.items()
+                  if value and getattr(schema.by_name[name], "has_unique_value", False)]
+        if not unique:
+            return None
+        match = [{"propertyName": unique[0], "operator": "EQ", "value": values[unique[0]]}]
+        for row in await self._search(kind, schema, "", match):
+            if all(_same_value(row.get(name), value) for name, value in values.items()):
+                return Found(done=True, result=row)
+        return None
 
     @action("write", preview="update {n} CRM records", idempotent=True)
     async def update(self, kind: Kind, record: Row | str, properties: dict[str, Any]) -> Row:
