@@ -159,6 +159,12 @@ class Table(Resource):
         """
         return await self._db().write(lambda conn: self._db().insert_row(conn, self.key, values))
 
+    async def confirm_append(self, values: dict[str, Any]) -> Found | None:
+        """After a crash: when `values` hold the whole primary key, done when that row exists
+        holding them, not done when there is no such row. Otherwise (a key the database picks,
+        or a row with that key but other values) there is no telling."""
+        return await self._db().read(lambda conn: self._db().inserted(conn, self.key, values))
+
     def _db(self) -> SQL:
         if not isinstance(self.owner, SQL):
             raise IntegrationError(f"The table handle '{self.key}' is not connected to a "
@@ -358,6 +364,22 @@ class SQL(Integration):
         if all(found[column.name] == value
                for column, value in self._values(table, values).items()):
             return self._row(table, dict(found), 0)
+        return None
+
+    def inserted(self, conn: Connection, name: str, values: dict[str, Any]) -> Found | None:
+        """Whether `insert_row(values)` was done, told by the primary key it gives (see
+        `Table.confirm_append`)."""
+        table = self.schema(conn, name)
+        wanted = self._values(table, values)
+        keys = builtins.list(table.primary_key.columns)
+        if not keys or any(wanted.get(key) is None for key in keys):
+            return None
+        where = sa.and_(*(key == wanted[key] for key in keys))
+        found = conn.execute(sa.select(table).where(where)).mappings().one_or_none()
+        if found is None:
+            return Found(done=False)
+        if all(found[column.name] == value for column, value in wanted.items()):
+            return Found(done=True, result=self._row(table, dict(found), 0))
         return None
 
     def insert_row(self, conn: Connection, name: str, values: dict[str, Any]) -> Row:

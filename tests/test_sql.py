@@ -94,6 +94,17 @@ async def test_confirm_update_tells_an_applied_update_from_one_not_done(sql: SQL
         await contacts.confirm_update("9", values)
 
 
+async def test_confirm_append_looks_the_row_up_by_the_key_it_gives(sql: SQL) -> None:
+    contacts = await sql.table("contacts")
+    values = {"id": "7", "name": "Cy", "budget": "$90"}
+    assert await contacts.confirm_append(values) == Found(done=False)
+    stored = await contacts.append(values)
+    assert await contacts.confirm_append(values) == Found(done=True, result=stored)
+    assert await contacts.confirm_append({"id": 7, "name": "Dee"}) is None  # another row's key
+    assert await contacts.confirm_append({"name": "Cy"}) is None  # a key the database picks
+    assert [r.id for r in await contacts.rows()] == ["1", "2", "7"]  # looking inserted nothing
+
+
 async def test_values_that_do_not_fit_say_what_to_pass(sql: SQL) -> None:
     contacts = await sql.table("contacts")
     with pytest.raises(IntegrationError) as info:
