@@ -64,7 +64,8 @@ def postgres_server(*, durable: bool = False) -> Iterator[str]:
     if why is not None or BIN_DIR is None:
         raise RuntimeError(why)
     prefix, uid = _run_as()
-    root = Path(tempfile.mkdtemp(prefix="sluice-pg-"))
+    # In /tmp when run as `postgres`: TMPDIR may be a folder only root can enter.
+    root = Path(tempfile.mkdtemp(prefix="sluice-pg-", dir="/tmp" if uid is not None else None))
     data, socket_dir = root / "data", root / "run"
     socket_dir.mkdir()
     if uid is not None:
@@ -76,7 +77,7 @@ def postgres_server(*, durable: bool = False) -> Iterator[str]:
                f"-c full_page_writes={'on' if durable else 'off'}")
     try:
         _check([*prefix, str(BIN_DIR / "initdb"), "-D", str(data), "-U", "postgres", "-A",
-                "trust", "-E", "UTF8", "--no-sync"], "initdb")
+                "trust", "-E", "UTF8", "--no-locale", "--no-sync"], "initdb")
         _check([*prefix, str(BIN_DIR / "pg_ctl"), "-D", str(data), "-l", str(root / "log"),
                 "-o", options, "-w", "-t", "60", "start"], "pg_ctl start")
         try:
