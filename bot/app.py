@@ -59,7 +59,8 @@ def create_app(settings: Settings) -> web.Application:
         app[SLACK] = slack
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        engine = create_engine(settings.effective_database_url)
+        engine = create_engine(settings.effective_database_url,
+                               sqlite_synchronous=settings.sqlite_synchronous)
         await migrate(engine)
         redis = await connect(settings.require_redis_url())
         deps = BotDeps(settings=settings, store=Store(engine), redis=redis)

@@ -6,6 +6,7 @@ SQLite under `.sluice/` by default, Postgres with `DATABASE_URL`; the schema is 
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,7 +29,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from core.types import utcnow
+from core.types import Synchronous, utcnow
 
 
 class Base(DeclarativeBase):
@@ -288,35 +289,50 @@ class SlackSeenRow(Base):
     seen_at: Mapped[datetime] = _now_column()
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine; SQLite gets WAL and a busy timeout so several processes can share it."""
+_SYNCHRONOUS = "sluice_sqlite_synchronous"  # an execution option of the engines made here
+
+
+def create_engine(url: str, *, sqlite_synchronous: Synchronous = "normal") -> AsyncEngine:
+    """An async engine; SQLite gets WAL and a busy timeout so several processes can share it,
+    and `sqlite_synchronous` (see `sqlite_synchronous_of`)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        engine = create_async_engine(url, connect_args={"timeout": 30},
+                                     execution_options={_SYNCHRONOUS: sqlite_synchronous})
+        event.listen(engine.sync_engine, "connect",
+                     functools.partial(_sqlite_pragmas, synchronous=sqlite_synchronous))
         return engine
     return create_async_engine(url, pool_pre_ping=True)
 
 
-def create_sync_sqlite_engine(url: str | URL) -> Engine:
+def sqlite_synchronous_of(engine: AsyncEngine) -> Synchronous:
+    """The `synchronous` mode `engine`'s SQLite connections use, for other connections to the
+    same file (the journal's writer) to use too."""
+    mode = engine.get_execution_options().get(_SYNCHRONOUS)
+    return "full" if mode == "full" else "normal"
+
+
+def create_sync_sqlite_engine(url: str | URL, *, synchronous: Synchronous = "normal") -> Engine:
     """A sync (pysqlite) engine on the SQLite file of `url`, with `create_engine`'s pragmas.
 
     For code that writes from a thread of its own (the journal's writer, workers.journal).
     """
     engine = create_sync_engine(make_url(url).set(drivername="sqlite"),
                                 connect_args={"timeout": 30})
-    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "connect", functools.partial(_sqlite_pragmas, synchronous=synchronous))
     return engine
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any, *, synchronous: Synchronous) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     # In WAL mode NORMAL survives any crash of a process (what the journal guards against);
-    # only a power loss may drop the last commits. Use Postgres where that matters.
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    # only a power loss may drop the last commits: FULL (an fsync per commit) or Postgres
+    # where that matters.
+    cursor.execute("PRAGMA synchronous=FULL" if synchronous == "full" else
+                   "PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()

@@ -21,6 +21,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from core.errors import ConfigurationError
+from core.types import Synchronous
 
 
 class Settings(BaseSettings):
@@ -35,6 +36,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("SLUICE_DATABASE_URL", "DATABASE_URL")
     )
+    sqlite_synchronous: Synchronous = Field(
+        default="normal", description="SQLite's `synchronous` (WAL mode): `normal` keeps every "
+        "commit through any crash of a process; `full` also through a power loss, at an fsync "
+        "per commit.")
 
     console_host: str = "127.0.0.1"
     console_port: int = Field(default=8700, ge=0, le=65535)

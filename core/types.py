@@ -13,6 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# SQLite's `synchronous` in WAL mode (core.db, settings.sqlite_synchronous).
+Synchronous = Literal["normal", "full"]
+
 
 def new_id(prefix: str) -> str:
     """A short, sortable-enough, unguessable id such as `run_3f9c1a2b7d4e`."""

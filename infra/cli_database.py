@@ -27,7 +27,8 @@ T = TypeVar("T")
 @asynccontextmanager
 async def opened_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
     """The engine of the configured database, migrated; disposed of on the way out."""
-    engine = create_engine(settings.effective_database_url)
+    engine = create_engine(settings.effective_database_url,
+                           sqlite_synchronous=settings.sqlite_synchronous)
     try:
         await migrate(engine)
         yield engine

@@ -35,7 +35,7 @@ from workers.effects import (
     marshal_request_hash,
     request_hash,
 )
-from workers.journal import Journal, JournalEntry
+from workers.journal import Journal, JournalEntry, open_store
 
 ROW = {"__row__": ["r7", {"Name": "Ana", "Email": "ana@example.com", "Asked": "yes"}]}
 
@@ -156,7 +156,7 @@ async def test_the_sqlite_writer_opens_the_file_as_the_worker_does(tmp_path: Pat
 CRASHER = textwrap.dedent("""\
     import asyncio, sys
     from core.db import create_engine, migrate
-    from workers.journal import Journal, JournalEntry
+    from workers.journal import Journal, JournalEntry, open_store
 
     async def main(url):
         engine = create_engine(url)
@@ -425,3 +425,21 @@ async def test_results_written_before_orjson_still_replay_exactly(db_url: str,
     finally:
         await journal.close()
         await engine.dispose()
+
+
+@pytest.mark.parametrize("mode", ["normal", "full"])
+async def test_the_journal_writes_with_the_engines_synchronous_mode(tmp_path: Path,
+                                                                    mode: str) -> None:
+    # SQLite's codes: NORMAL is 1, FULL is 2. The journal's writer opens its own connection.
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'sluice.db'}",
+                           sqlite_synchronous=mode)  # type: ignore[arg-type]
+    await migrate(engine)
+    code = {"normal": 1, "full": 2}[mode]
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("PRAGMA synchronous"))).scalar() == code
+    store = open_store(engine)
+    await store.commit([])
+    writer = store._connection()  # type: ignore[attr-defined]
+    assert writer.execute("PRAGMA synchronous").fetchone()[0] == code
+    await store.close()
+    await engine.dispose()

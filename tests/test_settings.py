@@ -25,6 +25,15 @@ def test_bad_value_names_the_variable() -> None:
     assert "eighty" in caught.value.message
 
 
+def test_sqlite_synchronous_is_normal_unless_set_to_full() -> None:
+    assert load_settings({}, env_file=False).sqlite_synchronous == "normal"
+    full = load_settings({"SLUICE_SQLITE_SYNCHRONOUS": "full"}, env_file=False)
+    assert full.sqlite_synchronous == "full"
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings({"SLUICE_SQLITE_SYNCHRONOUS": "extra"}, env_file=False)
+    assert "SLUICE_SQLITE_SYNCHRONOUS" in caught.value.message
+
+
 def test_missing_redis_says_how_to_get_one() -> None:
     settings = load_settings({}, env_file=False)
     with pytest.raises(ConfigurationError) as caught:

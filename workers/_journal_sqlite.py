@@ -28,6 +28,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
 from core.db import create_sync_sqlite_engine
+from core.types import Synchronous
 
 T = TypeVar("T")
 # Rows per INSERT: one statement of many rows costs less CPU than executemany's row at a time,
@@ -40,8 +41,10 @@ Row = tuple[Any, ...]
 class SqliteJournalStore:
     """Loads and commits journal rows of one SQLite database on a thread of its own."""
 
-    def __init__(self, url: URL, *, upsert: Callable[[int], str], select: str) -> None:
+    def __init__(self, url: URL, *, upsert: Callable[[int], str], select: str,
+                 synchronous: Synchronous = "normal") -> None:
         self._url = url
+        self._synchronous = synchronous
         self._upsert = upsert  # the statement for n rows
         self._select = select
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -85,7 +88,7 @@ class SqliteJournalStore:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._engine = create_sync_sqlite_engine(self._url)
+            self._engine = create_sync_sqlite_engine(self._url, synchronous=self._synchronous)
             self._proxy = self._engine.raw_connection()
             conn = self._proxy.driver_connection
             assert isinstance(conn, sqlite3.Connection)

@@ -23,7 +23,8 @@ class Deps:
 
     @classmethod
     async def create(cls, settings: Settings, *, redis: ArqRedis | None = None) -> Deps:
-        engine = create_engine(settings.effective_database_url)
+        engine = create_engine(settings.effective_database_url,
+                               sqlite_synchronous=settings.sqlite_synchronous)
         await migrate(engine)
         redis = redis or await connect(settings.require_redis_url())
         return cls(settings=settings, store=Store(engine), redis=redis,

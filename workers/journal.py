@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.db import sqlite_synchronous_of
 from workers._journal_json import dump_result, parse_result
 from workers._journal_sqlite import CHUNK, Row, SqliteJournalStore
 
@@ -163,7 +164,8 @@ def open_store(engine: AsyncEngine) -> JournalStore:
     url = engine.url
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
             and "memory" not in str(url.query.get("mode", "")):
-        return SqliteJournalStore(url, upsert=sqlite_upsert, select=SQLITE_SELECT)
+        return SqliteJournalStore(url, upsert=sqlite_upsert, select=SQLITE_SELECT,
+                                  synchronous=sqlite_synchronous_of(engine))
     return EngineJournalStore(engine)
 
 

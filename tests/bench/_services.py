@@ -17,12 +17,15 @@ from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from core.db import create_engine, migrate
+from core.types import Synchronous
 
 
 @asynccontextmanager
-async def sqlite_engine(folder: Path, name: str = "bench.db") -> AsyncIterator[AsyncEngine]:
+async def sqlite_engine(folder: Path, name: str = "bench.db", *,
+                        synchronous: Synchronous = "normal") -> AsyncIterator[AsyncEngine]:
     """A migrated SQLite database (WAL, as the worker opens it) in `folder`."""
-    engine = create_engine(f"sqlite+aiosqlite:///{folder / name}")
+    engine = create_engine(f"sqlite+aiosqlite:///{folder / name}",
+                           sqlite_synchronous=synchronous)
     try:
         await migrate(engine)
         yield engine

@@ -8,9 +8,10 @@ call would:
   waits for the commit), exactly as `EffectRunner` records a write; group commit shares each
   transaction among the waiting writers.
 On SQLite (WAL, as the worker opens it; the journal commits through its own writer thread)
-always; on Postgres (through the async engine) in a throwaway database created on the server
-`DATABASE_URL` names and dropped afterwards, else on a throwaway cluster with fsync on
-(tests/_postgres.py) when PostgreSQL is installed.
+always, and the writes again with `SLUICE_SQLITE_SYNCHRONOUS=full` (an fsync per commit: durable
+through a power loss, not only a crash of the process); on Postgres (through the async engine)
+in a throwaway database created on the server `DATABASE_URL` names and dropped afterwards, else
+on a throwaway cluster with fsync on (tests/_postgres.py) when PostgreSQL is installed.
 """
 
 from __future__ import annotations
@@ -193,6 +194,12 @@ async def run() -> list[Outcome]:
         floor = {"fsync_ms": fsync_ms(Path(folder))}
         async with sqlite_engine(Path(folder)) as engine:
             results = await on(engine, "sqlite", "bench", floor)
+        async with sqlite_engine(Path(folder), "full.db", synchronous="full") as engine:
+            results.append(Outcome(
+                name="journal_sqlite_full_writes", headline="effects_per_s",
+                title=f"Journaled writes on SQLite with synchronous=FULL (through a power loss), "
+                      f"{ITEMS} writers",
+                figures={**await writes(engine, "bench-full-writes"), **floor}))
     return results + await on_postgres()
 
 
