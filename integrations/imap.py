@@ -196,7 +196,7 @@ class IMAPMail(Integration):
         logged, never raised (raising would have the send retried)."""
         try:
             folder = await self._run(lambda c: self._file_sent(c, raw, message_id))
-        except IntegrationError as exc:
+        except Exception as exc:  # whatever it is, the email went out and must count as sent
             logger.warning("email %s was sent but not filed in Sent: %s", message_id, exc)
             return
         if folder is None:
