@@ -11,7 +11,7 @@ import pytest
 
 from core.errors import IntegrationError
 from integrations import wire
-from integrations.base import EffectCall
+from integrations.base import EffectCall, Found
 from integrations.catalog import Catalog
 from integrations.saas import FACTORIES
 from integrations.saas.google_docs import GoogleDocs
@@ -68,6 +68,36 @@ async def test_a_program_writes_a_report_with_a_table(
     assert outcome.output == doc.text() + "\n"
     batch_updates = [r for r in fake.requests if r[1].endswith(":batchUpdate")]
     assert len(batch_updates) == 1 + 2 + 1 + 2  # text, table+cells, text, table+cells
+
+
+async def test_an_append_a_crash_left_unconfirmed_is_told_by_its_mark(
+    docs: tuple[GoogleDocsFake, Catalog, GoogleDocs],
+) -> None:
+    fake, catalog, integration = docs
+    doc = await integration.create("Notes")
+    await doc.append_text("Ana: 5000 ✓")
+
+    def append(text: str, key: str) -> EffectCall:
+        return EffectCall("docs", "append_text", wire.encode([text]),
+                          {"idempotency_key": key}, handle=("docs", "Document", doc.key))
+
+    call = append("Bo: 450 😀", "run-1/call#2")
+    assert await catalog.confirm(call) == Found(done=False)
+    await catalog.dispatch(call)
+    assert await catalog.confirm(call) == Found(done=True)
+    assert await catalog.confirm(append("Bo: 450 😀", "run-1/call#3")) == Found(done=False)
+    assert fake.docs[doc.key].text() == "Ana: 5000 ✓\nBo: 450 😀\n\n"
+    # The mark covers the appended text (indexes in UTF-16 code units: the emoji takes two).
+    [(_id, start, end)] = fake.docs[doc.key].named["sluice:run-1/call#2"]
+    assert (start, end) == (1 + len("Ana: 5000 ✓\n"), 1 + len("Ana: 5000 ✓\n") + 11)
+    long_key = "run-2/" + "each#1/item#7/" * 30 + "call#1"
+    await catalog.dispatch(append("Cy", long_key))  # a key too long for a name is hashed
+    assert await catalog.confirm(append("Cy", long_key)) == Found(done=True)
+    # Text and tables after an emoji land where they should (indexes in UTF-16 code units).
+    await doc.add_table([["😀 Name", "Budget"], ["Ana", "5000"]])
+    await doc.append_text("End")
+    assert (await doc.text()).endswith(
+        "Bo: 450 😀\nCy\n\n😀 Name | Budget\nAna | 5000\nEnd\n\n")
 
 
 async def test_the_fake_refuses_an_index_outside_a_paragraph(

@@ -5,13 +5,16 @@ index (a table is 1 index, each row 1, each cell 1, and every cell holds a parag
 connector does that arithmetic so the program calls `doc.add_table(rows)` once. The client is
 built from the discovery document bundled with the library (`static_discovery=True`), so
 building it needs no network; `base_url` replaces Google's endpoint (tests use a local fake).
-Reads are retried by the library on 429 and 5xx; writes are not repeated.
+Reads are retried by the library on 429 and 5xx; writes are not repeated. An append carries a
+named range named after its idempotency key, made in the same (atomic) batchUpdate as the text,
+so that after a crash the mark tells whether the text was added.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import hashlib
 from typing import Any
 
 from google.auth.credentials import Credentials
@@ -19,10 +22,31 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 
 from core.errors import IntegrationError
-from integrations.base import Integration, Resource, action
+from integrations.base import Found, Integration, Resource, action
 
 SCOPES = ("https://www.googleapis.com/auth/documents",)
 _READ_RETRIES = 3
+_MARK = "sluice:"
+_MARK_MAX = 256  # the Docs API's limit on a named range's name, in UTF-16 code units
+
+
+def _mark(idempotency_key: str) -> str:
+    """The name of the named range an append with this key leaves on its text."""
+    name = _MARK + idempotency_key
+    if _utf16_length(name) <= _MARK_MAX:
+        return name
+    return _MARK + hashlib.sha256(idempotency_key.encode()).hexdigest()
+
+
+def _utf16_length(text: str) -> int:
+    """A text's length in the Docs API's index units (UTF-16 code units)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _end(document: dict[str, Any]) -> int:
+    """Where text added at the end of the body starts (before its final newline)."""
+    content = document["body"]["content"]
+    return int(content[-1]["endIndex"]) - 1 if content else 1
 
 
 def _cell_text(value: Any) -> str:
@@ -74,11 +98,32 @@ class Document(Resource):
         return _text(document["body"]["content"])
 
     @action("write", preview="append text to {n} documents")
-    async def append_text(self, text: str) -> None:
-        """Add `text` as new paragraph(s) at the end of the document ("\\n" starts a new one)."""
+    async def append_text(self, text: str, *, idempotency_key: str | None = None) -> None:
+        """Add `text` as new paragraph(s) at the end of the document ("\\n" starts a new one).
+
+        Leave `idempotency_key` out: the runtime sets it, so that a job resumed after a crash
+        can tell whether the text was added.
+        """
         body = str(text) if str(text).endswith("\n") else f"{text}\n"
-        await self._docs().update(self.key, [
-            {"insertText": {"text": body, "endOfSegmentLocation": {"segmentId": ""}}}])
+        docs = self._docs()
+        requests: list[dict[str, Any]] = [
+            {"insertText": {"text": body, "endOfSegmentLocation": {"segmentId": ""}}}]
+        if idempotency_key:
+            start = _end(await docs.get(self.key))
+            requests.append({"createNamedRange": {"name": _mark(idempotency_key), "range": {
+                "segmentId": "", "startIndex": start,
+                "endIndex": start + _utf16_length(body)}}})
+        await docs.update(self.key, requests)
+
+    async def confirm_append_text(self, text: str, *,
+                                  idempotency_key: str | None = None) -> Found | None:
+        """After a crash: done when the document has the named range `append_text` made with
+        the text (one batchUpdate: both or neither), not done when it has not (or the text was
+        deleted since, the range with it)."""
+        if not idempotency_key:
+            return None
+        document = await self._docs().get(self.key)
+        return Found(done=_mark(idempotency_key) in (document.get("namedRanges") or {}))
 
     @action("write", preview="add {n} tables")
     async def add_table(self, rows: list[list[Any]]) -> None:

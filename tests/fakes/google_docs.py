@@ -3,8 +3,10 @@
 Follows https://developers.google.com/docs/api/reference/rest: a document body is a list of
 structural elements with UTF-16 start/end indexes (a section break at 0, paragraphs ending in
 "\\n", tables whose table, rows and cells each take one index and whose cells hold paragraphs).
-batchUpdate supports `insertText` (at `location.index` or `endOfSegmentLocation`) and
-`insertTable` (a newline is inserted before the table, as the API documents). An insertion
+batchUpdate supports `insertText` (at `location.index` or `endOfSegmentLocation`), `insertTable`
+(a newline is inserted before the table, as the API documents) and `createNamedRange` (a name of
+1 to 256 UTF-16 code units over a range inside the body; documents.get lists them under
+`namedRanges`, by name). An insertion
 index that is not inside a paragraph is refused with Google's 400 body, so a connector's index
 arithmetic is checked for real. Requests in one batch are applied in order, all or nothing.
 """
@@ -31,6 +33,7 @@ class Doc:
     title: str
     body: list[str | Table] = field(default_factory=lambda: ["\n"])  # paragraphs and tables
     revision: int = 1
+    named: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)  # id, start, end
 
     def text(self) -> str:
         """What a reader sees: paragraphs, and table rows as cells joined with " | "."""
@@ -87,20 +90,36 @@ class GoogleDocsFake:
 
     async def _batch_update(self, request: web.Request, doc_id: str, doc: Doc) -> web.Response:
         body = (await request.json()).get("requests", [])
-        work = copy.deepcopy(doc.body)
+        work, named = copy.deepcopy(doc.body), copy.deepcopy(doc.named)
+        replies = []
         for n, item in enumerate(body):
             try:
-                _apply(work, item)
+                replies.append(_named_range(work, named, item["createNamedRange"])
+                               if "createNamedRange" in item else _apply(work, item))
             except _BadRequest as exc:
                 return _error(400, f"Invalid requests[{n}].{next(iter(item))}: {exc}",
                               "INVALID_ARGUMENT")
-        doc.body = work
+        doc.body, doc.named = work, named
         doc.revision += 1
-        return web.json_response({"documentId": doc_id, "replies": [{} for _ in body],
+        return web.json_response({"documentId": doc_id, "replies": replies,
                                   "writeControl": {"requiredRevisionId": f"rev{doc.revision}"}})
 
 
-def _apply(body: list[str | Table], item: dict[str, Any]) -> None:
+def _named_range(body: list[str | Table], named: dict[str, list[tuple[str, int, int]]],
+                 spec: dict[str, Any]) -> dict[str, Any]:
+    name, where = str(spec.get("name", "")), spec.get("range") or {}
+    if not 1 <= _units(name) <= 256:
+        raise _BadRequest("The name must be between 1 and 256 characters.")
+    start, end = where.get("startIndex"), where.get("endIndex")
+    if not (isinstance(start, int) and isinstance(end, int) and 1 <= start < end
+            <= _length(body)):
+        raise _BadRequest("The range must be within the body and not empty.")
+    range_id = f"kix.{next(_ids):08x}"
+    named.setdefault(name, []).append((range_id, start, end))
+    return {"createNamedRange": {"namedRangeId": range_id}}
+
+
+def _apply(body: list[str | Table], item: dict[str, Any]) -> dict[str, Any]:
     if "insertText" in item:
         spec = item["insertText"]
         _insert_text(body, _where(body, spec), str(spec["text"]))
@@ -112,6 +131,7 @@ def _apply(body: list[str | Table], item: dict[str, Any]) -> None:
         _insert_table(body, _where(body, spec), rows, columns)
     else:
         raise _BadRequest("unsupported request in this fake")
+    return {}
 
 
 def _where(body: list[str | Table], spec: dict[str, Any]) -> int:
@@ -128,10 +148,23 @@ def _length(body: list[str | Table]) -> int:
     return 1 + sum(_size(e) for e in body)
 
 
+def _units(text: str) -> int:
+    """A text's length in the API's indexes: UTF-16 code units (an emoji takes two)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _offset(text: str, units: int) -> int:
+    """The position in `text` that is `units` UTF-16 code units in."""
+    position = len(text.encode("utf-16-le")[:units * 2].decode("utf-16-le", "ignore"))
+    if _units(text[:position]) != units:
+        raise _BadRequest("The insertion index cannot be within a surrogate pair.")
+    return position
+
+
 def _size(element: str | Table) -> int:
     if isinstance(element, str):
-        return len(element)
-    return 1 + sum(1 + sum(1 + sum(len(p) for p in cell) for cell in row)
+        return _units(element)
+    return 1 + sum(1 + sum(1 + sum(_units(p) for p in cell) for cell in row)
                    for row in element.cells) + 1  # table start ... table end marker
 
 
@@ -139,9 +172,9 @@ def _locate(paragraphs: list[str], start: int, index: int) -> tuple[int, int] | 
     """(paragraph number, offset) of `index` inside `paragraphs` that begin at `start`."""
     at = start
     for n, text in enumerate(paragraphs):
-        if at <= index < at + len(text):
-            return n, index - at
-        at += len(text)
+        if at <= index < at + _units(text):
+            return n, _offset(text, index - at)
+        at += _units(text)
     return None
 
 
@@ -149,12 +182,12 @@ def _insert_text(body: list[str | Table], index: int, text: str) -> None:
     at = 1
     for n, element in enumerate(body):
         if isinstance(element, str):
-            if at <= index < at + len(element):
-                offset = index - at
+            if at <= index < at + _units(element):
+                offset = _offset(element, index - at)
                 merged = element[:offset] + text + element[offset:]
                 body[n:n + 1] = _split(merged)
                 return
-            at += len(element)
+            at += _units(element)
             continue
         at += 1
         for row in element.cells:
@@ -166,7 +199,7 @@ def _insert_text(body: list[str | Table], index: int, text: str) -> None:
                     p, offset = found
                     cell[p:p + 1] = _split(cell[p][:offset] + text + cell[p][offset:])
                     return
-                at += sum(len(p) for p in cell)
+                at += sum(_units(p) for p in cell)
         at += 1
     raise _BadRequest("The insertion index must be inside the bounds of an existing paragraph. "
                       "You can still create new paragraphs by inserting newlines.")
@@ -175,8 +208,8 @@ def _insert_text(body: list[str | Table], index: int, text: str) -> None:
 def _insert_table(body: list[str | Table], index: int, rows: int, columns: int) -> None:
     at = 1
     for n, element in enumerate(body):
-        if isinstance(element, str) and at <= index < at + len(element):
-            offset = index - at
+        if isinstance(element, str) and at <= index < at + _units(element):
+            offset = _offset(element, index - at)
             table = Table([[["\n"] for _ in range(columns)] for _ in range(rows)])
             body[n:n + 1] = [element[:offset] + "\n", table, element[offset:]]
             return
@@ -197,12 +230,16 @@ def _render(doc_id: str, doc: Doc) -> dict[str, Any]:
         rendered, at = (_paragraph(element, at) if isinstance(element, str)
                         else _table(element, at))
         content.append(rendered)
+    named = {name: {"name": name, "namedRanges": [
+        {"namedRangeId": range_id, "name": name, "ranges": [{"startIndex": start,
+                                                            "endIndex": end}]}
+        for range_id, start, end in ranges]} for name, ranges in doc.named.items()}
     return {"documentId": doc_id, "title": doc.title, "revisionId": f"rev{doc.revision}",
-            "body": {"content": content}}
+            "body": {"content": content}, **({"namedRanges": named} if named else {})}
 
 
 def _paragraph(text: str, at: int) -> tuple[dict[str, Any], int]:
-    end = at + len(text)
+    end = at + _units(text)
     return {"startIndex": at, "endIndex": end, "paragraph": {"elements": [
         {"startIndex": at, "endIndex": end, "textRun": {"content": text, "textStyle": {}}}],
         "paragraphStyle": {"namedStyleType": "NORMAL_TEXT"}}}, end
