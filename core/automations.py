@@ -236,7 +236,7 @@ class Automations:
                           user=user[:100] or trigger, text=text)
         await self.store.add_user_request(request)
         if inputs:
-            await self.store.save_thread_state(
+            await self.store.save_thread_values(
                 automation.thread_id, {"inputs": inputs},
                 {"inputs": "the inputs of this automation's latest trigger"})
         plan = Plan(request_id=request.id, thread_id=automation.thread_id,

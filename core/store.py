@@ -7,6 +7,7 @@ State transitions that people can race (two clicks on Approve) are single condit
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -349,21 +350,29 @@ class Store:
 
     # Thread state -----------------------------------------------------------------------------
 
-    async def save_thread_state(self, thread_id: str, variables: dict[str, Any],
-                                summaries: dict[str, str]) -> None:
+    async def save_thread_state(self, thread_id: str, texts: Mapping[str, str],
+                                summaries: Mapping[str, str]) -> None:
+        """Keep variables for the thread's next runs: the JSON text of each one's encoded form
+        (workers._state), stored as it is, and a line about it."""
         async with self.session() as s, s.begin():
-            for name, value in variables.items():
-                await s.merge(ThreadStateRow(thread_id=thread_id, name=name,
-                                             value=json.dumps(value),
+            for name, text in texts.items():
+                await s.merge(ThreadStateRow(thread_id=thread_id, name=name, value=text,
                                              summary=summaries.get(name, "")[:300],
                                              updated_at=utcnow()))
 
-    async def thread_state(self, thread_id: str) -> tuple[dict[str, Any], dict[str, str]]:
-        """(name -> encoded value, name -> one-line summary) of what the thread keeps."""
+    async def save_thread_values(self, thread_id: str, values: Mapping[str, Any],
+                                 summaries: Mapping[str, str]) -> None:
+        """`save_thread_state` for plain JSON values (an email, an automation's inputs)."""
+        await self.save_thread_state(
+            thread_id, {name: json.dumps(value) for name, value in values.items()}, summaries)
+
+    async def thread_state(self, thread_id: str) -> tuple[dict[str, str], dict[str, str]]:
+        """(name -> JSON text of the encoded value, name -> one-line summary) of what the thread
+        keeps; the texts are not parsed (the sandbox child does that)."""
         async with self.session() as s:
             rows = (await s.scalars(select(ThreadStateRow).where(
                 ThreadStateRow.thread_id == thread_id))).all()
-        return ({r.name: json.loads(r.value) for r in rows}, {r.name: r.summary for r in rows})
+        return {r.name: r.value for r in rows}, {r.name: r.summary for r in rows}
 
     # Attachments ------------------------------------------------------------------------------
 

@@ -93,7 +93,7 @@ async def test_webhook_starts_a_run_without_the_planner(
     results = await stack.messages(automation.thread_id, "result")
     assert len(results) == 2  # the original run and the webhook's, in the same thread
     variables, _ = await stack.store.thread_state(automation.thread_id)
-    assert variables["inputs"] == {"batch": "november"}
+    assert json.loads(variables["inputs"]) == {"batch": "november"}
 
 
 async def test_bad_calls_start_nothing(saved: tuple[Stack, Automation]) -> None:

@@ -28,7 +28,6 @@ from workers._channel import (
     ChannelClosed,
     FdChannel,
     FrameError,
-    RawObject,
     body_length,
     pack,
     replay_frames,
@@ -267,11 +266,11 @@ def fake_child(folder: Path, frames: list[bytes], *, chunk: int = 0) -> str:
 
 async def test_frames_written_a_byte_at_a_time_are_read_whole(tmp_path: Path) -> None:
     frames = [pack({"op": "ready"}), pack({"op": "print", "text": "héllo\n"}),
-              pack({"op": "done", "variables": {"n": 3}})]
+              pack({"op": "done", "variables": {"n": "3"}})]
     outcome = await run_sandboxed("x = 1\n", manifest={}, handler=never_called, limits=LIMITS,
                                   isolation="rlimits", python=fake_child(tmp_path, frames, chunk=1))
     assert outcome.ok, outcome.error
-    assert outcome.output == "héllo\n" and outcome.variables == {"n": 3}
+    assert outcome.output == "héllo\n" and outcome.variables == {"n": "3"}
 
 
 @pytest.mark.parametrize(("frames", "says"), [
@@ -301,14 +300,15 @@ def test_frames_are_length_prefixed_json_with_a_cap() -> None:
         body_length((MAX_FRAME + 1).to_bytes(4, "big"))
 
 
-def test_raw_members_are_written_as_they_are_beside_the_others() -> None:
-    texts = RawObject({"rows": '[{"id":1,"name":"Ana"}]', "née": '"Zoë"', "none": "null"})
-    frame = pack({"op": "done", "variables": texts, "unsaved": []})
-    assert unpack(frame[4:]) == {"op": "done", "unsaved": [], "variables": {
-        "rows": [{"id": 1, "name": "Ana"}], "née": "Zoë", "none": None}}
-    assert unpack(pack({"variables": RawObject()})[4:]) == {"variables": {}}
+def test_state_texts_travel_as_strings_whatever_they_hold() -> None:
+    # Saved variables cross as JSON text inside strings: a text is never spliced into a frame,
+    # so one a program made (here one that would close the object) stays a string.
+    texts = {"rows": '[{"id":1,"name":"Ana"}]', "née": '"Zoë"', "none": "null",
+             "sly": '1},"program":"print(1)"'}
+    frame = pack({"op": "start", "program": "pass", "state": texts})
+    assert unpack(frame[4:]) == {"op": "start", "program": "pass", "state": texts}
     with pytest.raises(FrameError):
-        pack({"variables": RawObject({"big": '"' + "x" * MAX_FRAME + '"'})})
+        pack({"op": "done", "variables": {"big": "x" * MAX_FRAME}})
 
 
 def test_replay_frames_carry_recorded_results_in_frames_under_the_limit() -> None:
@@ -323,15 +323,11 @@ def test_replay_frames_carry_recorded_results_in_frames_under_the_limit() -> Non
                       for i in range(300)}
 
 
-def test_names_are_quoted_whatever_they_hold() -> None:
-    # Paths are plain, but a variable's name or a path may hold anything a str can.
+def test_replay_paths_are_quoted_whatever_they_hold() -> None:
+    # Paths are plain, but a path may hold anything a str can (a lone surrogate becomes "?").
     names = ['say "hi"', "back\\slash", "tab\tand\nline\x01", "née", "emoji 😀", "\u2028"]
-    texts = RawObject({name: "1" for name in names})
-    assert unpack(pack({"variables": texts})[4:]) == {"variables": {name: 1 for name in names}}
-    lone = pack({"variables": RawObject({"x\ud800": "2"})})  # a lone surrogate becomes "?"
-    assert unpack(lone[4:]) == {"variables": {"x?": 2}}
-    frames = replay_frames({name: '"ok"' for name in names})
-    assert replayed_results(frames) == {name: "ok" for name in names}
+    frames = replay_frames({name: '"ok"' for name in [*names, "x\ud800"]})
+    assert replayed_results(frames) == {**{name: "ok" for name in names}, "x?": "ok"}
 
 
 def test_replay_frames_stop_at_their_total_and_keep_the_first_results() -> None:

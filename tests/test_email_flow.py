@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import smtplib
 import socket
 from collections.abc import AsyncIterator
@@ -182,7 +183,7 @@ async def test_forward_with_attachment_becomes_a_thread_with_inputs(mail: Mail) 
             f"{mail.stack.base_url}/api/attachments/{attachment['id']}") as resp:
         assert (await resp.text()).startswith("Item,Qty,Price")
     variables, _ = await mail.stack.store.thread_state(thread["id"])
-    email_input = variables["email"]
+    email_input = json.loads(variables["email"])
     assert email_input["forwarded"]["subject"] == "Invoice 2026-118"
     assert email_input["attachments"][0]["text"].startswith("Item,Qty,Price")
 
@@ -301,7 +302,7 @@ async def test_email_to_an_automation_address_runs_it(mail: Mail) -> None:
     results = await stack.messages(thread_id, "result")
     assert len(results) == 2 and "sent 4 emails" in results[-1]["text"]
     variables, _ = await stack.store.thread_state(thread_id)
-    assert variables["inputs"]["email"]["forwarded"]["subject"] == "Invoice 2026-118"
+    assert json.loads(variables["inputs"])["email"]["forwarded"]["subject"] == "Invoice 2026-118"
     # an unknown automation address gets a reply saying so, and nothing runs
     await mail.send(compose("run it", to="sluice+auto_000000000000@localhost",
                             message_id="<x.9@acme.example>"),

@@ -13,7 +13,7 @@ import random
 from typing import Any
 
 from integrations.base import EffectCall, Row
-from workers._state import decode_state, encode_state, state_texts
+from workers._state import decode_state, encode_state, untagged_names
 from workers.sandbox import SandboxLimits, SandboxOutcome, detect_isolation, run_sandboxed
 
 ISOLATION = detect_isolation()
@@ -117,8 +117,12 @@ async def test_variables_are_kept_and_the_next_run_starts_with_them() -> None:
     first = await run(FIRST)
     assert first.ok, first.error
     assert set(first.variables) == {"df", "people", "config", "when", "count"}
-    assert first.variables["when"] == {"__date__": "2024-05-06"}
-    assert "__dataframe__" in first.variables["df"]
+    assert json.loads(first.variables["when"]) == {"__date__": "2024-05-06"}
+    assert "__dataframe__" in json.loads(first.variables["df"])
+    assert first.summaries == {
+        "df": "a pandas DataFrame, 3 rows, columns ['name', 'zip', 'n']",
+        "people": "a list of 2 items", "config": "a dict with 2 keys",
+        "when": "the value '2024-05-06'", "count": "the value '42'"}
     reasons = {u["name"]: u["reason"] for u in first.unsaved}
     assert set(reasons) == {"pending", "sheet", "box"}
     assert "generator" in reasons["pending"] and "list(" in reasons["pending"]
@@ -128,7 +132,7 @@ async def test_variables_are_kept_and_the_next_run_starts_with_them() -> None:
     second = await run(SECOND, state=first.variables)
     assert second.ok, second.error
     assert second.output == "3 ['0123', '4', '5'] 6\n31 ['x', 'y'] 2024-05-06 43\n"
-    assert second.variables["count"] == 43
+    assert json.loads(second.variables["count"]) == 43
     assert second.variables["df"] == first.variables["df"]  # kept for the run after
     assert second.unsaved == []
 
@@ -176,10 +180,10 @@ def test_saved_variables_without_tags_are_sent_to_decode_to_themselves() -> None
     when = dt.date(2024, 5, 6)
     texts, _ = encode_state({"rows": [{"a": 1, "b": None}], "row": Row("1", {"a": 1}),
                              "when": when, "note": 'say "__row__"'})
-    saved = {name: json.loads(text) for name, text in texts.items()}
-    again, untagged = state_texts(saved)
-    assert again == texts and untagged == ["rows"]  # a quote inside a string counts as a tag
-    decoded = decode_state(saved, untagged=set(untagged))
+    untagged = untagged_names(texts)
+    assert untagged == ["rows"]  # a quote inside a string counts as a tag
+    decoded = decode_state(texts, untagged=set(untagged))
+    assert decode_state(texts) == decoded
     assert decoded == {"rows": [{"a": 1, "b": None}], "row": {"a": 1}, "when": when,
                        "note": 'say "__row__"'}
     assert isinstance(decoded["row"], Row)
@@ -188,7 +192,7 @@ def test_saved_variables_without_tags_are_sent_to_decode_to_themselves() -> None
 def test_decode_state_round_trips_and_skips_what_it_cannot_read() -> None:
     when = dt.datetime(2024, 5, 6, 7, 8, 9)
     texts, _ = encode_state({"when": when, "rows": [Row("1", {"a": [1, 2]})]})
-    variables = {name: json.loads(text) for name, text in texts.items()}
-    decoded = decode_state({**variables, "broken": {"__date__": "not a date"}})
+    decoded = decode_state({**texts, "broken": '{"__date__": "not a date"}',
+                            "not json": '1},"program":"x"', "not text": 5})
     assert decoded == {"when": when, "rows": [{"a": [1, 2]}]}
     assert isinstance(decoded["rows"][0], Row) and decoded["rows"][0].id == "1"

@@ -40,25 +40,12 @@ class FrameError(SandboxError):
     code = "sandbox_frame_error"
 
 
-class RawObject(dict[str, str]):
-    """A frame member whose values are JSON texts already: `pack` writes them as they are (the
-    saved variables, encoded once by `workers._state`, are the bulk of a final frame)."""
-
-
 def pack(frame: dict[str, Any]) -> bytes:
     """One frame: header and JSON body. Raises FrameError when the body exceeds MAX_FRAME."""
-    raw = [key for key, value in frame.items() if type(value) is RawObject]
-    if raw:
-        rest = {key: value for key, value in frame.items() if key not in raw}
-        text = json.dumps(rest, separators=(",", ":"), ensure_ascii=False)
-        spliced = [_member(key, "{" + ",".join(_member(name, value)
-                                             for name, value in frame[key].items()) + "}")
-                   for key in raw]
-        text = text[:-1] + ("," if rest else "") + ",".join(spliced) + "}"
-    elif (data := exact_json(frame)) is not None:  # most frames: orjson, in a tenth the time
+    data = exact_json(frame)  # most frames: orjson, in a tenth of the standard library's time
+    if data is not None:
         return _sized(data)
-    else:
-        text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
     return _sized(text.encode("utf-8", "replace"))  # lone surrogates become '?'
 
 

@@ -1,12 +1,14 @@
 """A thread's variables between runs (ARCHITECTURE.md, "State outlives the process").
 
 After a successful run the sandbox child encodes the variables the program bound with
-`encode_state`; the worker saves them with the thread, and the next run's child gets them back with
-`decode_state`. Encoded forms are JSON: a DataFrame is `{"__dataframe__": <its to_json(orient=
-"split")>}`, everything else is `integrations.wire` form (lists, dicts with string keys, strings,
-numbers, booleans, None, dates, datetimes, decimals, rows). What cannot be kept this way (a
-generator, a resource handle, an object, more than the size cap) is listed with the reason, so
-the person and the model know to rebuild it.
+`encode_state`, as JSON text, and describes each in a line (`summarize`, for the planner); the
+worker saves the texts with the thread as they are, never parsing them, and the next run's child
+gets them back, as strings in its start frame, with `decode_state`: only the child parses them, so
+a text the program made cannot be more than a value there. Encoded forms are JSON: a DataFrame is
+`{"__dataframe__": <its to_json(orient="split")>}`, everything else is `integrations.wire` form
+(lists, dicts with string keys, strings, numbers, booleans, None, dates, datetimes, decimals,
+rows). What cannot be kept this way (a generator, a resource handle, an object, more than the size
+cap) is listed with the reason, so the person and the model know to rebuild it.
 
 Imported by the sandbox child, so standard library, orjson and `integrations.wire` only at import
 time; pandas is imported when a DataFrame is decoded.
@@ -29,7 +31,7 @@ from integrations import wire
 from integrations.base import Resource, Row
 from workers._journal_json import plain_json
 
-__all__ = ["MAX_STATE_BYTES", "decode_state", "encode_state", "state_texts"]
+__all__ = ["MAX_STATE_BYTES", "decode_state", "encode_state", "summarize", "untagged_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ _CODE = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, 
          functools.partial)
 _PLAIN = (str, int, float, bool, dt.date, Decimal)
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_DECODER = json.JSONDecoder()  # the standard library's: exact for every text it or orjson wrote
 
 
 class _Unsaveable(Exception):
@@ -83,23 +86,36 @@ def encode_state(
     return variables, unsaved
 
 
-def state_texts(state: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
-    """An encoded state as JSON text by name (for a frame, without encoding it twice), and the
-    names whose text holds no tag (no key starting with "__"): those decode to themselves."""
-    texts = {name: _json_of(encoded)[0] for name, encoded in state.items()}
-    return texts, [name for name, text in texts.items() if '"__' not in text]
+def summarize(value: Any) -> str:
+    """One line about a kept variable, for the planner: what it is and how big."""
+    pandas = sys.modules.get("pandas")
+    if pandas is not None and isinstance(value, pandas.DataFrame):
+        return (f"a pandas DataFrame, {len(value)} rows, columns "
+                f"{[str(c) for c in value.columns]}")[:300]
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)} items"
+    if isinstance(value, dict):
+        return f"a dict with {len(value)} keys"
+    return f"the value {str(value)[:60]!r}"
 
 
-def decode_state(state: Mapping[str, Any], *, untagged: Collection[str] = ()) -> dict[str, Any]:
-    """The variables of an encoded state; one that cannot be decoded is left out (and logged).
-    Those named in `untagged` hold no tag (`state_texts`) and are taken as they are."""
+def untagged_names(texts: Mapping[str, str]) -> list[str]:
+    """The names of saved variables whose JSON text holds no tag (no key starting with "__"):
+    those decode to the parsed JSON itself."""
+    return [name for name, text in texts.items() if '"__' not in text]
+
+
+def decode_state(texts: Mapping[str, Any], *, untagged: Collection[str] = ()) -> dict[str, Any]:
+    """The variables of a saved state (JSON text by name); one that cannot be parsed or decoded
+    is left out (and logged). Those named in `untagged` hold no tag (`untagged_names`) and are
+    the parsed JSON as it is."""
     variables: dict[str, Any] = {}
-    for name, encoded in state.items():
-        if name in untagged:
-            variables[name] = encoded
-            continue
+    for name, text in texts.items():
         try:
-            variables[name] = decode_value(encoded)
+            if not isinstance(text, str):
+                raise TypeError(f"a {type(text).__name__} where JSON text was expected")
+            encoded = _DECODER.decode(text)
+            variables[name] = encoded if name in untagged else decode_value(encoded)
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             logger.warning("state: variable %r could not be decoded: %s", name, exc)
     return variables

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -199,7 +198,7 @@ async def _finish(deps: Deps, live: RunContext, outcome: SandboxOutcome, plan: P
             data=outcome.table_csv.encode())
     if outcome.ok and outcome.variables:
         await deps.store.save_thread_state(run.thread_id, outcome.variables,
-                                           _summaries(outcome.variables))
+                                           outcome.summaries)
     state, kind, error = _final_state(live, outcome)
     await deps.store.update_run(run.id, state=state, result=result, error=error,
                                 isolation=outcome.isolation, progress=live.progress,
@@ -232,22 +231,6 @@ async def _wait_for_person(deps: Deps, live: RunContext, message: str, path: str
                                        run_id=run.id, text=message, progress=live.progress))
     log.info("⏸ run_program %s waits for a person: %s", run.id, message)
     return RunState.WAITING_APPROVAL
-
-
-def _summaries(variables: dict[str, Any]) -> dict[str, str]:
-    out = {}
-    for name, value in variables.items():
-        if isinstance(value, dict) and "__dataframe__" in value:
-            frame = json.loads(value["__dataframe__"])
-            out[name] = (f"a pandas DataFrame, {len(frame.get('data', []))} rows, columns "
-                         f"{frame.get('columns', [])}")
-        elif isinstance(value, list):
-            out[name] = f"a list of {len(value)} items"
-        elif isinstance(value, dict):
-            out[name] = f"a dict with {len(value)} keys"
-        else:
-            out[name] = f"the value {str(value)[:60]!r}"
-    return out
 
 
 def _error_text(outcome: SandboxOutcome) -> str:

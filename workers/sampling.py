@@ -115,7 +115,7 @@ class SandboxExecutor:
         async def on_progress(tick: ProgressTick) -> None:
             ticks[tick.loop] = tick
 
-        state: dict[str, Any] = {}
+        state: dict[str, str] = {}  # JSON text by name, as kept
         if thread_id is not None:
             state, _summaries = await self.store.thread_state(thread_id)
         limits = SandboxLimits.from_settings(settings).model_copy(

@@ -10,12 +10,12 @@ the thread ("State outlives the process") come back as frames. A program that fa
 breaks a limit gives an unsuccessful `SandboxOutcome`; only a sandbox that cannot start raises.
 
 Frames (see `workers._channel`): the child sends "ready", "call" (id, path, integration, action,
-args, kwargs, handle), "print", "progress", then "done" (table, failures, variables, unsaved) or
-"error" (type, message, line, traceback, failures). The parent sends "replay" frames (a resumed
-run's journaled results), "start" (program, manifest, preview, limit_items, only_items,
-output_bytes, cpu_s, seed, state, untagged: the saved variables that decode to themselves) and one
-reply per call: `{"id", "ok"}` or `{"id", "error": {"type", "message"}}`; an error of type
-"RunStopped" stops the program.
+args, kwargs, handle), "print", "progress", then "done" (table, failures, variables and their
+summaries, unsaved) or "error" (type, message, line, traceback, failures). The parent sends
+"replay" frames (a resumed run's journaled results), "start" (program, manifest, preview,
+limit_items, only_items, output_bytes, cpu_s, seed, state: the saved variables as JSON text,
+untagged: those that decode to themselves) and one reply per call: `{"id", "ok"}` or
+`{"id", "error": {"type", "message"}}`; an error of type "RunStopped" stops the program.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from core.errors import SandboxError, SluiceError
 from integrations.base import EffectCall
 from workers import _isolation
-from workers._channel import FrameError, RawObject, pack, replay_frames
+from workers._channel import FrameError, pack, replay_frames
 from workers._child_pipes import ChildPipes
 from workers._isolation import detect_isolation
-from workers._state import state_texts
+from workers._state import untagged_names
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -112,9 +112,10 @@ class SandboxOutcome(BaseModel):
     """How a sandboxed run ended. `error` has `type`, `message` and the program `line`; its type
     is "RunStopped" when the handler stopped the run.
 
-    `variables` are the program's top-level variables to keep for the thread, encoded (see
-    `workers._state`; pass them back as `state`), `unsaved` those that could not be kept, each
-    with a `reason`. Both are empty unless the run succeeded.
+    `variables` are the program's top-level variables to keep for the thread, as JSON text of
+    their encoded form (see `workers._state`; pass them back as `state`), `summaries` a line about
+    each, `unsaved` those that could not be kept, each with a `reason`. All are empty unless the
+    run succeeded.
     """
 
     ok: bool
@@ -130,7 +131,8 @@ class SandboxOutcome(BaseModel):
     isolation: str
     exit_code: int | None = None
     killed_reason: str | None = None
-    variables: dict[str, Any] = Field(default_factory=dict)
+    variables: dict[str, str] = Field(default_factory=dict)
+    summaries: dict[str, str] = Field(default_factory=dict)
     unsaved: list[dict[str, str]] = Field(default_factory=list)
 
 
@@ -179,7 +181,8 @@ class _Done(BaseModel):
     table_csv: str | None = None
     table_rows: int | None = None
     failures: list[dict[str, Any]] = Field(default_factory=list)
-    variables: dict[str, Any] = Field(default_factory=dict)
+    variables: dict[str, str] = Field(default_factory=dict)  # JSON text, never parsed here
+    summaries: dict[str, str] = Field(default_factory=dict)
     unsaved: list[dict[str, str]] = Field(default_factory=list)
 
 
@@ -215,7 +218,7 @@ async def run_sandboxed(
     on_progress: Callable[[ProgressTick], Awaitable[None]] | None = None,
     isolation: str = "auto",
     python: str = sys.executable,
-    state: dict[str, Any] | None = None,
+    state: Mapping[str, str] | None = None,
     seed: int = 0,
     only_items: dict[str, list[int]] | None = None,
     replay: Mapping[str, str] | None = None,
@@ -238,7 +241,7 @@ async def run_sandboxed(
         on_progress: Awaited with each progress tick.
         isolation: "auto", "bwrap", "unshare" or "rlimits".
         python: The interpreter of the child.
-        state: The thread's saved variables, as a previous outcome's `variables`.
+        state: The thread's saved variables: a previous outcome's `variables` (JSON by name).
         seed: Seeds the program's `random` module.
         only_items: `{loop path: [item index, ...]}`: each() visits only those items, and
             loops not named visit none ("retry the failed ones").
@@ -257,11 +260,13 @@ async def run_sandboxed(
             a run that way, or by cancelling the task.
     """
     level = await asyncio.to_thread(detect_isolation, isolation)
-    texts, untagged = state_texts(state or {})
+    texts = dict(state or {})
     start = {"op": "start", "program": program, "manifest": manifest, "preview": preview,
-             "limit_items": limit_items, "output_bytes": limits.output_kb * 1024,
-             "cpu_s": limits.cpu_s, "seed": seed, "state": RawObject(texts),
-             "untagged": untagged, "only_items": only_items}
+             "output_bytes": limits.output_kb * 1024, "cpu_s": limits.cpu_s, "seed": seed,
+             "state": texts, "untagged": untagged_names(texts)}
+    # Absent rather than null: a frame holding null is written by the standard library.
+    start.update({k: v for k, v in (("limit_items", limit_items), ("only_items", only_items))
+                  if v is not None})
     workdir = tempfile.mkdtemp(prefix="sluice-sandbox-")
     try:
         session = _Session(handler, on_progress, limits)
@@ -500,16 +505,15 @@ class _Session:
     def _outcome(self, level: str, exit_code: int | None) -> SandboxOutcome:
         error = self._error(exit_code)
         done = self.final if isinstance(self.final, _Done) else None
+        kept = done if done and error is None else _Done(op="done")  # nothing kept from a failure
         failures = self.final.failures if self.final is not None else []
         return SandboxOutcome(
             ok=error is None, output=self.output.text(), output_truncated=self.output.truncated,
             error=error, table_csv=done.table_csv if done else None,
             table_rows=done.table_rows if done else None, failures=failures, calls=self.calls,
-            replayed=self.replayed,
-            seconds=round(time.monotonic() - self.started, 3), isolation=level,
-            exit_code=exit_code, killed_reason=self._killed_reason(exit_code),
-            variables=done.variables if done and error is None else {},
-            unsaved=done.unsaved if done and error is None else [])
+            replayed=self.replayed, seconds=round(time.monotonic() - self.started, 3),
+            isolation=level, exit_code=exit_code, killed_reason=self._killed_reason(exit_code),
+            variables=kept.variables, summaries=kept.summaries, unsaved=kept.unsaved)
 
     def _error(self, exit_code: int | None) -> dict[str, Any] | None:
         if isinstance(self.final, _Error):

@@ -27,7 +27,7 @@ from collections.abc import Collection
 from typing import Any
 
 from codegen.policy import check_program, render_violations
-from workers._channel import ChannelClosed, FdChannel, FrameError, RawObject
+from workers._channel import ChannelClosed, FdChannel, FrameError
 from workers._sandbox_namespace import (
     LOOP_HOOK,
     PROGRAM_FILE,
@@ -36,7 +36,7 @@ from workers._sandbox_namespace import (
     Runtime,
     program_line,
 )
-from workers._state import decode_state, encode_state
+from workers._state import decode_state, encode_state, summarize
 
 MAX_TABLE_BYTES = 8 * 1024 * 1024
 _RESERVE_BYTES = 2 * 1024 * 1024
@@ -204,9 +204,11 @@ def _program_traceback(exc: BaseException) -> str:
 
 
 def _done_frame(namespace: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
-    variables, unsaved = encode_state(runtime.program_variables(namespace))
+    kept = runtime.program_variables(namespace)
+    variables, unsaved = encode_state(kept)
     frame: dict[str, Any] = {"op": "done", "failures": runtime.failures,
-                             "variables": RawObject(variables), "unsaved": unsaved}
+                             "variables": variables, "unsaved": unsaved,
+                             "summaries": {name: summarize(kept[name]) for name in variables}}
     try:
         table = table_of(namespace.get("result"))
     except Exception as exc:

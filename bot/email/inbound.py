@@ -100,7 +100,7 @@ class InboundMail:
         attachments = [await self.deps.store.add_attachment(
             thread.id, name=a.name, content_type=a.content_type, data=a.data)
             for a in parsed.attachments]
-        await self.deps.store.save_thread_state(
+        await self.deps.store.save_thread_values(
             thread.id, {"email": email_input(parsed)},
             {"email": f"the email that started this thread: {parsed.subject!r} from "
                       f"{parsed.sender}, {len(attachments)} attachments"})
