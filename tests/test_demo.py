@@ -19,11 +19,12 @@ def test_headless_demo_passes_on_embedded_defaults(tmp_path: Path) -> None:
                 "SLUICE_CONSOLE_PORT": str(free_port()), "SLUICE_SMTP_PORT": str(free_port()),
                 "SLUICE_EMAIL_PORT": str(free_port())})
     sluice = Path(sys.executable).parent / "sluice"
-    done = subprocess.run([str(sluice), "demo", "--headless"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "demo passed" in done.stdout
-    assert "sent 4 emails" in done.stdout and "updated 4 rows" in done.stdout
-    assert "[attachment]" in done.stdout
+    for _ in range(2):  # a second demo in the same folder passes too: only its own mail counts
+        done = subprocess.run([str(sluice), "demo", "--headless"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "demo passed: 4 emails sent" in done.stdout
+        assert "sent 4 emails" in done.stdout and "updated 4 rows" in done.stdout
+        assert "[attachment]" in done.stdout
     # Everything it started is gone: no redis-server or child left on its socket.
     assert not (tmp_path / ".sluice" / "redis" / "redis.sock").exists()
