@@ -73,8 +73,10 @@ def create_app(settings: Settings) -> web.Application:
                                                port=settings.email_port)
         imap = asyncio.create_task(poll_forever(deps)) if settings.imap_host else None
         yield
-        if imap is not None:
+        if imap is not None:  # a poll unwinds within seconds (bot.email.imap._settled)
             imap.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await imap
         if INBOUND in app:
             await app[INBOUND].stop()
         task.cancel()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,43 @@ async def test_the_bot_polls_imap_when_configured(redis_server: EmbeddedRedis, t
                 await asyncio.sleep(0.05)
         [thread] = await stack.ok("GET", "/api/threads")
         assert thread["surface"] == "email"
+
+
+@pytest.fixture
+async def silent_imap() -> AsyncIterator[int]:
+    """An IMAP server that greets, then never answers (CAPABILITY goes unanswered); its port."""
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK ready\r\n")
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the client goes
+        writer.close()
+
+    server = await asyncio.start_server(greet, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+
+
+def _imap_tasks() -> list[str]:
+    return [name for t in asyncio.all_tasks() if not t.done()
+            and "IMAP4" in (name := t.get_coro().__qualname__)]  # type: ignore[union-attr]
+
+
+async def test_a_server_that_stalls_after_its_greeting_times_out_the_poll(
+        redis_server: EmbeddedRedis, tmp_path: Path, silent_imap: int) -> None:
+    async with Stack.running(redis_url=redis_server.url, home=tmp_path, env=ENV) as stack:
+        settings = stack.settings.model_copy(update={
+            "imap_host": "127.0.0.1", "imap_port": silent_imap, "imap_ssl": False,
+            "imap_user": USER, "imap_password": PASSWORD})
+        deps = BotDeps(settings=settings, store=stack.store, redis=stack.redis)
+        async with asyncio.timeout(10):  # it used to wait for ever
+            with pytest.raises(TimeoutError):
+                await poll_once(deps, login_timeout_s=0.5)
+            # Cancelled while it waits for the server (the bot stopping): it ends at once too.
+            poll = asyncio.create_task(poll_once(deps))
+            await asyncio.sleep(0.3)
+            poll.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await poll
+        await asyncio.sleep(0)
+        assert _imap_tasks() == []  # nothing of the client is left behind

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import re
 import ssl
+from collections.abc import Awaitable
 
 import aioimaplib
 
@@ -21,28 +22,59 @@ from core.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 _LITERAL = re.compile(rb"\{(\d+)\}$")
+_LOGIN_S = 30.0  # the greeting and the login together
+_UNWIND_S = 5.0  # for aioimaplib's waits to finish once its client is dropped
 
 
 class ImapError(ConfigurationError):
     code = "imap_error"
 
 
-async def _connect(deps: BotDeps) -> aioimaplib.IMAP4:
+def _client(deps: BotDeps) -> aioimaplib.IMAP4:
     settings = deps.settings
     assert settings.imap_host is not None
     if settings.imap_ssl:
-        client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
-            host=settings.imap_host, port=settings.imap_port, timeout=30,
-            ssl_context=ssl.create_default_context())
-    else:
-        client = aioimaplib.IMAP4(host=settings.imap_host, port=settings.imap_port, timeout=30)
+        return aioimaplib.IMAP4_SSL(host=settings.imap_host, port=settings.imap_port, timeout=30,
+                                    ssl_context=ssl.create_default_context())
+    return aioimaplib.IMAP4(host=settings.imap_host, port=settings.imap_port, timeout=30)
+
+
+async def _log_in(deps: BotDeps, client: aioimaplib.IMAP4) -> None:
+    settings = deps.settings
     await client.wait_hello_from_server()
     response = await client.login(settings.imap_user or "", settings.imap_password or "")
     if response.result != "OK":
         raise ImapError(f"The IMAP server {settings.imap_host} refused the login of "
                         f"{settings.imap_user!r}. Check SLUICE_IMAP_USER and "
                         "SLUICE_IMAP_PASSWORD.")
-    return client
+
+
+def _drop(client: aioimaplib.IMAP4) -> None:
+    """Close the connection now and stop the client's own tasks.
+
+    aioimaplib answers the server's greeting in a task that holds the protocol's state lock until
+    the server answers CAPABILITY, with no time limit; a wait for the greeting that times out or
+    is cancelled then waits for that lock for ever (and `wait_for` for it). Cancelling that task
+    lets them finish.
+    """
+    protocol = client.protocol
+    for task in list(protocol.tasks):
+        task.cancel()
+    if protocol.transport is not None:
+        protocol.transport.close()
+
+
+async def _settled(step: Awaitable[None], client: aioimaplib.IMAP4, *, timeout: float) -> None:
+    """Await `step` for at most `timeout` seconds. On a timeout or a cancel the client is dropped
+    first, so that aioimaplib's own waits inside `step` can finish (see `_drop`)."""
+    task = asyncio.ensure_future(step)
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+    except BaseException:
+        _drop(client)
+        task.cancel()
+        await asyncio.wait({task}, timeout=_UNWIND_S)
+        raise
 
 
 def _literal(lines: list[bytes | bytearray]) -> bytes | None:
@@ -53,12 +85,18 @@ def _literal(lines: list[bytes | bytearray]) -> bytes | None:
     return None
 
 
-async def poll_once(deps: BotDeps) -> int:
-    """Handle every unseen message in INBOX; returns how many were handled."""
-    client = await _connect(deps)
+async def poll_once(deps: BotDeps, *, login_timeout_s: float = _LOGIN_S) -> int:
+    """Handle every unseen message in INBOX; returns how many were handled.
+
+    Raises:
+        TimeoutError: the server did not greet and log in within `login_timeout_s`.
+        ImapError: the server refused the login.
+    """
+    client = _client(deps)
     inbound = InboundMail(deps)
     handled = 0
     try:
+        await _settled(_log_in(deps, client), client, timeout=login_timeout_s)
         await client.select("INBOX")
         found = await client.uid_search("UNSEEN")
         uids = found.lines[0].split() if found.result == "OK" and found.lines else []
@@ -72,8 +110,9 @@ async def poll_once(deps: BotDeps) -> int:
                                   rcpt_tos=[deps.settings.imap_user or deps.settings.mail_from])
             await client.uid("store", uid, "+FLAGS.SILENT (\\Seen)")
             handled += 1
-    finally:
         await client.logout()
+    finally:
+        _drop(client)
     return handled
 
 
