@@ -182,7 +182,7 @@ def test_saved_variables_without_tags_are_sent_to_decode_to_themselves() -> None
                              "when": when, "note": 'say "__row__"'})
     untagged = untagged_names(texts)
     assert untagged == ["rows"]  # a quote inside a string counts as a tag
-    decoded = decode_state(texts, untagged=set(untagged))
+    decoded = decode_state(texts)
     assert decode_state(texts) == decoded
     assert decoded == {"rows": [{"a": 1, "b": None}], "row": {"a": 1}, "when": when,
                        "note": 'say "__row__"'}

@@ -13,8 +13,8 @@ Frames (see `workers._channel`): the child sends "ready", "call" (id, path, inte
 args, kwargs, handle), "print", "progress", then "done" (table, failures, variables and their
 summaries, unsaved) or "error" (type, message, line, traceback, failures). The parent sends
 "replay" frames (a resumed run's journaled results), "start" (program, manifest, preview,
-limit_items, only_items, output_bytes, cpu_s, seed, state: the saved variables as JSON text,
-untagged: those that decode to themselves) and one reply per call: `{"id", "ok"}` or
+limit_items, only_items, output_bytes, cpu_s, seed, state: the saved variables as JSON
+text) and one reply per call: `{"id", "ok"}` or
 `{"id", "error": {"type", "message"}}`; an error of type "RunStopped" stops the program.
 """
 
@@ -41,7 +41,6 @@ from workers import _isolation
 from workers._channel import FrameError, pack, replay_frames
 from workers._child_pipes import ChildPipes
 from workers._isolation import detect_isolation
-from workers._state import untagged_names
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -260,10 +259,9 @@ async def run_sandboxed(
             a run that way, or by cancelling the task.
     """
     level = await asyncio.to_thread(detect_isolation, isolation)
-    texts = dict(state or {})
     start = {"op": "start", "program": program, "manifest": manifest, "preview": preview,
              "output_bytes": limits.output_kb * 1024, "cpu_s": limits.cpu_s, "seed": seed,
-             "state": texts, "untagged": untagged_names(texts)}
+             "state": dict(state or {})}
     # Absent rather than null: a frame holding null is written by the standard library.
     start.update({k: v for k, v in (("limit_items", limit_items), ("only_items", only_items))
                   if v is not None})

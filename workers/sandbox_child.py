@@ -23,7 +23,6 @@ import sys
 import threading
 import traceback
 import types
-from collections.abc import Collection
 from typing import Any
 
 from codegen.policy import check_program, render_violations
@@ -62,8 +61,7 @@ def main() -> int:
         runtime = Runtime(channel, start, replay)
         _watch_cpu(int(start.get("cpu_s") or 0))
         frame = run_program(str(start.get("program") or ""), runtime,
-                            state=start.get("state") or {}, seed=int(start.get("seed") or 0),
-                            untagged=set(start.get("untagged") or ()))
+                            state=start.get("state") or {}, seed=int(start.get("seed") or 0))
         _send_final(runtime, frame)
         channel.flush()
     except (ChannelClosed, BrokenPipeError):
@@ -132,10 +130,9 @@ def _watch_cpu(cpu_s: int) -> None:
 
 
 def run_program(source: str, runtime: Runtime, *, state: dict[str, Any] | None = None,
-                seed: int = 0, untagged: Collection[str] = ()) -> dict[str, Any]:
-    """Check, instrument and run `source` with the saved variables `state` (encoded; those named
-    in `untagged` decode to themselves) and `random` seeded with `seed`; the "done" or "error"
-    frame that says how it went."""
+                seed: int = 0) -> dict[str, Any]:
+    """Check, instrument and run `source` with the saved variables `state` (JSON text by name)
+    and `random` seeded with `seed`; the "done" or "error" frame that says how it went."""
     violations = check_program(source)
     if violations:
         return {"op": "error", "type": "PolicyViolation", "line": violations[0].line,
@@ -146,7 +143,7 @@ def run_program(source: str, runtime: Runtime, *, state: dict[str, Any] | None =
     module = types.ModuleType("__main__")
     sys.modules["__main__"] = module
     namespace = runtime.namespace(module)
-    runtime.restore(namespace, decode_state(state or {}, untagged=untagged))
+    runtime.restore(namespace, decode_state(state or {}))
     random.seed(seed)
     return _execute(code, namespace, runtime)
 
