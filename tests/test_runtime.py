@@ -4,6 +4,8 @@ and state kept between requests. Real Redis, real burst worker, real sandbox, sc
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -243,13 +245,23 @@ async def test_an_unconfirmed_send_the_outbox_lacks_is_sent_once(
         assert len(await stack.outbox_mails()) == 1
 
 
-async def test_an_unconfirmed_send_through_a_relay_is_raised_to_a_person(
-        redis_server: Any, tmp_path: Path) -> None:
-    relay = {"SLUICE_SMTP_IS_OUTBOX": "false", "SLUICE_SMTP_DEDUPS_MESSAGE_ID": "false"}
+@asynccontextmanager
+async def _relay_resumed(redis_server: Any, tmp_path: Path, *,
+                         dedups: bool) -> AsyncIterator[tuple[Stack, str, str]]:
+    """A stack whose SMTP server is a relay (not the outbox Sluice can look in), with a send
+    left unconfirmed and delivered, resumed: (stack, thread id, run id)."""
+    relay = {"SLUICE_SMTP_IS_OUTBOX": "false",
+             "SLUICE_SMTP_DEDUPS_MESSAGE_ID": "true" if dedups else "false"}
     async with Stack.running(redis_url=redis_server.url, home=tmp_path, scenario=scenario(SEND),
                              env=relay) as stack:
-        thread_id, _run_id = await _send_left_unconfirmed(stack, delivered=True)
+        thread_id, run_id = await _send_left_unconfirmed(stack, delivered=True)
         await stack.drain()
+        yield stack, thread_id, run_id
+
+
+async def test_an_unconfirmed_send_through_a_relay_is_raised_to_a_person(
+        redis_server: Any, tmp_path: Path) -> None:
+    async with _relay_resumed(redis_server, tmp_path, dedups=False) as (stack, thread_id, _):
         [question] = await stack.messages(thread_id, "question")
         assert "can't tell whether" in question["text"] and "ben@okafor.example" in question["text"]
         assert stack.outbox.handler.received == 1  # nothing was repeated silently
@@ -257,11 +269,8 @@ async def test_an_unconfirmed_send_through_a_relay_is_raised_to_a_person(
 
 async def test_an_unconfirmed_send_through_a_relay_that_drops_repeats_is_sent_again(
         redis_server: Any, tmp_path: Path) -> None:
-    relay = {"SLUICE_SMTP_IS_OUTBOX": "false", "SLUICE_SMTP_DEDUPS_MESSAGE_ID": "true"}
-    async with Stack.running(redis_url=redis_server.url, home=tmp_path, scenario=scenario(SEND),
-                             env=relay) as stack:
-        thread_id, run_id = await _send_left_unconfirmed(stack, delivered=True)
-        await stack.drain()
+    async with _relay_resumed(redis_server, tmp_path, dedups=True) as (stack, thread_id,
+                                                                      run_id):
         run = await stack.store.get_run(run_id)
         assert run.state == RunState.SUCCEEDED, run.error
         assert run.result is not None and run.result.writes_redone == 1

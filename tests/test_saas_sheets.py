@@ -161,27 +161,26 @@ async def test_google_update_addresses_the_row_and_repeating_it_sends_nothing(
     assert fake.tab("signups").cells[2] == ["Bo", "bo@example.com", 450]
 
 
-async def _confirm_update_after_a_crash(catalog: Catalog) -> list[Found | None]:
-    """What the catalog finds about an update of Bo's budget: before it, once it was done, and
-    once someone changed the cell since."""
+async def _confirm_update_after_a_crash(catalog: Catalog) -> None:
+    """What the catalog finds about an update of Bo's budget: not done before it, done once it
+    was done, and not done once someone changed the cell since."""
     bo = (await _call(catalog, "rows"))[1]
     call = EffectCall("sheets", "update", wire.encode([bo.id, {"budget": "450"}]), {},
                       handle=("sheets", "Sheet", "signups"))
-    found = [await catalog.confirm(call)]
+    before = await catalog.confirm(call)
     await catalog.dispatch(call)
-    found.append(await catalog.confirm(call))
+    done = await catalog.confirm(call)
     await _call(catalog, "update", bo.id, {"Budget": 7})
-    found.append(await catalog.confirm(call))
-    return found
+    changed = await catalog.confirm(call)
+    assert before == changed == Found(done=False)
+    assert done is not None and done.done and done.result["__row__"][1]["Budget"] == 450
 
 
 async def test_google_confirms_an_update_by_reading_the_row(
     google: tuple[GoogleSheetsFake, Catalog],
 ) -> None:
     fake, catalog = google
-    before, done, changed = await _confirm_update_after_a_crash(catalog)
-    assert before == changed == Found(done=False)
-    assert done is not None and done.done and done.result["__row__"][1]["Budget"] == 450
+    await _confirm_update_after_a_crash(catalog)
     writes = [r for r in fake.requests if r[0] == "POST"]
     assert len(writes) == 2  # the update and the change since; looking wrote nothing
 
@@ -189,27 +188,25 @@ async def test_google_confirms_an_update_by_reading_the_row(
 async def test_airtable_confirms_an_update_by_reading_the_row(
     airtable: tuple[AirtableFake, Catalog],
 ) -> None:
-    _fake, catalog = airtable
-    before, done, changed = await _confirm_update_after_a_crash(catalog)
-    assert before == changed == Found(done=False)
-    assert done is not None and done.done and done.result["__row__"][1]["Budget"] == 450
+    await _confirm_update_after_a_crash(airtable[1])
 
 
-async def _confirm_append_after_a_crash(catalog: Catalog) -> list[Found | None]:
-    """What the catalog finds about appending order A-2 to a sheet with an ID column: before
-    it, once it was done; then about an append without an id, and one whose id another row
-    has with other values."""
+async def _confirm_append_after_a_crash(catalog: Catalog) -> None:
+    """What the catalog finds about appending order A-2 to a sheet with an ID column: not done
+    before it, done once it was done; no telling (a person is asked) about an append without an
+    id, and one whose id another row has with other values."""
     def append(values: dict[str, Any]) -> EffectCall:
         return EffectCall("sheets", "append", wire.encode([values]), {},
                           handle=("sheets", "Sheet", "orders"))
 
     call = append({"id": "A-2", "Item": "Tea", "Amount": 20})
-    found = [await catalog.confirm(call)]
+    assert await catalog.confirm(call) == Found(done=False)
     await catalog.dispatch(call)
-    found.append(await catalog.confirm(call))
-    found.append(await catalog.confirm(append({"Item": "Tea", "Amount": 20})))
-    found.append(await catalog.confirm(append({"ID": "A-1", "Item": "Tea"})))
-    return found
+    done = await catalog.confirm(call)
+    assert done is not None and done.done
+    assert done.result["__row__"][1] == {"ID": "A-2", "Item": "Tea", "Amount": 20}
+    assert await catalog.confirm(append({"Item": "Tea", "Amount": 20})) is None
+    assert await catalog.confirm(append({"ID": "A-1", "Item": "Tea"})) is None
 
 
 async def test_google_confirms_an_append_by_its_id(
@@ -217,11 +214,7 @@ async def test_google_confirms_an_append_by_its_id(
 ) -> None:
     fake, catalog = google
     fake.add_tab("orders", [["ID", "Item", "Amount"], ["A-1", "Mugs", 100]], columns=3)
-    before, done, no_id, other = await _confirm_append_after_a_crash(catalog)
-    assert before == Found(done=False)
-    assert done is not None and done.done
-    assert done.result["__row__"][1] == {"ID": "A-2", "Item": "Tea", "Amount": 20}
-    assert no_id is None and other is None  # no telling: a person is asked
+    await _confirm_append_after_a_crash(catalog)
     assert fake.tab("orders").cells[1:] == [["A-1", "Mugs", 100], ["A-2", "Tea", 20]]
 
 
@@ -232,11 +225,7 @@ async def test_airtable_confirms_an_append_by_its_id(
     fake.add_table("orders", [Field("ID"), Field("Item"),
                               Field("Amount", "number", {"precision": 0})],
                    [{"ID": "A-1", "Item": "Mugs", "Amount": 100}])
-    before, done, no_id, other = await _confirm_append_after_a_crash(catalog)
-    assert before == Found(done=False)
-    assert done is not None and done.done
-    assert done.result["__row__"][1] == {"ID": "A-2", "Item": "Tea", "Amount": 20}
-    assert no_id is None and other is None
+    await _confirm_append_after_a_crash(catalog)
     rows = await _call(catalog, "rows", sheet="orders")
     assert [r["ID"] for r in rows] == ["A-1", "A-2"]  # looking added nothing
 
