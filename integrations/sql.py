@@ -361,10 +361,7 @@ class SQL(Integration):
                              ).mappings().one_or_none()
         if found is None:
             raise _no_row(name, row_id)
-        if all(found[column.name] == value
-               for column, value in self._values(table, values).items()):
-            return self._row(table, dict(found), 0)
-        return None
+        return self._if_holding(table, found, self._values(table, values))
 
     def inserted(self, conn: Connection, name: str, values: dict[str, Any]) -> Found | None:
         """Whether `insert_row(values)` was done, told by the primary key it gives (see
@@ -378,8 +375,14 @@ class SQL(Integration):
         found = conn.execute(sa.select(table).where(where)).mappings().one_or_none()
         if found is None:
             return Found(done=False)
+        stored = self._if_holding(table, found, wanted)
+        return None if stored is None else Found(done=True, result=stored)
+
+    def _if_holding(self, table: sa.Table, found: Any,
+                    wanted: dict[sa.Column[Any], Any]) -> Row | None:
+        """The stored row `found` as a Row when it holds the `wanted` values, else None."""
         if all(found[column.name] == value for column, value in wanted.items()):
-            return Found(done=True, result=self._row(table, dict(found), 0))
+            return self._row(table, dict(found), 0)
         return None
 
     def insert_row(self, conn: Connection, name: str, values: dict[str, Any]) -> Row:
