@@ -191,10 +191,9 @@ class Sheet(Resource):
         same_id = [r for r in table.rows if _same(r.get(column), resolved[column])]
         if not same_id:
             return Found(done=False)
-        for row in same_id:
-            if all(_same(row.get(c), v) for c, v in resolved.items() if cell_text(v) is not None):
-                return Found(done=True, result=row)
-        return None
+        filled = {c: v for c, v in resolved.items() if cell_text(v) is not None}
+        held = next((r for r in same_id if _holds(r, filled, new)), None)
+        return None if held is None else Found(done=True, result=held)
 
     @action("read")
     async def find(self, **equals: Any) -> list[Row]:
