@@ -353,18 +353,11 @@ def signature_of(fn: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(fn)
 
 
-_FITTING: set[tuple[Callable[..., Any], int, frozenset[str]]] = set()
-
-
 def _check_arguments(
     label: str, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
 ) -> None:
-    """Raise IntegrationError showing the right call when the arguments do not fit `fn`.
-
-    Whether arguments bind depends only on how many are positional and which names the others
-    have, so a shape that bound once is not bound again (every call of a program is checked)."""
-    shape = (fn, len(args), frozenset(kwargs))
-    if shape in _FITTING:
+    """Raise IntegrationError showing the right call when the arguments do not fit `fn`."""
+    if _fits(fn, len(args), frozenset(kwargs)):
         return
     try:
         signature_of(fn).bind(*args, **kwargs)
@@ -372,8 +365,18 @@ def _check_arguments(
         usage = signature_text(fn, with_self=False)
         raise IntegrationError(f"{label}(): {exc}. Call it as {label}{usage}.",
                                action=label) from None
-    if len(_FITTING) < 4096:
-        _FITTING.add(shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fits(fn: Callable[..., Any], positional: int, names: frozenset[str]) -> bool:
+    """Whether arguments of this shape bind to `fn`. Binding depends only on how many are
+    positional and which names the others have, so each shape is bound once (every call of a
+    program is checked)."""
+    try:
+        signature_of(fn).bind(*([None] * positional), **dict.fromkeys(names))
+    except TypeError:
+        return False
+    return True
 
 
 def build_local_catalog(
