@@ -18,9 +18,12 @@ from dataclasses import dataclass
 
 __all__ = [
     "ALLOWED_MODULES",
+    "FILE_HELPERS",
     "FORBIDDEN_ATTRIBUTES",
     "FORBIDDEN_NAMES",
+    "TEXT_WRITERS",
     "PolicyViolation",
+    "attribute_problem",
     "check_program",
     "is_forbidden_module",
     "render_violations",
@@ -59,30 +62,33 @@ _INTROSPECTION = frozenset({
     "gi_code", "gi_frame", "gi_yieldfrom", "im_class", "im_func", "im_self", "mro", "tb_frame",
     "tb_next", "get_type_hints", "Formatter", "get_field",
 })
-# Modules and helpers reachable as attributes of allowed modules, and file, pickle or eval helpers
-# of pandas and numpy. Reading and writing go through the integrations instead.
+# File, pickle and eval helpers of pandas and numpy. Reading and writing go through the
+# integrations instead; the sandbox child also refuses them at run time (`workers._sandbox_guards`).
+FILE_HELPERS: frozenset[str] = frozenset({
+    "read_pickle", "to_pickle", "read_csv", "read_table", "read_fwf", "read_excel", "read_json",
+    "read_html", "read_xml", "read_parquet", "read_feather", "read_orc", "read_hdf", "read_sas",
+    "read_spss", "read_stata", "read_sql", "read_sql_query", "read_sql_table", "read_clipboard",
+    "read_iceberg", "to_excel", "to_parquet", "to_feather", "to_hdf", "to_stata", "to_orc",
+    "to_sql", "to_clipboard", "to_iceberg", "ExcelWriter", "HDFStore", "DataSource", "fromfile",
+    "tofile", "memmap", "open_memmap", "loadtxt", "genfromtxt", "fromregex", "savetxt",
+    "savez", "savez_compressed", "ExcelFile",
+})
+# Modules and helpers reachable as attributes of allowed modules, and the file helpers.
 _GADGETS = frozenset({
     "builtins", "codecs", "ctypes", "ctypeslib", "gc", "importlib", "inspect", "io", "marshal",
     "os", "pathlib", "pickle", "posix", "shutil", "signal", "socket", "subprocess", "sys",
     "threading", "popen", "system", "eval", "exec",
-    "read_pickle", "to_pickle", "read_csv", "read_table", "read_fwf", "read_excel", "read_json",
-    "read_html", "read_xml", "read_parquet", "read_feather", "read_orc", "read_hdf", "read_sas",
-    "read_spss", "read_stata", "read_sql", "read_sql_query", "read_sql_table", "read_clipboard",
-    "to_excel", "to_parquet", "to_feather", "to_hdf", "to_stata", "to_orc", "to_sql",
-    "to_clipboard", "ExcelWriter", "HDFStore", "DataSource", "fromfile", "tofile", "memmap",
-    "open_memmap", "loadtxt", "genfromtxt", "fromregex", "savetxt", "savez", "savez_compressed",
-    "ExcelFile",
-})
+}) | FILE_HELPERS
 FORBIDDEN_ATTRIBUTES: frozenset[str] = _INTROSPECTION | _GADGETS
 # to_csv() and friends return text when called without a path; with a path they write a file.
-_WRITERS_WITH_PATH = frozenset({
+TEXT_WRITERS: frozenset[str] = frozenset({
     "to_csv", "to_json", "to_html", "to_string", "to_markdown", "to_latex", "to_xml",
 })
-_PATH_KEYWORDS = frozenset({"path_or_buf", "buf", "path", "fname", "file"})
+_PATH_KEYWORDS = frozenset({"path_or_buf", "path_or_buffer", "buf", "path", "fname", "file"})
 # The public API of namedtuples starts with one underscore.
 _PUBLIC_UNDERSCORE = frozenset({"_asdict", "_replace", "_fields", "_field_defaults", "_make"})
 _ALLOWED_DUNDER_NAMES = frozenset({"__name__"})
-_DUNDER_IN_FORMAT = re.compile(r"\{[^{}]*__")
+_PRIVATE_IN_FORMAT = re.compile(r"\{[^{}]*(__|\._)")
 _MAX_LINE = 100
 
 
@@ -172,8 +178,9 @@ def _is_dunder(name: str) -> bool:
     return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
 
-def _attribute_problem(attr: str) -> tuple[str, str] | None:
-    """(rule, message) when reading or writing `.attr` is refused."""
+def attribute_problem(attr: str) -> tuple[str, str] | None:
+    """(rule, message) when reading or writing `.attr` is refused (also asked at run time, of
+    names that reach attributes as strings)."""
     if attr.startswith("__"):
         return "dunder", f"'.{attr}' is not allowed: attributes starting with '__' are internals"
     if attr in _INTROSPECTION:
@@ -181,6 +188,9 @@ def _attribute_problem(attr: str) -> tuple[str, str] | None:
     if attr in ("eval", "exec"):
         return ("forbidden-attribute", f"'.{attr}' is not allowed: write the expression in "
                 "Python, e.g. df[df['amount'] > limit] or df['a'] * 2")
+    if attr == "style":
+        return ("forbidden-attribute", "'.style' is not allowed: it renders through templates, "
+                "which the sandbox does not run; format the values with f-strings")
     if attr in _GADGETS:
         return ("forbidden-attribute", f"'.{attr}' is not allowed: reach files, the network and "
                 "other systems only through the integrations")
@@ -201,6 +211,7 @@ class _Checker(ast.NodeVisitor):
     def __init__(self, bound: frozenset[str]) -> None:
         self.bound = bound
         self.violations: list[PolicyViolation] = []
+        self.called: set[int] = set()  # attributes that are the function of a call
 
     def _add(self, node: ast.AST, rule: str, message: str, col: int | None = None) -> None:
         line = getattr(node, "lineno", 1)
@@ -229,7 +240,7 @@ class _Checker(ast.NodeVisitor):
         if name == "*":
             self._add(node, "star-import", "'import *' is not allowed; import the names you use")
             return
-        problem = _attribute_problem(name)
+        problem = attribute_problem(name)
         if problem is not None:
             self._add(node, problem[0], problem[1].replace(f"'.{name}'", f"'{name}'"))
 
@@ -241,7 +252,10 @@ class _Checker(ast.NodeVisitor):
             self._add(node, "forbidden-name", f"{name}() is not available: {_NAME_HINTS[name]}")
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
-        problem = None if _is_super_init(node) else _attribute_problem(node.attr)
+        problem = None if _is_super_init(node) else attribute_problem(node.attr)
+        if problem is None and node.attr in TEXT_WRITERS and id(node) not in self.called:
+            problem = ("file", f"'.{node.attr}' must be called where it is named, without a "
+                       "path, to get the text: a writer held as a value could be given one")
         if problem is not None:
             col = node.end_col_offset - len(node.attr) if node.end_col_offset else None
             if node.end_lineno != node.lineno:
@@ -251,7 +265,7 @@ class _Checker(ast.NodeVisitor):
 
     def visit_MatchClass(self, node: ast.MatchClass) -> None:
         for attr in node.kwd_attrs:
-            problem = _attribute_problem(attr)
+            problem = attribute_problem(attr)
             if problem is not None:
                 self._add(node, problem[0], problem[1])
         self.generic_visit(node)
@@ -263,6 +277,7 @@ class _Checker(ast.NodeVisitor):
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
         if isinstance(func, ast.Attribute):
+            self.called.add(id(func))
             self._check_format(node, func)
             self._check_writer(node, func)
         if any(k.arg == "allow_pickle" for k in node.keywords):
@@ -273,13 +288,15 @@ class _Checker(ast.NodeVisitor):
         template = func.value
         if func.attr not in ("format", "format_map") or not isinstance(template, ast.Constant):
             return
-        if isinstance(template.value, str) and _DUNDER_IN_FORMAT.search(template.value):
-            self._add(node, "dunder", "format fields must not name '__' attributes")
+        if isinstance(template.value, str) and _PRIVATE_IN_FORMAT.search(template.value):
+            self._add(node, "dunder", "format fields must not name attributes starting with "
+                      "'_'")
 
     def _check_writer(self, node: ast.Call, func: ast.Attribute) -> None:
-        if func.attr not in _WRITERS_WITH_PATH:
+        if func.attr not in TEXT_WRITERS:
             return
-        has_path = bool(node.args) or any(k.arg in _PATH_KEYWORDS for k in node.keywords)
+        has_path = bool(node.args) or any(k.arg in _PATH_KEYWORDS or k.arg is None
+                                          for k in node.keywords)
         if has_path:
             self._add(node, "file", f".{func.attr}() with a path writes a file; call it without "
                       "one to get the text, or write through an integration")

@@ -34,6 +34,8 @@ ACCEPTED = {
     "shadowed builtin name": "input = sheets.open('x')\nprint(input)\n",
     "to_csv without path": "import pandas as pd\ntext = pd.DataFrame().to_csv(index=False)\n",
     "plain format": "'{} {name}'.format(1, name='x')\n",
+    "format spec and index": "'{0[a]:>{1}} {0.real}'.format({'a': 1}, 5)\n",
+    "style in a mapping": "row = {'style': 'bold'}\nprint(row['style'])\n",
     "dataclass": "from dataclasses import dataclass\n@dataclass\nclass Row:\n    a: int\n",
 }
 
@@ -71,6 +73,11 @@ REFUSED = {
     "pandas eval": ("import pandas as pd\npd.eval('1')\n", "forbidden-attribute"),
     "to_csv with path": ("df.to_csv('/tmp/x.csv')\n", "file"),
     "to_json with keyword path": ("df.to_json(path_or_buf='/tmp/x')\n", "file"),
+    "to_csv path in keyword arguments": ("df.to_csv(**options)\n", "file"),
+    "to_csv held as a value": ("write = df.to_csv\nwrite('x.csv')\n", "file"),
+    "to_csv passed as a function": ("list(map(df.to_csv, ['x.csv']))\n", "file"),
+    "dataframe style": ("df.style.to_html()\n", "forbidden-attribute"),
+    "format private attribute": ("'{0._runtime}'.format(sheets.open)\n", "dunder"),
     "allow_pickle": ("import numpy as np\nnp.load('x.npy', allow_pickle=True)\n", "file"),
     "global": ("x = 1\ndef f():\n    global x\n    x = 2\n", "global"),
     "format dunder": ("'{0.__class__}'.format(1)\n", "dunder"),

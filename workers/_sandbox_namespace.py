@@ -15,7 +15,6 @@ import builtins
 import contextlib
 import datetime as dt
 import itertools
-import re
 import sys
 import threading
 import time
@@ -24,15 +23,17 @@ import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
-from codegen.policy import FORBIDDEN_ATTRIBUTES, is_forbidden_module
+from codegen.policy import FORBIDDEN_ATTRIBUTES, attribute_problem, is_forbidden_module
 from core.errors import IntegrationError
 from integrations import wire
 from integrations.base import Resource
 from workers._channel import CallRouter, FdChannel, FrameError
+from workers._sandbox_guards import explained, format_attribute
 from workers._sandbox_loops import Batch, Progress, Scopes, ThreadBudget, length, track
 
 PROGRAM_FILE = "<program>"
 LOOP_HOOK = "__sluice_loop__"  # the name instrumented `for` loops call; programs cannot spell it
+FORMAT_HOOK = "__sluice_format__"  # what instrumented `.format` and `.format_map` reads call
 MAX_FAILURES = 1000
 _TICK_S = 0.2
 _REPLAYED_BATCH = 512  # replayed calls sent to the parent in one frame
@@ -46,7 +47,6 @@ _SAFE_BUILTINS = (
     "tuple", "type", "zip", "Ellipsis", "NotImplemented", "__build_class__",
 )
 _RESERVED = frozenset({"key", "owner", "integration"})
-_UNSAFE_EXPRESSION = re.compile(r"__|@\s*[A-Za-z_]\w*\s*[.\[(]")
 
 
 class CpuLimitExceeded(BaseException):
@@ -248,8 +248,9 @@ class Runtime:
         return batch.run(helpers, self.threads)
 
     def _record_failure(self, loop: str, index: int, item: Any, exc: Exception) -> None:
+        shown = explained(exc)
         failure = {"loop": loop, "index": index, "item": _short_repr(item),
-                   "error": f"{type(exc).__name__}: {exc}"[:500], "line": program_line(exc)}
+                   "error": f"{type(shown).__name__}: {shown}"[:500], "line": program_line(exc)}
         with self._failures_lock:
             if len(self.failures) < MAX_FAILURES:
                 self.failures.append(failure)
@@ -264,6 +265,7 @@ class Runtime:
         ns = module.__dict__
         ns.update({
             "__builtins__": self.builtins(), "__name__": "__main__", LOOP_HOOK: self.track,
+            FORMAT_HOOK: format_attribute,
             "each": self.each, "now": self.now, "today": self.today,
             "IntegrationError": IntegrationError,
         })
@@ -298,15 +300,23 @@ _MISSING = object()
 
 
 def guarded_import(name: str, globals: Any = None, locals: Any = None,
-                   fromlist: Iterable[str] | None = (), level: int = 0) -> types.ModuleType:
-    """`__import__` for programs: allow-listed modules only, absolute, no private names."""
+                   fromlist: Iterable[str] | None = (), level: int = 0) -> types.ModuleType | None:
+    """`__import__` for programs: allow-listed modules only, absolute, no private names.
+
+    C code running under the program's frame imports through this too (`datetime.strptime`
+    needs `_strptime`, `ndarray.mean` needs `numpy._core._methods`): CPython's
+    `PyImport_Import` passes a list as `fromlist`, where an import statement passes None or a
+    tuple. Such an import loads the module for the library (the import gate still applies) and
+    returns nothing, since `PyImport_Import` takes the module from `sys.modules`.
+    """
+    if isinstance(fromlist, list):
+        builtins.__import__(name, None, None, (), 0)
+        return None
     refused = level != 0 or (name != "__future__" and is_forbidden_module(name))
     bad = [n for n in fromlist or () if n.startswith("_") or n in FORBIDDEN_ATTRIBUTES]
     if refused or bad:
         raise ImportError(f"'{name}' cannot be imported in the sandbox")
     module: types.ModuleType = builtins.__import__(name, globals, locals, tuple(fromlist or ()), 0)
-    if name.split(".")[0] == "pandas":
-        harden_pandas()
     target = sys.modules.get(name, module) if fromlist else module
     for item in fromlist or ():
         value = getattr(target, item, None)
@@ -342,9 +352,9 @@ class SafeModule(types.ModuleType):
 
     def __getattr__(self, name: str) -> Any:
         module: types.ModuleType = object.__getattribute__(self, "_sluice_module")
-        if name.startswith("_"):
-            raise AttributeError(f"module {module.__name__!r}: private names are not available "
-                                 "in the sandbox")
+        problem = attribute_problem(name)
+        if problem is not None:
+            raise AttributeError(f"module {module.__name__!r} in the sandbox: {problem[1]}")
         value = getattr(module, name)
         if isinstance(value, types.ModuleType):
             if not module_allowed(value):
@@ -362,47 +372,6 @@ class SafeModule(types.ModuleType):
 
     def __repr__(self) -> str:
         return f"<module {self.__name__!r}>"
-
-
-def harden_pandas() -> None:
-    """Close two ways pandas reads attributes by name at run time, past the static policy:
-    query/eval expressions (`df.query("@x.__class__")`) and string functions of
-    agg/apply/transform (`s.agg("__getattribute__", ...)`). Idempotent; skips what a pandas
-    version lacks."""
-    computation = sys.modules.get("pandas.core.computation.eval")
-    original_eval = getattr(computation, "eval", None)
-    if original_eval is not None and not getattr(original_eval, "_sluice_guarded", False):
-        guarded = _guard_expressions(original_eval)
-        vars(computation)["eval"] = guarded
-        vars(sys.modules["pandas"])["eval"] = guarded
-    apply_class = getattr(sys.modules.get("pandas.core.apply"), "Apply", None)
-    original_str = getattr(apply_class, "_apply_str", None)
-    guarded_already = getattr(original_str, "_sluice_guarded", False)
-    if apply_class is not None and callable(original_str) and not guarded_already:
-        apply_class._apply_str = _guard_string_functions(original_str)
-
-
-def _guard_expressions(original: Callable[..., Any]) -> Callable[..., Any]:
-    def guarded_eval(expr: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(expr, str) and _UNSAFE_EXPRESSION.search(expr):
-            raise ValueError("this expression is not allowed in the sandbox: no '__' names and "
-                             "no attributes of @variables; compute the value first")
-        # pandas finds @variables `level` frames up from its caller; this wrapper is one more.
-        kwargs["level"] = int(kwargs.get("level", 0)) + 1
-        return original(expr, *args, **kwargs)
-
-    guarded_eval._sluice_guarded = True  # type: ignore[attr-defined]
-    return guarded_eval
-
-
-def _guard_string_functions(original: Callable[..., Any]) -> Callable[..., Any]:
-    def guarded_apply_str(self: Any, obj: Any, func: str, *args: Any, **kwargs: Any) -> Any:
-        if func.startswith("_") or func in FORBIDDEN_ATTRIBUTES:
-            raise ValueError(f"'{func}' cannot be used as a function name in the sandbox")
-        return original(self, obj, func, *args, **kwargs)
-
-    guarded_apply_str._sluice_guarded = True  # type: ignore[attr-defined]
-    return guarded_apply_str
 
 
 class _ActionHolder:

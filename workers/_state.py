@@ -139,10 +139,12 @@ def encode_value(value: Any) -> Any:
 def decode_value(encoded: Any) -> Any:
     """The inverse of `encode_value`."""
     if isinstance(encoded, dict) and len(encoded) == 1 and isinstance(encoded.get(_DATAFRAME), str):
-        import pandas  # only runs that kept a DataFrame pay for the import
+        # Only runs that kept a DataFrame pay for the import. From pandas.io.json: the sandbox
+        # child refuses pandas.read_json to programs (workers._sandbox_guards).
+        from pandas.io.json import read_json
 
         # dtype=False: keep "0123" a string rather than guessing it is the number 123.
-        return pandas.read_json(io.StringIO(encoded[_DATAFRAME]), orient="split", dtype=False)
+        return read_json(io.StringIO(encoded[_DATAFRAME]), orient="split", dtype=False)
     return wire.decode(encoded)
 
 

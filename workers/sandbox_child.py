@@ -26,8 +26,10 @@ import types
 from typing import Any
 
 from codegen.policy import check_program, render_violations
+from workers import _sandbox_guards
 from workers._channel import ChannelClosed, FdChannel, FrameError
 from workers._sandbox_namespace import (
+    FORMAT_HOOK,
     LOOP_HOOK,
     PROGRAM_FILE,
     CpuLimitExceeded,
@@ -140,6 +142,7 @@ def run_program(source: str, runtime: Runtime, *, state: dict[str, Any] | None =
     linecache.cache[PROGRAM_FILE] = (len(source), None, source.splitlines(True), PROGRAM_FILE)
     code = compile(instrument(ast.parse(source, PROGRAM_FILE)), PROGRAM_FILE, "exec",
                    dont_inherit=True)
+    _sandbox_guards.install()
     module = types.ModuleType("__main__")
     sys.modules["__main__"] = module
     namespace = runtime.namespace(module)
@@ -167,7 +170,9 @@ def _execute(code: types.CodeType, namespace: dict[str, Any], runtime: Runtime) 
 
 
 def instrument(tree: ast.Module) -> ast.Module:
-    """Make each top-level `for` loop iterate through the progress hook."""
+    """Make each top-level `for` loop iterate through the progress hook, and every read of a
+    `.format` or `.format_map` attribute go through the format hook."""
+    _FormatReads().visit(tree)  # changes attributes in place; the module node stays
     for node in tree.body:
         if isinstance(node, ast.For):
             hook = ast.Name(id=LOOP_HOOK, ctx=ast.Load())
@@ -177,13 +182,26 @@ def instrument(tree: ast.Module) -> ast.Module:
     return ast.fix_missing_locations(tree)
 
 
+class _FormatReads(ast.NodeTransformer):
+    """`x.format` becomes `__sluice_format__(x, "format")`, which checks the template."""
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        self.generic_visit(node)
+        if node.attr not in ("format", "format_map") or not isinstance(node.ctx, ast.Load):
+            return node
+        hook = ast.Name(id=FORMAT_HOOK, ctx=ast.Load())
+        call = ast.Call(func=hook, args=[node.value, ast.Constant(value=node.attr)], keywords=[])
+        return ast.copy_location(call, node)
+
+
 def _error_frame(exc: BaseException, namespace: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
     line = program_line(exc)
     trace = _program_traceback(exc)
     exc.__traceback__ = None
     namespace.clear()  # frees what a memory bomb held
-    kind = type(exc).__name__
-    message = str(exc) or kind
+    shown = _sandbox_guards.explained(exc)
+    kind = type(shown).__name__
+    message = str(shown) or kind
     if isinstance(exc, CpuLimitExceeded):
         kind = "CpuLimitExceeded"
     if runtime.stopped is not None:  # whatever the program did after it was stopped
@@ -196,7 +214,8 @@ def _program_traceback(exc: BaseException) -> str:
     """The program's own frames only, innermost last: `line N, in f: code`."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == PROGRAM_FILE]
     lines = [f"line {f.lineno}, in {f.name}: {(f.line or '').strip()}" for f in frames[-8:]]
-    lines.append(f"{type(exc).__name__}: {exc}"[:500])
+    shown = _sandbox_guards.explained(exc)
+    lines.append(f"{type(shown).__name__}: {shown}"[:500])
     return "\n".join(lines)
 
 

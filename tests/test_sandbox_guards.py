@@ -1,0 +1,134 @@
+"""The sandbox child's run-time guards (workers/_sandbox_guards.py) as a program meets them:
+library code keeps working under the program's restricted import, format templates still format,
+pandas' writers still return text, and what gets refused says why. Real child processes, as in
+test_sandbox.py; the ways past the policy they close are in test_escapes.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from integrations.base import EffectCall
+from workers._sandbox_guards import check_template, format_attribute
+from workers._state import encode_state
+from workers.sandbox import SandboxLimits, SandboxOutcome, detect_isolation, run_sandboxed
+
+ISOLATION = detect_isolation()
+LIMITS = SandboxLimits(cpu_s=20, wall_s=30, memory_mb=1024, output_kb=64)
+MANIFEST: dict[str, Any] = {"integrations": {"crm": {"actions": {"lookup": "read"}}}}
+
+
+async def lookup(call: EffectCall) -> Any:
+    return {"name": call.args[0], "tier": "gold"}
+
+
+async def run(program: str, **options: Any) -> SandboxOutcome:
+    return await run_sandboxed(program, manifest=MANIFEST, handler=lookup, limits=LIMITS,
+                               isolation=ISOLATION, **options)
+
+
+async def test_library_code_imports_its_own_internals_under_the_program() -> None:
+    # datetime.strptime imports _strptime, ndarray.mean numpy._core._methods, from C code that
+    # runs under the program's frame and so through its restricted __import__.
+    program = ("import datetime\n"
+               "print(datetime.datetime.strptime('2026-11-27 09:30', '%Y-%m-%d %H:%M'))\n"
+               "import numpy as np\n"
+               "print(np.array([1, 2, 3, 4]).mean(), np.std([1, 3]))\n"
+               "import decimal\n"
+               "print(decimal.Decimal('1.10') + decimal.Decimal('2.205'))\n")
+    outcome = await run(program)
+    assert outcome.ok, outcome.error
+    assert outcome.output == "2026-11-27 09:30:00\n2.5 1.0\n3.305\n"
+
+
+async def test_format_templates_held_in_variables_still_format() -> None:
+    program = ("template = 'Dear {name}, your {plan} plan renews on {when:%d %b}.'\n"
+               "import datetime\n"
+               "when = datetime.date(2026, 12, 1)\n"
+               "print(template.format(name='Ana', plan='gold', when=when))\n"
+               "print('{name} owes {amount:>{width}.2f}'.format_map({'name': 'Bo', "
+               "'amount': 3.5, 'width': 7}))\n"
+               "print(list(map(str.format, ['{}!', '{0[tier]}'], ['hey', crm.lookup('c')])))\n"
+               "say = '{0} and {1}'.format\n"
+               "print(say('this', 'that'))\n")
+    outcome = await run(program)
+    assert outcome.ok, outcome.error
+    assert outcome.output == ("Dear Ana, your gold plan renews on 01 Dec.\n"
+                              "Bo owes    3.50\n['hey!', 'gold']\nthis and that\n")
+
+
+async def test_pandas_writers_return_text_without_a_path() -> None:
+    program = ("import pandas as pd\n"
+               "frame = pd.DataFrame({'name': ['Ana', 'Bo'], 'amount': [1.5, 2]})\n"
+               "print(frame.to_csv(index=False), end='')\n"
+               "print(frame.to_json(orient='records'))\n"
+               "print(frame['amount'].to_string(index=False))\n"
+               "print(frame.to_html(index=False).count('<td>'))\n"
+               "result = frame\n")
+    outcome = await run(program)
+    assert outcome.ok, outcome.error
+    assert outcome.output == ('name,amount\nAna,1.5\nBo,2.0\n'
+                              '[{"name":"Ana","amount":1.5},{"name":"Bo","amount":2.0}]\n'
+                              '1.5\n2.0\n4\n')
+    assert outcome.table_csv == "name,amount\nAna,1.5\nBo,2.0\n"
+
+
+async def test_a_dataframe_restored_from_the_thread_is_guarded_too() -> None:
+    # The program never imports pandas: its DataFrame comes from the thread's saved variables.
+    state, _ = encode_state({"frame": pd.DataFrame({"a": [1, 5]})})
+    program = ("print(frame.query('a > 2')['a'].tolist())\n"
+               "for attempt in (lambda: frame.query('@frame.__class__'),\n"
+               "                lambda: frame.agg('to_csv', 0, 'written.csv'),\n"
+               "                lambda: frame.agg('__getattribute__', '__class__')):\n"
+               "    try:\n"
+               "        attempt()\n"
+               "        print('not refused')\n"
+               "    except ValueError as exc:\n"
+               "        print('refused:', exc)\n")
+    outcome = await run(program, state=state)
+    assert outcome.ok, outcome.error
+    lines = outcome.output.splitlines()
+    assert lines[0] == "[5]"
+    assert len(lines) == 4 and all(line.startswith("refused:") for line in lines[1:]), lines
+    assert "with a path is not available in the sandbox" in lines[2]
+
+
+async def test_a_refused_import_says_so_not_what_the_library_says() -> None:
+    # pandas wraps the refusal in "Use pip ... to install the Jinja2 package": the wrong fix.
+    program = ("import pandas as pd\n"
+               "frame = pd.DataFrame({'a': [1]})\n"
+               "def render(n):\n"
+               "    return frame.to_latex()\n"
+               "each([1], render)\n"
+               "frame.to_latex()\n")
+    outcome = await run(program)
+    assert not outcome.ok
+    assert outcome.error is not None and outcome.error["type"] == "ImportRefused"
+    assert outcome.error["message"].startswith("module 'jinja2' is not available in the sandbox")
+    assert outcome.error["line"] == 6
+    assert "pip" not in outcome.error["traceback"]
+    assert [f["error"][:50] for f in outcome.failures] == [
+        "ImportRefused: module 'jinja2' is not available in"]
+
+
+@pytest.mark.parametrize("template", [
+    "{0.__class__}", "{x._runtime}", "{0[a].__dict__}", "{0:{1.__class__}}", "{0._asdict}",
+])
+def test_templates_reading_private_attributes_are_refused(template: str) -> None:
+    with pytest.raises(ValueError, match="not allowed in the sandbox"):
+        check_template(template)
+    with pytest.raises(ValueError, match="not allowed in the sandbox"):
+        format_attribute(template, "format")
+    with pytest.raises(ValueError, match="not allowed in the sandbox"):
+        format_attribute(str, "format")(template, 1)
+
+
+@pytest.mark.parametrize("template", [
+    "plain", "{}", "{0} {1!r:>10}", "{name[first]}", "{0.real:{width}.{precision}f}", "{{0.__x}}",
+])
+def test_templates_of_ordinary_use_pass(template: str) -> None:
+    check_template(template)
+    assert format_attribute(template, "format_map") == template.format_map

@@ -1,0 +1,227 @@
+"""Run-time guards of the sandbox child, behind the static policy (ARCHITECTURE.md, "The sandbox
+holds no secrets"; `codegen.policy` is the first line, the process isolation the boundary).
+
+The policy reads the program's text, so it misses what libraries do with names and strings at run
+time: a format template held in a variable, a pandas writer taken as a value or named by a string,
+`np.load` with a positional `allow_pickle`, and libraries that pandas imports on demand (jinja2,
+for `DataFrame.style`, runs templates that reach any attribute and so any code). Installed once, in
+the child, before the program or its saved variables are loaded:
+
+- an import gate: modules load only from the standard library and the packages the allowed modules
+  are built on; any other installed package is refused, whoever asks for it;
+- pandas and numpy are hardened as they load: expression and string-function guards, writers that
+  refuse a path, readers and file helpers that refuse outright;
+- `check_template` vets a format template for private and dunder attributes; the child routes
+  every `.format` and `.format_map` through it (`format_attribute`).
+"""
+
+from __future__ import annotations
+
+import _string
+import functools
+import importlib.abc
+import importlib.machinery
+import inspect
+import re
+import sys
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from codegen.policy import ALLOWED_MODULES, FILE_HELPERS, TEXT_WRITERS, attribute_problem
+
+# Packages the allowed modules import (pandas: numpy, dateutil, tzdata; dateutil: six) and this
+# child's own code. Everything else installed in the environment stays out of the sandbox.
+ALLOWED_ROOTS = ALLOWED_MODULES | frozenset({
+    "numpy", "pandas", "dateutil", "pytz", "tzdata", "six", "orjson",
+    "codegen", "core", "integrations", "workers",
+})
+_UNSAFE_EXPRESSION = re.compile(r"__|@\s*[A-Za-z_]\w*\s*[.\[(]")
+_FILES_HINT = "read and write data through the integrations"
+
+
+class ImportRefused(ModuleNotFoundError):
+    """The import gate refused a module a library asked for."""
+
+
+def explained(exc: BaseException) -> BaseException:
+    """`exc`, or the import refusal behind it: libraries wrap a failed import in their own
+    ImportError ("use pip to install Jinja2"), which would send the model after the wrong fix."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ImportRefused):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
+class ImportGate(importlib.abc.MetaPathFinder):
+    """First on `sys.meta_path`: refuses modules outside the standard library and
+    `ALLOWED_ROOTS`, and hardens pandas and numpy once they have loaded."""
+
+    def find_spec(self, name: str, path: Sequence[str] | None,
+                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        root = name.partition(".")[0]
+        # sysconfig's data module is named after the platform, so not in stdlib_module_names.
+        standard = root in sys.stdlib_module_names or root.startswith("_sysconfigdata_")
+        if root not in ALLOWED_ROOTS and not standard:
+            raise ImportRefused(f"module '{name}' is not available in the sandbox, so neither is "
+                                "the library feature that needs it; use the allowed modules",
+                                name=name)
+        harden = _HARDENING.get(name)
+        if harden is None:
+            return None  # the usual finders load it
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenHarden(spec.loader, harden)
+        return spec
+
+
+class _ThenHarden(importlib.abc.Loader):
+    """A module's own loader, then its hardening."""
+
+    def __init__(self, loader: Any, harden: Callable[[], None]) -> None:
+        self._loader = loader
+        self._harden = harden
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        module: types.ModuleType | None = self._loader.create_module(spec)
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        self._loader.exec_module(module)
+        self._harden()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)  # resource readers and the like
+
+
+def install() -> None:
+    """Gate imports and harden what is loaded already. Idempotent."""
+    if not any(isinstance(finder, ImportGate) for finder in sys.meta_path):
+        sys.meta_path.insert(0, ImportGate())
+    for name, harden in _HARDENING.items():
+        if name in sys.modules:
+            harden()
+
+
+# -- format templates --------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=512)
+def check_template(template: str) -> None:
+    """Refuse a format template whose fields read private or dunder attributes (`{0.__class__}`,
+    `{x._runtime}`), nested specs included. A malformed template raises ValueError, as
+    formatting it would."""
+    for _, field, spec, _ in _string.formatter_parser(template):
+        if field is None:
+            continue
+        _, rest = _string.formatter_field_name_split(field)
+        if any(is_attribute and str(key).startswith("_") for is_attribute, key in rest):
+            raise ValueError(f"the format field '{{{field}}}' is not allowed in the sandbox: "
+                             "fields may not name attributes starting with '_'")
+        if spec:
+            check_template(spec)
+
+
+def format_attribute(value: Any, name: str) -> Any:
+    """`value.format` or `value.format_map` (`name`), as the instrumented program reads it: a
+    string's template is checked first, and `str.format` itself checks the template it is given."""
+    method = getattr(value, name)
+    if isinstance(value, str):
+        check_template(str(value))
+        return method
+    if isinstance(value, type) and issubclass(value, str):
+        def checked(template: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(template, str):
+                check_template(str(template))
+            return method(template, *args, **kwargs)
+        return checked
+    return method
+
+
+# -- pandas and numpy --------------------------------------------------------------------------
+
+def harden_pandas() -> None:
+    """Close the ways pandas reads attributes by name or reaches files at run time. Idempotent;
+    skips what a pandas version lacks."""
+    pandas = sys.modules["pandas"]
+    if getattr(pandas, "_sluice_hardened", False):
+        return
+    computation = sys.modules.get("pandas.core.computation.eval")
+    original_eval = getattr(computation, "eval", None)
+    if original_eval is not None:
+        guarded = _guard_expressions(original_eval)
+        vars(computation)["eval"] = guarded
+        vars(pandas)["eval"] = guarded
+    apply_class = getattr(sys.modules.get("pandas.core.apply"), "Apply", None)
+    if apply_class is not None and callable(getattr(apply_class, "_apply_str", None)):
+        apply_class._apply_str = _guard_string_functions(apply_class._apply_str)
+    for owner in (pandas.DataFrame, pandas.Series):
+        _guard_files(owner, f"{owner.__name__}.")
+    _guard_files(pandas, "pandas.")
+    vars(pandas)["_sluice_hardened"] = True
+
+
+def _guard_files(owner: Any, label: str) -> None:
+    """Text writers of `owner` (a class or module) that refuse a path; file helpers refused."""
+    for name in TEXT_WRITERS & set(dir(owner)):
+        setattr(owner, name, _without_path(getattr(owner, name), name))
+    for name in FILE_HELPERS & set(dir(owner)):
+        setattr(owner, name, _refused(label + name))
+
+
+def harden_numpy() -> None:
+    """np.load unpickles with `allow_pickle` (the third positional argument), np.save writes a
+    file: both refused, with the rest of numpy's file helpers. Idempotent."""
+    numpy = sys.modules["numpy"]
+    for name in ({"load", "save"} | FILE_HELPERS) & set(vars(numpy)):
+        vars(numpy)[name] = _refused(f"numpy.{name}")
+
+
+_HARDENING: dict[str, Callable[[], None]] = {"pandas": harden_pandas, "numpy": harden_numpy}
+
+
+def _refused(label: str) -> Callable[..., Any]:
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError(f"{label}() is not available in the sandbox: {_FILES_HINT}")
+
+    refused._sluice_guarded = True  # type: ignore[attr-defined]
+    return refused
+
+
+def _without_path(original: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """`original` (to_csv and the other text writers), refusing its first argument, the path or
+    buffer: called without one it returns the text."""
+    target = list(inspect.signature(original).parameters)[1]
+
+    @functools.wraps(original)
+    def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if (args and args[0] is not None) or kwargs.get(target) is not None:
+            raise ValueError(f".{name}() with a path is not available in the sandbox: call it "
+                             f"without one to get the text, or {_FILES_HINT}")
+        return original(self, *args, **kwargs)
+
+    return guarded
+
+
+def _guard_expressions(original: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded_eval(expr: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(expr, str) and _UNSAFE_EXPRESSION.search(expr):
+            raise ValueError("this expression is not allowed in the sandbox: no '__' names and "
+                             "no attributes of @variables; compute the value first")
+        # pandas finds @variables `level` frames up from its caller; this wrapper is one more.
+        kwargs["level"] = int(kwargs.get("level", 0)) + 1
+        return original(expr, *args, **kwargs)
+
+    return guarded_eval
+
+
+def _guard_string_functions(original: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded_apply_str(self: Any, obj: Any, func: str, *args: Any, **kwargs: Any) -> Any:
+        if attribute_problem(func) is not None:
+            raise ValueError(f"'{func}' cannot be used as a function name in the sandbox")
+        return original(self, obj, func, *args, **kwargs)
+
+    return guarded_apply_str
