@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ALLOWED_MODULES",
+    "DENIED_SUBMODULES",
     "FILE_HELPERS",
     "FORBIDDEN_ATTRIBUTES",
     "FORBIDDEN_NAMES",
@@ -33,6 +34,13 @@ ALLOWED_MODULES: frozenset[str] = frozenset({
     "collections", "dataclasses", "datetime", "decimal", "fractions", "functools", "itertools",
     "json", "math", "numpy", "pandas", "random", "re", "statistics", "string", "textwrap", "typing",
 })
+
+# Submodules of allowed packages that reach the machine (C calls, compilers, files), and the
+# internals behind the public API (pandas.core builds expressions past the guarded pd.eval,
+# pandas.compat unpickles, numpy.lib.npyio opens .npz files with pickles inside).
+DENIED_SUBMODULES = ("numpy.ctypeslib", "numpy.f2py", "numpy.distutils", "numpy.testing",
+                     "numpy.lib.format", "numpy.lib.npyio", "numpy.core", "pandas.testing",
+                     "pandas.io", "pandas.core", "pandas.compat")
 
 _NAME_HINTS: dict[str, str] = {
     "exec": "write the code directly",
@@ -60,7 +68,7 @@ _INTROSPECTION = frozenset({
     "ag_code", "ag_frame", "co_code", "co_consts", "cr_await", "cr_code", "cr_frame", "f_back",
     "f_builtins", "f_code", "f_globals", "f_locals", "f_trace", "func_code", "func_globals",
     "gi_code", "gi_frame", "gi_yieldfrom", "im_class", "im_func", "im_self", "mro", "tb_frame",
-    "tb_next", "get_type_hints", "Formatter", "get_field",
+    "tb_next", "get_type_hints", "Formatter", "get_field", "as_strided",
 })
 # File, pickle and eval helpers of pandas and numpy. Reading and writing go through the
 # integrations instead; the sandbox child also refuses them at run time (`workers._sandbox_guards`).
@@ -142,9 +150,12 @@ def check_program(source: str) -> list[PolicyViolation]:
 
 
 def is_forbidden_module(name: str) -> bool:
-    """Whether `import name` is refused (not allow-listed, or a dotted part is a gadget)."""
+    """Whether `import name` is refused (not allow-listed, a dotted part is a gadget, or it is in
+    a denied submodule)."""
     parts = name.split(".")
     if parts[0] not in ALLOWED_MODULES:
+        return True
+    if any(name == d or name.startswith(d + ".") for d in DENIED_SUBMODULES):
         return True
     return any(part in FORBIDDEN_ATTRIBUTES or part.startswith("_") for part in parts[1:])
 

@@ -606,6 +606,15 @@ HOLES = [
     pytest.param("import pandas as pd\npaths = {'path_or_buf': 'written.csv'}\n"
                  "pd.DataFrame({'a': [1]}).to_csv(**paths)\nprint('ESCAPED')\n",
                  id="to-csv-path-in-keyword-arguments"),
+    pytest.param("import pandas as pd\nunpickle = pd.compat.pickle_compat.loads\n"
+                 "print('ESCAPED', unpickle(b'cposix\\nsystem\\n(Vid\\ntR.'))\n",
+                 id="pandas-compat-unpickles-bytes"),
+    pytest.param("from pandas.compat.pickle_compat import loads\n"
+                 "print('ESCAPED', loads(b'cposix\\nsystem\\n(Vid\\ntR.'))\n",
+                 id="pandas-compat-unpickler-imported-by-name"),
+    pytest.param("import pandas as pd\nx = 1\n"
+                 "print('ESCAPED', pd.core.computation.expr.Expr('@x.real'))\n",
+                 id="pandas-core-expression-past-the-eval-guard"),
     pytest.param("import numpy as np\nprint('ESCAPED', np.load('missing.npy', None, True))\n",
                  id="numpy-load-positional-allow-pickle"),
     pytest.param("import numpy as np\nnp.save('written', np.arange(3))\nprint('ESCAPED')\n",

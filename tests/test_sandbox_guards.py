@@ -6,13 +6,20 @@ test_sandbox.py; the ways past the policy they close are in test_escapes.py.
 
 from __future__ import annotations
 
+import builtins
+import importlib
+import pickle
+import types
+import warnings
 from typing import Any
 
 import pandas as pd
 import pytest
 
+from codegen.policy import ALLOWED_MODULES, attribute_problem
 from integrations.base import EffectCall
 from workers._sandbox_guards import check_template, format_attribute
+from workers._sandbox_namespace import module_allowed
 from workers._state import encode_state
 from workers.sandbox import SandboxLimits, SandboxOutcome, detect_isolation, run_sandboxed
 
@@ -132,3 +139,66 @@ def test_templates_reading_private_attributes_are_refused(template: str) -> None
 def test_templates_of_ordinary_use_pass(template: str) -> None:
     check_template(template)
     assert format_attribute(template, "format_map") == template.format_map
+
+
+# What reaches the machine or runs code when called. A program holds only what it can reach from
+# the allowed modules by public names (workers._sandbox_namespace.SafeModule).
+GADGET_MODULES = frozenset({
+    "os", "posix", "subprocess", "_posixsubprocess", "pty", "socket", "_socket", "ctypes",
+    "_ctypes", "importlib", "pickle", "_pickle", "marshal", "multiprocessing", "runpy", "code",
+    "codeop", "pdb", "tempfile", "zipfile", "tarfile", "sqlite3", "mmap", "webbrowser", "shelve",
+})
+GADGET_BUILTINS = frozenset({"exec", "eval", "compile", "open", "__import__", "getattr",
+                             "setattr", "globals", "vars", "breakpoint", "input"})
+
+
+def _gadget(value: Any) -> str | None:
+    """What makes `value` a gadget, if it is one."""
+    if isinstance(value, type) and issubclass(value, pickle.Unpickler | pickle._Unpickler):
+        return "an unpickler"
+    if not callable(value):
+        return None
+    if getattr(value, "__self__", None) is builtins and value.__name__ in GADGET_BUILTINS:
+        return f"builtins.{value.__name__}"
+    module = getattr(value, "__module__", None)
+    if isinstance(module, str) and module.split(".")[0] in GADGET_MODULES:
+        return f"{module}.{getattr(value, '__qualname__', '?')}"
+    return None
+
+
+def test_no_gadget_is_reachable_from_the_allowed_modules() -> None:
+    # pandas.compat.pickle_compat.loads unpickled any bytes a program wrote, so ran any code.
+    modules: list[tuple[str, types.ModuleType]] = [
+        (name, importlib.import_module(name)) for name in sorted(ALLOWED_MODULES)]
+    seen: set[int] = set()
+    found: dict[str, str] = {}
+    while modules:
+        path, module = modules.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        for name, value in _public(module):
+            if isinstance(value, types.ModuleType):
+                if module_allowed(value):
+                    modules.append((f"{path}.{name}", value))
+                continue
+            members = _public(value) if isinstance(value, type) else []
+            for where, held in [(name, value), *((f"{name}.{m}", v) for m, v in members)]:
+                if (why := _gadget(held)) is not None:
+                    found[f"{path}.{where}"] = why
+    assert len(seen) > 50  # pandas and numpy were walked
+    assert found == {}
+
+
+def _public(holder: Any) -> list[tuple[str, Any]]:
+    """The names a program may read of `holder`, and their values."""
+    pairs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in dir(holder):
+            if attribute_problem(name) is None:
+                try:
+                    pairs.append((name, getattr(holder, name)))
+                except Exception:
+                    continue
+    return pairs

@@ -325,21 +325,13 @@ def guarded_import(name: str, globals: Any = None, locals: Any = None,
     return SafeModule(module)
 
 
-# Submodules of allowed packages that reach the machine (C calls, compilers, files).
-_DENIED_SUBMODULES = ("numpy.ctypeslib", "numpy.f2py", "numpy.distutils", "numpy.testing",
-                      "numpy.lib.format", "pandas.testing", "pandas.io.pickle")
-
-
 def module_allowed(module: types.ModuleType) -> bool:
     """Whether a program may hold `module`: its root is allow-listed and it is no gadget.
 
     A module reached as an attribute counts by its own name: `re.enum` is `enum` (refused), and
     `enum.bltns` is the real builtins.
     """
-    name = module.__name__
-    if is_forbidden_module(name):
-        return False
-    return not any(name == d or name.startswith(d + ".") for d in _DENIED_SUBMODULES)
+    return not is_forbidden_module(module.__name__)
 
 
 class SafeModule(types.ModuleType):
