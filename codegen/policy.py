@@ -22,6 +22,7 @@ __all__ = [
     "FILE_HELPERS",
     "FORBIDDEN_ATTRIBUTES",
     "FORBIDDEN_NAMES",
+    "PROTOCOL_HOOKS",
     "TEXT_WRITERS",
     "PolicyViolation",
     "attribute_problem",
@@ -81,12 +82,29 @@ FILE_HELPERS: frozenset[str] = frozenset({
     "tofile", "memmap", "open_memmap", "loadtxt", "genfromtxt", "fromregex", "savetxt",
     "savez", "savez_compressed", "ExcelFile",
 })
+# Functions that build classes from strings: a name like `__array_interface__` that the policy
+# would refuse in a class statement (numpy reads memory at any address an object names there).
+_CLASS_BUILDERS = frozenset({
+    "make_dataclass", "register_dataframe_accessor", "register_series_accessor",
+    "register_index_accessor",
+})
+# Special methods a program may not define: they hand the interpreter or a library raw memory
+# (numpy's array interface), a way to rebuild objects (pickling), or a say in how classes and
+# attributes are made. The rest (__init__, __repr__, __eq__, __len__, operators...) are fine.
+PROTOCOL_HOOKS: frozenset[str] = frozenset({
+    "__array_interface__", "__array_struct__", "__buffer__", "__release_buffer__", "__dlpack__",
+    "__dlpack_device__", "__reduce__", "__reduce_ex__", "__getstate__", "__setstate__",
+    "__getnewargs__", "__getnewargs_ex__", "__prepare__", "__init_subclass__", "__set_name__",
+    "__class_getitem__", "__mro_entries__", "__instancecheck__", "__subclasscheck__",
+    "__subclasshook__", "__getattribute__", "__get__", "__set__", "__delete__", "__del__",
+    "__fspath__",
+})
 # Modules and helpers reachable as attributes of allowed modules, and the file helpers.
 _GADGETS = frozenset({
     "builtins", "codecs", "ctypes", "ctypeslib", "gc", "importlib", "inspect", "io", "marshal",
     "os", "pathlib", "pickle", "posix", "shutil", "signal", "socket", "subprocess", "sys",
     "threading", "popen", "system", "eval", "exec",
-}) | FILE_HELPERS
+}) | FILE_HELPERS | _CLASS_BUILDERS
 FORBIDDEN_ATTRIBUTES: frozenset[str] = _INTROSPECTION | _GADGETS
 # to_csv() and friends return text when called without a path; with a path they write a file.
 TEXT_WRITERS: frozenset[str] = frozenset({
@@ -202,6 +220,9 @@ def attribute_problem(attr: str) -> tuple[str, str] | None:
     if attr == "style":
         return ("forbidden-attribute", "'.style' is not allowed: it renders through templates, "
                 "which the sandbox does not run; format the values with f-strings")
+    if attr in _CLASS_BUILDERS:
+        return ("forbidden-attribute", f"'.{attr}' is not allowed: it builds classes from "
+                "strings; write a class statement")
     if attr in _GADGETS:
         return ("forbidden-attribute", f"'.{attr}' is not allowed: reach files, the network and "
                 "other systems only through the integrations")
@@ -280,6 +301,14 @@ class _Checker(ast.NodeVisitor):
             if problem is not None:
                 self._add(node, problem[0], problem[1])
         self.generic_visit(node)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        if node.name in PROTOCOL_HOOKS:
+            self._add(node, "dunder", f"defining '{node.name}' is not allowed: it hands the "
+                      "interpreter memory, code or class machinery; use a plain method")
+        self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_Global(self, node: ast.Global) -> None:
         self._add(node, "global", "'global' is not allowed: return values from functions instead "

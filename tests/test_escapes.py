@@ -578,6 +578,10 @@ def _refused(outcome: SandboxOutcome) -> bool:
     return not outcome.ok and in_process and "ESCAPED" not in outcome.output
 
 
+ARRAY_INTERFACE = ("import dataclasses, numpy as np\n"
+                   "view = {{'data': (id(1), True), 'shape': (64,), 'typestr': '|u1', "
+                   "'version': 3}}\n"
+                   "print('ESCAPED', bytes(np.asarray({make})))\n")
 HOLES = [
     pytest.param("import re\nprint('ESCAPED', re.enum.bltns.open)\n",
                  id="builtins-module-as-re-enum-bltns"),
@@ -615,6 +619,20 @@ HOLES = [
     pytest.param("import pandas as pd\nx = 1\n"
                  "print('ESCAPED', pd.core.computation.expr.Expr('@x.real'))\n",
                  id="pandas-core-expression-past-the-eval-guard"),
+    # numpy reads memory at any address an object's __array_interface__ names.
+    pytest.param(ARRAY_INTERFACE.format(make="type('Peek', (), {'__array_interface__': view})()"),
+                 id="array-interface-through-type"),
+    pytest.param(ARRAY_INTERFACE.format(
+        make="dataclasses.make_dataclass('Peek', ['__array_interface__'])(view)"),
+        id="array-interface-through-make-dataclass"),
+    pytest.param("import numpy as np, pandas as pd\n"
+                 "pd.api.extensions.register_dataframe_accessor('__array_interface__')(dict)\n"
+                 "print('ESCAPED', np.asarray(pd.DataFrame()))\n",
+                 id="array-interface-through-a-pandas-accessor"),
+    pytest.param("import numpy as np\nclass Peek:\n    @property\n"
+                 "    def __array_interface__(self):\n"
+                 "        return {'data': (id(1), True), 'shape': (8,), 'typestr': '|u1'}\n"
+                 "print('ESCAPED', np.asarray(Peek()))\n", id="array-interface-as-a-property"),
     pytest.param("import numpy as np\nprint('ESCAPED', np.load('missing.npy', None, True))\n",
                  id="numpy-load-positional-allow-pickle"),
     pytest.param("import numpy as np\nnp.save('written', np.arange(3))\nprint('ESCAPED')\n",

@@ -56,6 +56,11 @@ REFUSED = {
     "gadget submodule": ("import numpy.ctypeslib\n", "import"),
     "pandas internals": ("from pandas.core.computation.expr import Expr\n", "import"),
     "pandas unpickler": ("from pandas.compat.pickle_compat import loads\n", "import"),
+    "array interface": ("class P:\n    @property\n    def __array_interface__(self):\n"
+                        "        return {}\n", "dunder"),
+    "reduce": ("class P:\n    def __reduce__(self):\n        return (print, ())\n", "dunder"),
+    "class from strings": ("import dataclasses\ndataclasses.make_dataclass('P', ['a'])\n",
+                           "forbidden-attribute"),
     "memory by strides": ("from numpy.lib.stride_tricks import as_strided\n", "introspection"),
     "star import": ("from math import *\n", "star-import"),
     "gadget from import": ("from typing import get_type_hints\n", "introspection"),

@@ -103,6 +103,26 @@ async def test_a_dataframe_restored_from_the_thread_is_guarded_too() -> None:
     assert "with a path is not available in the sandbox" in lines[2]
 
 
+async def test_type_still_tells_types_and_builds_classes() -> None:
+    program = ("print(type(1) is int, isinstance(int, type))\n"
+               "Point = type('Point', (), {'x': 2, 'double': lambda self: self.x * 2})\n"
+               "print(Point().double(), isinstance(Point, type), issubclass(Point, object))\n"
+               "class Registry(type):\n"
+               "    def __call__(cls, *args):\n"
+               "        return 'made by ' + cls.label\n"
+               "class Widget(metaclass=Registry):\n"
+               "    label = 'Registry'\n"
+               "print(Widget())\n"
+               "try:\n"
+               "    type('Peek', (), {'__reduce__': print})\n"
+               "except TypeError as exc:\n"
+               "    print(exc)\n")
+    outcome = await run(program)
+    assert outcome.ok, outcome.error
+    assert outcome.output == ("True True\n4 True True\nmade by Registry\n"
+                              "type(): defining '__reduce__' is not allowed in the sandbox\n")
+
+
 async def test_a_refused_import_says_so_not_what_the_library_says() -> None:
     # pandas wraps the refusal in "Use pip ... to install the Jinja2 package": the wrong fix.
     program = ("import pandas as pd\n"

@@ -28,7 +28,13 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from codegen.policy import ALLOWED_MODULES, FILE_HELPERS, TEXT_WRITERS, attribute_problem
+from codegen.policy import (
+    ALLOWED_MODULES,
+    FILE_HELPERS,
+    PROTOCOL_HOOKS,
+    TEXT_WRITERS,
+    attribute_problem,
+)
 
 # Packages the allowed modules import (pandas: numpy, dateutil, tzdata; dateutil: six) and this
 # child's own code. Everything else installed in the environment stays out of the sandbox.
@@ -105,6 +111,35 @@ def install() -> None:
     for name, harden in _HARDENING.items():
         if name in sys.modules:
             harden()
+
+
+# -- classes built from strings ----------------------------------------------------------------
+
+class _TypeChecks(type):
+    """So that `isinstance(x, type)` and `issubclass(C, type)` in a program mean what they say."""
+
+    def __instancecheck__(cls, instance: Any) -> bool:
+        return isinstance(instance, type)
+
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        return issubclass(subclass, type)
+
+
+class GuardedType(type, metaclass=_TypeChecks):
+    """The program's `type`: `type(x)` as usual; `type(name, bases, namespace)` refuses the
+    special methods a class statement may not define (codegen.policy.PROTOCOL_HOOKS), which a
+    namespace dict would otherwise set by string."""
+
+    def __new__(mcs, *args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and not kwargs:
+            return type(args[0])
+        if len(args) == 3 and isinstance(args[2], dict):
+            hooks = sorted(PROTOCOL_HOOKS & set(args[2]))
+            if hooks:
+                raise TypeError(f"type(): defining '{hooks[0]}' is not allowed in the sandbox")
+        if mcs is GuardedType:
+            return type(*args, **kwargs)
+        return super().__new__(mcs, *args, **kwargs)
 
 
 # -- format templates --------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from core.errors import IntegrationError
 from integrations import wire
 from integrations.base import Resource
 from workers._channel import CallRouter, FdChannel, FrameError
-from workers._sandbox_guards import explained, format_attribute
+from workers._sandbox_guards import GuardedType, explained, format_attribute
 from workers._sandbox_loops import Batch, Progress, Scopes, ThreadBudget, length, track
 
 PROGRAM_FILE = "<program>"
@@ -292,6 +292,7 @@ class Runtime:
         table.update({name: value for name, value in vars(builtins).items()
                       if isinstance(value, type) and issubclass(value, BaseException)})
         table["print"] = self.print
+        table["type"] = GuardedType
         table["__import__"] = guarded_import
         return table
 
