@@ -637,6 +637,10 @@ HOLES = [
                  id="numpy-load-positional-allow-pickle"),
     pytest.param("import numpy as np\nnp.save('written', np.arange(3))\nprint('ESCAPED')\n",
                  id="numpy-save-writes-a-file"),
+    pytest.param("import numpy as np\nnp.array(['\\nimport os\\n']).dump('x.pth')\n"
+                 "print('ESCAPED')\n", id="numpy-dump-writes-a-pickle-file"),
+    pytest.param("import numpy as np\nwrite = np.float64.dump\nwrite(np.float64(1), 'x.pkl')\n"
+                 "print('ESCAPED')\n", id="numpy-scalar-dump-held-as-a-value"),
     pytest.param("import pandas as pd\nframe = pd.DataFrame({'a': [1]})\n"
                  "template = frame.style.env.from_string('{{ cycler.__init__.__globals__ }}')\n"
                  "print('ESCAPED', template.render())\n",

@@ -18,7 +18,7 @@ import pytest
 
 from codegen.policy import ALLOWED_MODULES, attribute_problem
 from integrations.base import EffectCall
-from workers._sandbox_guards import check_template, format_attribute
+from workers._sandbox_guards import check_template, read_attribute
 from workers._sandbox_namespace import module_allowed
 from workers._state import encode_state
 from workers.sandbox import SandboxLimits, SandboxOutcome, detect_isolation, run_sandboxed
@@ -148,9 +148,9 @@ def test_templates_reading_private_attributes_are_refused(template: str) -> None
     with pytest.raises(ValueError, match="not allowed in the sandbox"):
         check_template(template)
     with pytest.raises(ValueError, match="not allowed in the sandbox"):
-        format_attribute(template, "format")
+        read_attribute(template, "format")
     with pytest.raises(ValueError, match="not allowed in the sandbox"):
-        format_attribute(str, "format")(template, 1)
+        read_attribute(str, "format")(template, 1)
 
 
 @pytest.mark.parametrize("template", [
@@ -158,7 +158,7 @@ def test_templates_reading_private_attributes_are_refused(template: str) -> None
 ])
 def test_templates_of_ordinary_use_pass(template: str) -> None:
     check_template(template)
-    assert format_attribute(template, "format_map") == template.format_map
+    assert read_attribute(template, "format_map") == template.format_map
 
 
 # What reaches the machine or runs code when called. A program holds only what it can reach from

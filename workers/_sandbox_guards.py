@@ -3,16 +3,16 @@ holds no secrets"; `codegen.policy` is the first line, the process isolation the
 
 The policy reads the program's text, so it misses what libraries do with names and strings at run
 time: a format template held in a variable, a pandas writer taken as a value or named by a string,
-`np.load` with a positional `allow_pickle`, and libraries that pandas imports on demand (jinja2,
-for `DataFrame.style`, runs templates that reach any attribute and so any code). Installed once, in
-the child, before the program or its saved variables are loaded:
+`np.load` with a positional `allow_pickle`, `ndarray.dump`, and libraries that pandas imports on
+demand (jinja2, for `DataFrame.style`, runs templates that reach any attribute and so any code).
+Installed once, in the child, before the program or its saved variables are loaded:
 
 - an import gate: modules load only from the standard library and the packages the allowed modules
   are built on; any other installed package is refused, whoever asks for it;
 - pandas and numpy are hardened as they load: expression and string-function guards, writers that
   refuse a path, readers and file helpers that refuse outright;
 - `check_template` vets a format template for private and dunder attributes; the child routes
-  every `.format` and `.format_map` through it (`format_attribute`).
+  every read of `.format`, `.format_map` and `.dump` through `read_attribute`.
 """
 
 from __future__ import annotations
@@ -160,10 +160,24 @@ def check_template(template: str) -> None:
             check_template(spec)
 
 
-def format_attribute(value: Any, name: str) -> Any:
-    """`value.format` or `value.format_map` (`name`), as the instrumented program reads it: a
-    string's template is checked first, and `str.format` itself checks the template it is given."""
+GUARDED_READS = frozenset({"format", "format_map", "dump"})
+
+
+def read_attribute(value: Any, name: str) -> Any:
+    """`value.<name>` for a name in GUARDED_READS, as the instrumented program reads it.
+
+    `.format` and `.format_map`: a string's template is checked first, and `str.format` itself
+    checks the template it is given. `.dump`: numpy's arrays and scalars pickle themselves to a
+    file by it (numpy's types cannot be changed, so the read is refused instead).
+    """
     method = getattr(value, name)
+    if name == "dump":
+        numpy = sys.modules.get("numpy")
+        kinds = () if numpy is None else (numpy.ndarray, numpy.generic)
+        if isinstance(value, kinds) or (isinstance(value, type) and issubclass(value, kinds)):
+            raise ValueError(f"numpy's .dump() writes a file, which is not available in the "
+                             f"sandbox: {_FILES_HINT}")
+        return method
     if isinstance(value, str):
         check_template(str(value))
         return method

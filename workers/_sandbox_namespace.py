@@ -28,12 +28,12 @@ from core.errors import IntegrationError
 from integrations import wire
 from integrations.base import Resource
 from workers._channel import CallRouter, FdChannel, FrameError
-from workers._sandbox_guards import GuardedType, explained, format_attribute
+from workers._sandbox_guards import GuardedType, explained, read_attribute
 from workers._sandbox_loops import Batch, Progress, Scopes, ThreadBudget, length, track
 
 PROGRAM_FILE = "<program>"
 LOOP_HOOK = "__sluice_loop__"  # the name instrumented `for` loops call; programs cannot spell it
-FORMAT_HOOK = "__sluice_format__"  # what instrumented `.format` and `.format_map` reads call
+ATTRIBUTE_HOOK = "__sluice_attr__"  # what instrumented reads of GUARDED_READS call
 MAX_FAILURES = 1000
 _TICK_S = 0.2
 _REPLAYED_BATCH = 512  # replayed calls sent to the parent in one frame
@@ -265,7 +265,7 @@ class Runtime:
         ns = module.__dict__
         ns.update({
             "__builtins__": self.builtins(), "__name__": "__main__", LOOP_HOOK: self.track,
-            FORMAT_HOOK: format_attribute,
+            ATTRIBUTE_HOOK: read_attribute,
             "each": self.each, "now": self.now, "today": self.today,
             "IntegrationError": IntegrationError,
         })

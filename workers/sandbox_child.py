@@ -28,8 +28,9 @@ from typing import Any
 from codegen.policy import check_program, render_violations
 from workers import _sandbox_guards
 from workers._channel import ChannelClosed, FdChannel, FrameError
+from workers._sandbox_guards import GUARDED_READS
 from workers._sandbox_namespace import (
-    FORMAT_HOOK,
+    ATTRIBUTE_HOOK,
     LOOP_HOOK,
     PROGRAM_FILE,
     CpuLimitExceeded,
@@ -170,9 +171,9 @@ def _execute(code: types.CodeType, namespace: dict[str, Any], runtime: Runtime) 
 
 
 def instrument(tree: ast.Module) -> ast.Module:
-    """Make each top-level `for` loop iterate through the progress hook, and every read of a
-    `.format` or `.format_map` attribute go through the format hook."""
-    _FormatReads().visit(tree)  # changes attributes in place; the module node stays
+    """Make each top-level `for` loop iterate through the progress hook, and every read of an
+    attribute in GUARDED_READS (`.format`, `.dump`) go through the attribute hook."""
+    _GuardedReads().visit(tree)  # changes attributes in place; the module node stays
     for node in tree.body:
         if isinstance(node, ast.For):
             hook = ast.Name(id=LOOP_HOOK, ctx=ast.Load())
@@ -182,14 +183,14 @@ def instrument(tree: ast.Module) -> ast.Module:
     return ast.fix_missing_locations(tree)
 
 
-class _FormatReads(ast.NodeTransformer):
-    """`x.format` becomes `__sluice_format__(x, "format")`, which checks the template."""
+class _GuardedReads(ast.NodeTransformer):
+    """`x.format` becomes `__sluice_attr__(x, "format")`, which checks before it reads."""
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
         self.generic_visit(node)
-        if node.attr not in ("format", "format_map") or not isinstance(node.ctx, ast.Load):
+        if node.attr not in GUARDED_READS or not isinstance(node.ctx, ast.Load):
             return node
-        hook = ast.Name(id=FORMAT_HOOK, ctx=ast.Load())
+        hook = ast.Name(id=ATTRIBUTE_HOOK, ctx=ast.Load())
         call = ast.Call(func=hook, args=[node.value, ast.Constant(value=node.attr)], keywords=[])
         return ast.copy_location(call, node)
 
