@@ -616,6 +616,12 @@ HOLES = [
     pytest.param("from pandas.compat.pickle_compat import loads\n"
                  "print('ESCAPED', loads(b'cposix\\nsystem\\n(Vid\\ntR.'))\n",
                  id="pandas-compat-unpickler-imported-by-name"),
+    pytest.param("import pandas as pd\nframe = pd.DataFrame({'a': [1]})\n"
+                 "frame.query(\"a.values.tofile('written') == a\")\nprint('ESCAPED')\n",
+                 id="pandas-query-calls-a-file-writer"),
+    pytest.param("import pandas as pd\nframe = pd.DataFrame({'a': [1]})\n"
+                 "print('ESCAPED', frame.query('a._values == a'))\n",
+                 id="pandas-query-reads-a-private-attribute"),
     pytest.param("import pandas as pd\nx = 1\n"
                  "print('ESCAPED', pd.core.computation.expr.Expr('@x.real'))\n",
                  id="pandas-core-expression-past-the-eval-guard"),

@@ -83,6 +83,20 @@ async def test_pandas_writers_return_text_without_a_path() -> None:
     assert outcome.table_csv == "name,amount\nAna,1.5\nBo,2.0\n"
 
 
+async def test_pandas_queries_still_call_column_methods() -> None:
+    program = ("import pandas as pd\n"
+               "frame = pd.DataFrame({'name': ['Ana', 'Bo', 'Cy'], 'amount': [1.5, 20, 300],\n"
+               "                      'when': pd.to_datetime(['2026-01-05', '2025-12-31',\n"
+               "                                              '2026-03-01'])})\n"
+               "limit = 10\n"
+               "print(frame.query(\"name.str.contains('y') or amount < 2\")['name'].tolist())\n"
+               "print(frame.query('when.dt.year == 2026 and amount > @limit')['name'].tolist())\n"
+               "print(frame.query('amount.between(1.0, 1e2)')['name'].tolist())\n")
+    outcome = await run(program)
+    assert outcome.ok, outcome.error
+    assert outcome.output == "['Ana', 'Cy']\n['Cy']\n['Ana', 'Bo']\n"
+
+
 async def test_a_dataframe_restored_from_the_thread_is_guarded_too() -> None:
     # The program never imports pandas: its DataFrame comes from the thread's saved variables.
     state, _ = encode_state({"frame": pd.DataFrame({"a": [1, 5]})})

@@ -43,6 +43,7 @@ ALLOWED_ROOTS = ALLOWED_MODULES | frozenset({
     "codegen", "core", "integrations", "workers",
 })
 _UNSAFE_EXPRESSION = re.compile(r"__|@\s*[A-Za-z_]\w*\s*[.\[(]")
+_ATTRIBUTE_IN_EXPRESSION = re.compile(r"\.\s*([A-Za-z_]\w*)")
 _FILES_HINT = "read and write data through the integrations"
 
 
@@ -256,15 +257,25 @@ def _without_path(original: Callable[..., Any], name: str) -> Callable[..., Any]
 
 
 def _guard_expressions(original: Callable[..., Any]) -> Callable[..., Any]:
+    """pandas' eval, behind DataFrame.query and pd.eval: its expressions read attributes and
+    call methods of columns (`a.values.tofile('x')`), which the policy never sees."""
     def guarded_eval(expr: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(expr, str) and _UNSAFE_EXPRESSION.search(expr):
-            raise ValueError("this expression is not allowed in the sandbox: no '__' names and "
-                             "no attributes of @variables; compute the value first")
+        if isinstance(expr, str) and _unsafe_expression(expr):
+            raise ValueError("this expression is not allowed in the sandbox: no '__' names, "
+                             "no attributes of @variables and none the policy refuses (private "
+                             "ones, files); compute the value first")
         # pandas finds @variables `level` frames up from its caller; this wrapper is one more.
         kwargs["level"] = int(kwargs.get("level", 0)) + 1
         return original(expr, *args, **kwargs)
 
     return guarded_eval
+
+
+def _unsafe_expression(expr: str) -> bool:
+    if _UNSAFE_EXPRESSION.search(expr):
+        return True
+    names = _ATTRIBUTE_IN_EXPRESSION.findall(expr)
+    return any(name in GUARDED_READS or attribute_problem(name) is not None for name in names)
 
 
 def _guard_string_functions(original: Callable[..., Any]) -> Callable[..., Any]:
