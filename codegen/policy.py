@@ -80,7 +80,7 @@ FILE_HELPERS: frozenset[str] = frozenset({
     "read_iceberg", "to_excel", "to_parquet", "to_feather", "to_hdf", "to_stata", "to_orc",
     "to_sql", "to_clipboard", "to_iceberg", "ExcelWriter", "HDFStore", "DataSource", "fromfile",
     "tofile", "memmap", "open_memmap", "loadtxt", "genfromtxt", "fromregex", "savetxt",
-    "savez", "savez_compressed", "ExcelFile",
+    "savez", "savez_compressed", "ExcelFile", "JsonReader", "StataReader", "SASReader",
 })
 # Functions that build classes from strings: a name like `__array_interface__` that the policy
 # would refuse in a class statement (numpy reads memory at any address an object names there).
@@ -97,7 +97,8 @@ PROTOCOL_HOOKS: frozenset[str] = frozenset({
     "__getnewargs__", "__getnewargs_ex__", "__prepare__", "__init_subclass__", "__set_name__",
     "__class_getitem__", "__mro_entries__", "__instancecheck__", "__subclasscheck__",
     "__subclasshook__", "__getattribute__", "__get__", "__set__", "__delete__", "__del__",
-    "__fspath__",
+    "__fspath__", "__dataframe__", "__cuda_array_interface__", "__arrow_c_stream__",
+    "__arrow_c_array__", "__arrow_c_schema__",
 })
 # Modules and helpers reachable as attributes of allowed modules, and the file helpers.
 _GADGETS = frozenset({

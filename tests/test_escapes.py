@@ -622,6 +622,18 @@ HOLES = [
     pytest.param("import pandas as pd\nframe = pd.DataFrame({'a': [1]})\n"
                  "print('ESCAPED', frame.query('a._values == a'))\n",
                  id="pandas-query-reads-a-private-attribute"),
+    pytest.param("import pandas as pd\ngroups = pd.DataFrame({'a': [1], 'b': [2]}).groupby('a')\n"
+                 "print('ESCAPED', groups['b'].agg('__getattribute__', '_selected_obj'))\n",
+                 id="pandas-groupby-reads-attributes-by-name"),
+    pytest.param("import pandas as pd\nframe = pd.DataFrame({'a': [1], 'b': [2]})\n"
+                 "print('ESCAPED', frame.groupby('a').agg(x=('b', '_python_agg_general')))\n",
+                 id="pandas-named-aggregation-by-a-private-name"),
+    pytest.param("import pandas as pd\nreader = pd.api.typing.JsonReader\n"
+                 "print('ESCAPED', reader('/etc/hostname', orient=None, typ='frame', dtype=None,\n"
+                 "      convert_axes=None, convert_dates=True, keep_default_dates=True,\n"
+                 "      precise_float=False, date_unit=None, encoding=None, lines=True,\n"
+                 "      chunksize=None, compression=None, nrows=None))\n",
+                 id="pandas-json-reader-reads-a-file"),
     pytest.param("import pandas as pd\nx = 1\n"
                  "print('ESCAPED', pd.core.computation.expr.Expr('@x.real'))\n",
                  id="pandas-core-expression-past-the-eval-guard"),

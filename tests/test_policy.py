@@ -58,6 +58,8 @@ REFUSED = {
     "pandas unpickler": ("from pandas.compat.pickle_compat import loads\n", "import"),
     "array interface": ("class P:\n    @property\n    def __array_interface__(self):\n"
                         "        return {}\n", "dunder"),
+    "dataframe interchange": ("class P:\n    def __dataframe__(self):\n        return self\n",
+                              "dunder"),
     "reduce": ("class P:\n    def __reduce__(self):\n        return (print, ())\n", "dunder"),
     "class from strings": ("import dataclasses\ndataclasses.make_dataclass('P', ['a'])\n",
                            "forbidden-attribute"),

@@ -97,6 +97,23 @@ async def test_pandas_queries_still_call_column_methods() -> None:
     assert outcome.output == "['Ana', 'Cy']\n['Cy']\n['Ana', 'Bo']\n"
 
 
+async def test_aggregations_by_name_still_work() -> None:
+    program = ("import pandas as pd\n"
+               "frame = pd.DataFrame({'team': ['a', 'a', 'b'], 'amount': [1, 3, 5]})\n"
+               "groups = frame.groupby('team')\n"
+               "print(groups['amount'].agg(['sum', 'max']).to_dict('list'))\n"
+               "print(groups.agg(total=('amount', 'sum'), top=('amount', 'max')).to_dict())\n"
+               "print(groups.agg({'amount': 'mean'})['amount'].tolist(),\n"
+               "      groups['amount'].transform('sum').tolist())\n"
+               "print(frame['amount'].rolling(2).agg('sum').tolist()[1:],\n"
+               "      frame.agg('sum')['amount'])\n")
+    outcome = await run(program)
+    assert outcome.ok, outcome.error
+    assert outcome.output == ("{'sum': [4, 5], 'max': [3, 5]}\n"
+                              "{'total': {'a': 4, 'b': 5}, 'top': {'a': 3, 'b': 5}}\n"
+                              "[2.0, 5.0] [4, 4, 5]\n[4.0, 8.0] 9\n")
+
+
 async def test_a_dataframe_restored_from_the_thread_is_guarded_too() -> None:
     # The program never imports pandas: its DataFrame comes from the thread's saved variables.
     state, _ = encode_state({"frame": pd.DataFrame({"a": [1, 5]})})

@@ -211,6 +211,11 @@ def harden_pandas() -> None:
     for owner in (pandas.DataFrame, pandas.Series):
         _guard_files(owner, f"{owner.__name__}.")
     _guard_files(pandas, "pandas.")
+    typing = importlib.import_module("pandas.api.typing")
+    _guard_files(typing, "pandas.api.typing.")
+    for owner in (pandas.DataFrame, pandas.Series, *vars(typing).values()):
+        if isinstance(owner, type):
+            _guard_named_functions(owner)
     vars(pandas)["_sluice_hardened"] = True
 
 
@@ -269,6 +274,46 @@ def _guard_expressions(original: Callable[..., Any]) -> Callable[..., Any]:
         return original(expr, *args, **kwargs)
 
     return guarded_eval
+
+
+_TAKES_FUNCTION_NAMES = ("agg", "aggregate", "apply", "transform")
+
+
+def _guard_named_functions(owner: type) -> None:
+    """agg/apply/transform of `owner` (frames, group-bys, windows, resamplers) take functions by
+    name and read them with getattr: `gb['b'].agg('__getattribute__', '_obj')` read any
+    attribute. Names the policy refuses are refused here, in lists and dicts of names too."""
+    for name in _TAKES_FUNCTION_NAMES:
+        original = vars(owner).get(name) or getattr(owner, name, None)
+        if callable(original) and not getattr(original, "_sluice_guarded", False):
+            setattr(owner, name, _refusing_names(original))
+
+
+def _refusing_names(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        names = _function_names(args[0] if args else kwargs.get("func"))
+        for value in kwargs.values():  # named aggregation: total=("column", "sum")
+            if isinstance(value, tuple) and len(value) == 2:
+                names += _function_names(value[1])
+        for name in names:
+            if name in GUARDED_READS or attribute_problem(name) is not None:
+                raise ValueError(f"'{name}' cannot be used as a function name in the sandbox")
+        return original(self, *args, **kwargs)
+
+    guarded._sluice_guarded = True  # type: ignore[attr-defined]
+    return guarded
+
+
+def _function_names(func: Any) -> list[str]:
+    """The names in a function argument: a name, a list of them, or a dict of either."""
+    if isinstance(func, str):
+        return [func]
+    if isinstance(func, list | tuple):
+        return [f for f in func if isinstance(f, str)]
+    if isinstance(func, dict):
+        return [name for value in func.values() for name in _function_names(value)]
+    return []
 
 
 def _unsafe_expression(expr: str) -> bool:
