@@ -118,6 +118,44 @@ async def test_aggregations_by_name_still_work() -> None:
                               "[2.0, 5.0] [4, 4, 5]\n[4.0, 8.0] 9\n")
 
 
+EVERYDAY = """\
+import decimal, functools
+import pandas as pd
+frame = pd.DataFrame([{"name": "Ana", "team": "x", "amount": 10, "when": "2026-01-05"},
+                      {"name": "Bo", "team": "y", "amount": None, "when": "2026-02-10"},
+                      {"name": "Cy", "team": "x", "amount": 30, "when": "2026-02-11"}])
+frame["when"] = pd.to_datetime(frame["when"])
+frame["amount"] = frame["amount"].fillna(0)
+print(frame.pivot_table(index="team", values="amount", aggfunc="mean").to_dict())
+print(frame.set_index("when").resample("MS")["amount"].sum().tolist())
+print(pd.cut(frame["amount"], bins=[-1, 5, 50], labels=["low", "high"]).astype(str).tolist())
+leads = pd.DataFrame({"team": ["x"], "lead": ["Zed"]})
+print(frame.merge(leads, on="team", how="left")["lead"].fillna("-").tolist())
+print([r.name for r in frame.itertuples()], frame["when"].dt.strftime("%b").tolist())
+print(frame["amount"].astype(int).map("{:03d}".format).tolist())
+with decimal.localcontext() as context:
+    context.prec = 5
+    print(decimal.Decimal(1) / decimal.Decimal(7))
+@functools.lru_cache(maxsize=None)
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+match {"kind": "invoice", "total": fib(20)}:
+    case {"kind": "invoice", "total": total} if total > 1:
+        print(f"invoice {total:,}")
+result = frame
+"""
+
+
+async def test_everyday_data_work_runs_under_the_guards() -> None:
+    outcome = await run(EVERYDAY)
+    assert outcome.ok, outcome.error
+    assert outcome.output.splitlines() == [
+        "{'amount': {'x': 20.0, 'y': 0.0}}", "[10.0, 30.0]", "['high', 'low', 'high']",
+        "['Zed', '-', 'Zed']", "['Ana', 'Bo', 'Cy'] ['Jan', 'Feb', 'Feb']",
+        "['010', '000', '030']", "0.14286", "invoice 6,765"]
+    assert outcome.table_rows == 3
+
+
 async def test_a_dataframe_restored_from_the_thread_is_guarded_too() -> None:
     # The program never imports pandas: its DataFrame comes from the thread's saved variables.
     state, _ = encode_state({"frame": pd.DataFrame({"a": [1, 5]})})
