@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.db import create_engine, migrate
 from infra.redis import EmbeddedRedis
 from tests import _network
+from tests._escape_world import World, make_world
 
 _network.install()
 
@@ -75,3 +76,9 @@ async def stack(redis_server: EmbeddedRedis, tmp_path: Path) -> AsyncIterator[ob
 
     async with Stack.running(redis_url=redis_server.url, home=tmp_path) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    """The escape tests' world: a home holding a canary secret, a catalog, a loopback server."""
+    yield from make_world()

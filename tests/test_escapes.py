@@ -17,8 +17,10 @@ Each attempt must be stopped, and the test says by what:
 - "isolation": it gets past the policy and the guards, and the process isolation contains it.
 
 For every attempt the canary appears nowhere in the outcome, and afterwards a normal program still
-runs. Known holes are written as tests too, marked `xfail(strict=True)` with the reason, so that
-fixing one turns its test into an unexpected pass that asks for the marker to be removed.
+runs. Ways past the static policy, each refused in the process by a run-time guard, are in
+test_escapes_past_policy.py; the world both run in is tests/_escape_world.py. A known hole is
+written as a test too, marked `xfail(strict=True)` with the reason, so that fixing it turns its
+test into an unexpected pass that asks for the marker to be removed.
 """
 
 from __future__ import annotations
@@ -26,13 +28,10 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import types
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,112 +39,23 @@ from typing import Any, Literal
 import pytest
 
 from core.errors import SandboxError
-from core.protocols import ChatMessage, Completion, TaskKind
-from core.settings import Settings, load_settings
-from integrations.catalog import Catalog, build_local_catalog
+from tests._escape_world import (
+    CANARY,
+    CANARY_VARIABLE,
+    CONFINED,
+    ISOLATION,
+    LEAKY_PROMPT,
+    PAST,
+    World,
+    assert_no_canary,
+    assert_survives,
+    crafted_attribute_program,
+    run,
+)
 from workers import _isolation
-from workers.sandbox import SandboxLimits, SandboxOutcome, detect_isolation, run_sandboxed
+from workers.sandbox import SandboxOutcome, detect_isolation
 
-CANARY = "canary-" + secrets.token_hex(16)
-CANARY_VARIABLE = "SLUICE_CANARY_SECRET"
-ISOLATION = detect_isolation()
-CONFINED = ISOLATION in ("bwrap", "unshare")
-# Under bwrap /tmp is always a fresh tmpfs; elsewhere only hidden_paths hides the home.
-VISIBLE_TMP = "/var/tmp" if Path("/var/tmp").is_dir() else None
-# The canned model fails like an HTTP client does, with the request URL (and its key) in the text.
-LEAKY_PROMPT = "status of the provider"
-LEAKY_ERROR = ("Client error '401 Unauthorized' for url "
-               "'https://generativelanguage.googleapis.com/v1beta/models?key={key}'")
-SURVIVOR = ("rows = sheets.open('signups').rows()\n"
-            "print('alive', len(rows), sum(range(10)))\n")
 Stop = Literal["policy", "guard", "limit", "error", "inert"]
-
-
-class CannedModels:
-    """A `ModelClient` answering every prompt with canned text (one prompt fails, leakily)."""
-
-    async def complete(
-        self, messages: list[ChatMessage], *, kind: TaskKind = "plan",
-        json_schema: dict[str, object] | None = None,
-    ) -> Completion:
-        if messages[-1].content == LEAKY_PROMPT:
-            raise RuntimeError(LEAKY_ERROR.format(key=os.environ[CANARY_VARIABLE]))
-        return Completion(text="Thanks, we will be in touch.", model="canned")
-
-
-@dataclass
-class World:
-    """What the attempts run against: settings with a secret-holding home, a loopback server."""
-
-    home: Path
-    settings: Settings
-    listener: socket.socket
-
-    @property
-    def port(self) -> int:
-        return int(self.listener.getsockname()[1])
-
-    def catalog(self) -> Catalog:
-        return build_local_catalog(self.settings, CannedModels())
-
-    def limits(self, **changes: Any) -> SandboxLimits:
-        base = SandboxLimits.from_settings(self.settings)
-        fast = {"cpu_s": 5, "wall_s": 10.0, "memory_mb": 256, "output_kb": 64}
-        return base.model_copy(update={**fast, **changes})
-
-    def render(self, program: str) -> str:
-        return (program.replace("@HOME@", str(self.home)).replace("@PORT@", str(self.port))
-                .replace("@WORKER_PID@", str(os.getpid())))
-
-    def nobody_connected(self) -> bool:
-        try:
-            connection, _ = self.listener.accept()
-        except BlockingIOError:
-            return True
-        connection.close()
-        return False
-
-
-@pytest.fixture(scope="module")
-def world() -> Iterator[World]:
-    home = Path(tempfile.mkdtemp(prefix="sluice-escapes-", dir=VISIBLE_TMP))
-    (home / ".env").write_text(f"SLUICE_MODEL_API_KEY={CANARY}\n")
-    (home / "sheets").mkdir()
-    (home / "sheets" / "signups.csv").write_text(
-        "Name,Email,Budget\nAna,ana@example.com,\nBo,bo@example.com,5000\n")
-    with socket.socket() as probe:  # a port nobody listens on: mail fails fast and says so
-        probe.bind(("127.0.0.1", 0))
-        smtp_port = probe.getsockname()[1]
-    settings = load_settings({"SLUICE_HOME": str(home), "SLUICE_SMTP_PORT": str(smtp_port)},
-                             env_file=False)
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(CANARY_VARIABLE, CANARY)
-        yield World(home=home, settings=settings, listener=listener)
-    listener.close()
-    shutil.rmtree(home, ignore_errors=True)
-
-
-async def run(world: World, program: str, *, isolation: str = ISOLATION,
-              **limits: Any) -> SandboxOutcome:
-    catalog = world.catalog()
-    return await run_sandboxed(world.render(program), manifest=catalog.manifest(),
-                               handler=catalog.dispatch, limits=world.limits(**limits),
-                               isolation=isolation)
-
-
-def assert_no_canary(outcome: SandboxOutcome) -> None:
-    dumped = outcome.model_dump_json() + repr(outcome)
-    assert CANARY not in dumped
-    assert CANARY.removeprefix("canary-") not in dumped
-
-
-async def assert_survives(world: World) -> None:
-    outcome = await run(world, SURVIVOR)
-    assert outcome.ok, outcome.error
-    assert outcome.output == "alive 2 45\n"
-
 
 def test_the_canary_is_where_secrets_live(world: World) -> None:
     """The premise of every test below: the secret is there to be found, and hidden."""
@@ -337,7 +247,6 @@ async def test_attempt_is_stopped_and_leaks_nothing(world: World, attempt: Attem
 # Each starts from a way past the in-process checks and prints "past the policy" once there.
 # Should the policy learn to refuse that way, the attempt counts as stopped by the policy.
 
-PAST = "past the policy"
 # `enum` (reachable as `re.enum`) imports `builtins as bltns`: the real builtins module.
 VIA_BUILTINS = (
     "import re\n"
@@ -361,23 +270,6 @@ VIA_ATTRGETTER = (
     f"print({PAST!r})\n"
 )
 FORK_MARKER = "sluice-escape-fork-" + secrets.token_hex(4)
-
-
-def crafted_attribute_program(attribute: str) -> str:
-    """A program that reads `random.<attribute>` through a function built from bytecode with
-    `types.FunctionType` and `types.CodeType` (reachable as `dataclasses.types`): the static
-    policy never sees the attribute name."""
-    source = compile(f"lambda o: o.{attribute}", "<x>", "eval")
-    code = next(c for c in source.co_consts if isinstance(c, types.CodeType))
-    fields = [code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount,
-              code.co_nlocals, code.co_stacksize, code.co_flags, code.co_code, code.co_consts,
-              code.co_names, code.co_varnames, "x", "x", "x", 1, code.co_linetable,
-              code.co_exceptiontable]
-    return ("import dataclasses, random\n"
-            "T = dataclasses.types\n"
-            f"peek = T.FunctionType(T.CodeType({', '.join(repr(f) for f in fields)}), {{}})\n"
-            "found = peek(random)\n"
-            f"print({PAST!r})\n")
 
 
 def pickle_program(function: str, argument: str) -> str:
@@ -563,120 +455,6 @@ def _processes_with(marker: str) -> list[str]:
         except OSError:
             continue
     return found
-
-
-# --- ways past the policy's reading of the text: each is refused in the process, by the policy or
-# a run-time guard (workers/_sandbox_guards.py). A new one found is written here first. ---------
-
-REFUSALS = ("PolicyViolation",)
-
-
-def _refused(outcome: SandboxOutcome) -> bool:
-    error = outcome.error or {}
-    message = str(error.get("message", ""))
-    in_process = error.get("type") in REFUSALS or "sandbox" in message or "not allowed" in message
-    return not outcome.ok and in_process and "ESCAPED" not in outcome.output
-
-
-ARRAY_INTERFACE = ("import dataclasses, numpy as np\n"
-                   "view = {{'data': (id(1), True), 'shape': (64,), 'typestr': '|u1', "
-                   "'version': 3}}\n"
-                   "print('ESCAPED', bytes(np.asarray({make})))\n")
-HOLES = [
-    pytest.param("import re\nprint('ESCAPED', re.enum.bltns.open)\n",
-                 id="builtins-module-as-re-enum-bltns"),
-    pytest.param("import typing\nprint('ESCAPED', typing.operator.attrgetter('__class__')(()))\n",
-                 id="operator-attrgetter-as-typing-operator"),
-    pytest.param("import fractions\nprint('ESCAPED', fractions.operator.methodcaller('__dir__'))\n",
-                 id="operator-as-fractions-operator"),
-    pytest.param(crafted_attribute_program("_os").replace(PAST, "ESCAPED"),
-                 id="types-codetype-as-dataclasses-types"),
-    # Format templates the policy cannot read: every .format and .format_map checks its template.
-    pytest.param("template = '{0.__class__.__mro__}'\nprint('ESCAPED', template.format(1))\n",
-                 id="format-template-not-a-literal"),
-    pytest.param("template = '{0._runtime}'\nprint('ESCAPED', template.format(sheets.open))\n",
-                 id="format-private-attribute-in-a-variable"),
-    pytest.param("print('ESCAPED', str.format('{0.__class__}', 1))\n",
-                 id="format-through-str-format"),
-    pytest.param("show = '{0.__class__}'.format\nprint('ESCAPED', show(1))\n",
-                 id="format-method-held-as-a-value"),
-    pytest.param("template = '{0:{1.__class__}}'\nprint('ESCAPED', template.format(1, 2))\n",
-                 id="format-field-in-a-format-spec"),
-    # pandas and numpy reaching files, and templates, past the policy.
-    pytest.param("import pandas as pd\nwrite = pd.DataFrame({'a': [1]}).to_csv\n"
-                 "write('written.csv')\nprint('ESCAPED')\n", id="to-csv-path-through-an-alias"),
-    pytest.param("import pandas as pd\npd.DataFrame({'a': [1]}).agg('to_csv', 0, 'written.csv')\n"
-                 "print('ESCAPED')\n", id="to-csv-named-by-a-string"),
-    pytest.param("import pandas as pd\npaths = {'path_or_buf': 'written.csv'}\n"
-                 "pd.DataFrame({'a': [1]}).to_csv(**paths)\nprint('ESCAPED')\n",
-                 id="to-csv-path-in-keyword-arguments"),
-    pytest.param("import pandas as pd\nunpickle = pd.compat.pickle_compat.loads\n"
-                 "print('ESCAPED', unpickle(b'cposix\\nsystem\\n(Vid\\ntR.'))\n",
-                 id="pandas-compat-unpickles-bytes"),
-    pytest.param("from pandas.compat.pickle_compat import loads\n"
-                 "print('ESCAPED', loads(b'cposix\\nsystem\\n(Vid\\ntR.'))\n",
-                 id="pandas-compat-unpickler-imported-by-name"),
-    pytest.param("import pandas as pd\nframe = pd.DataFrame({'a': [1]})\n"
-                 "frame.query(\"a.values.tofile('written') == a\")\nprint('ESCAPED')\n",
-                 id="pandas-query-calls-a-file-writer"),
-    pytest.param("import pandas as pd\nframe = pd.DataFrame({'a': [1]})\n"
-                 "print('ESCAPED', frame.query('a._values == a'))\n",
-                 id="pandas-query-reads-a-private-attribute"),
-    pytest.param("import pandas as pd\ngroups = pd.DataFrame({'a': [1], 'b': [2]}).groupby('a')\n"
-                 "print('ESCAPED', groups['b'].agg('__getattribute__', '_selected_obj'))\n",
-                 id="pandas-groupby-reads-attributes-by-name"),
-    pytest.param("import pandas as pd\nframe = pd.DataFrame({'a': [1], 'b': [2]})\n"
-                 "print('ESCAPED', frame.groupby('a').agg(x=('b', '_python_agg_general')))\n",
-                 id="pandas-named-aggregation-by-a-private-name"),
-    pytest.param("import pandas as pd\nreader = pd.api.typing.JsonReader\n"
-                 "print('ESCAPED', reader('/etc/hostname', orient=None, typ='frame', dtype=None,\n"
-                 "      convert_axes=None, convert_dates=True, keep_default_dates=True,\n"
-                 "      precise_float=False, date_unit=None, encoding=None, lines=True,\n"
-                 "      chunksize=None, compression=None, nrows=None))\n",
-                 id="pandas-json-reader-reads-a-file"),
-    pytest.param("import pandas as pd\nx = 1\n"
-                 "print('ESCAPED', pd.core.computation.expr.Expr('@x.real'))\n",
-                 id="pandas-core-expression-past-the-eval-guard"),
-    # numpy reads memory at any address an object's __array_interface__ names.
-    pytest.param(ARRAY_INTERFACE.format(make="type('Peek', (), {'__array_interface__': view})()"),
-                 id="array-interface-through-type"),
-    pytest.param(ARRAY_INTERFACE.format(
-        make="dataclasses.make_dataclass('Peek', ['__array_interface__'])(view)"),
-        id="array-interface-through-make-dataclass"),
-    pytest.param("import numpy as np, pandas as pd\n"
-                 "pd.api.extensions.register_dataframe_accessor('__array_interface__')(dict)\n"
-                 "print('ESCAPED', np.asarray(pd.DataFrame()))\n",
-                 id="array-interface-through-a-pandas-accessor"),
-    pytest.param("import numpy as np\nclass Peek:\n    @property\n"
-                 "    def __array_interface__(self):\n"
-                 "        return {'data': (id(1), True), 'shape': (8,), 'typestr': '|u1'}\n"
-                 "print('ESCAPED', np.asarray(Peek()))\n", id="array-interface-as-a-property"),
-    pytest.param("import numpy as np\nprint('ESCAPED', np.load('missing.npy', None, True))\n",
-                 id="numpy-load-positional-allow-pickle"),
-    pytest.param("import numpy as np\nnp.save('written', np.arange(3))\nprint('ESCAPED')\n",
-                 id="numpy-save-writes-a-file"),
-    pytest.param("import numpy as np\nnp.array(['\\nimport os\\n']).dump('x.pth')\n"
-                 "print('ESCAPED')\n", id="numpy-dump-writes-a-pickle-file"),
-    pytest.param("import numpy as np\nwrite = np.float64.dump\nwrite(np.float64(1), 'x.pkl')\n"
-                 "print('ESCAPED')\n", id="numpy-scalar-dump-held-as-a-value"),
-    pytest.param("import pandas as pd\nframe = pd.DataFrame({'a': [1]})\n"
-                 "template = frame.style.env.from_string('{{ cycler.__init__.__globals__ }}')\n"
-                 "print('ESCAPED', template.render())\n",
-                 id="jinja-template-through-dataframe-style"),
-    pytest.param("import pandas as pd\nprint('ESCAPED', pd.DataFrame({'a': [1]}).agg('style'))\n",
-                 id="dataframe-style-named-by-a-string"),
-    pytest.param("import pandas as pd\nprint('ESCAPED', pd.DataFrame({'a': [1]}).to_latex())\n",
-                 id="jinja-imported-by-pandas-to-latex"),
-]
-
-
-# Modules reached as attributes of allowed ones (`re.enum`, `typing.operator`,
-# `dataclasses.types`) are refused at run time by the sandbox's module wrapper.
-@pytest.mark.parametrize("program", HOLES)
-async def test_policy_refuses_the_ways_past_it(world: World, program: str) -> None:
-    outcome = await run(world, program, memory_mb=1024)
-    assert_no_canary(outcome)
-    assert _refused(outcome), outcome.output + str(outcome.error)
 
 
 WEAKER = [level for level in ("unshare", "rlimits") if level != ISOLATION]
