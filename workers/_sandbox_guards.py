@@ -284,7 +284,7 @@ def _guard_named_functions(owner: type) -> None:
     name and read them with getattr: `gb['b'].agg('__getattribute__', '_obj')` read any
     attribute. Names the policy refuses are refused here, in lists and dicts of names too."""
     for name in _TAKES_FUNCTION_NAMES:
-        original = vars(owner).get(name) or getattr(owner, name, None)
+        original = getattr(owner, name, None)
         if callable(original) and not getattr(original, "_sluice_guarded", False):
             setattr(owner, name, _refusing_names(original))
 
@@ -297,8 +297,7 @@ def _refusing_names(original: Callable[..., Any]) -> Callable[..., Any]:
             if isinstance(value, tuple) and len(value) == 2:
                 names += _function_names(value[1])
         for name in names:
-            if name in GUARDED_READS or attribute_problem(name) is not None:
-                raise ValueError(f"'{name}' cannot be used as a function name in the sandbox")
+            _check_function_name(name)
         return original(self, *args, **kwargs)
 
     guarded._sluice_guarded = True  # type: ignore[attr-defined]
@@ -316,17 +315,26 @@ def _function_names(func: Any) -> list[str]:
     return []
 
 
+def _refused_name(name: str) -> bool:
+    """Whether a program may not reach the attribute `name` by a string: the policy refuses it
+    in code, or only the attribute hook makes it safe there."""
+    return name in GUARDED_READS or attribute_problem(name) is not None
+
+
+def _check_function_name(name: str) -> None:
+    if _refused_name(name):
+        raise ValueError(f"'{name}' cannot be used as a function name in the sandbox")
+
+
 def _unsafe_expression(expr: str) -> bool:
     if _UNSAFE_EXPRESSION.search(expr):
         return True
-    names = _ATTRIBUTE_IN_EXPRESSION.findall(expr)
-    return any(name in GUARDED_READS or attribute_problem(name) is not None for name in names)
+    return any(_refused_name(name) for name in _ATTRIBUTE_IN_EXPRESSION.findall(expr))
 
 
 def _guard_string_functions(original: Callable[..., Any]) -> Callable[..., Any]:
     def guarded_apply_str(self: Any, obj: Any, func: str, *args: Any, **kwargs: Any) -> Any:
-        if attribute_problem(func) is not None:
-            raise ValueError(f"'{func}' cannot be used as a function name in the sandbox")
+        _check_function_name(func)
         return original(self, obj, func, *args, **kwargs)
 
     return guarded_apply_str
