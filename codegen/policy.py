@@ -307,9 +307,25 @@ class _Checker(ast.NodeVisitor):
         if node.name in PROTOCOL_HOOKS:
             self._add(node, "dunder", f"defining '{node.name}' is not allowed: it hands the "
                       "interpreter memory, code or class machinery; use a plain method")
+        self._check_annotation(node.returns)
         self.generic_visit(node)
 
     visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_arg(self, node: ast.arg) -> None:
+        self._check_annotation(node.annotation)
+        self.generic_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        self._check_annotation(node.annotation)
+        self.generic_visit(node)
+
+    def _check_annotation(self, annotation: ast.expr | None) -> None:
+        """A string in an annotation is code this check never reads, and libraries evaluate it
+        (functools.singledispatch's register, through typing.get_type_hints)."""
+        for part in _strings_outside_literal(annotation):
+            self._add(part, "annotation", "write the type itself, not a string: a string "
+                      "annotation is code that runs later, unchecked")
 
     def visit_Global(self, node: ast.Global) -> None:
         self._add(node, "global", "'global' is not allowed: return values from functions instead "
@@ -341,6 +357,25 @@ class _Checker(ast.NodeVisitor):
         if has_path:
             self._add(node, "file", f".{func.attr}() with a path writes a file; call it without "
                       "one to get the text, or write through an integration")
+
+
+def _strings_outside_literal(node: ast.AST | None) -> Iterator[ast.Constant]:
+    """String constants of an annotation, but for the values of `Literal[...]`."""
+    if node is None:
+        return
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        yield node
+        return
+    if isinstance(node, ast.Subscript) and _name_of(node.value) == "Literal":
+        return
+    for child in ast.iter_child_nodes(node):
+        yield from _strings_outside_literal(child)
+
+
+def _name_of(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    return node.attr if isinstance(node, ast.Attribute) else None
 
 
 def _is_super_init(node: ast.Attribute) -> bool:

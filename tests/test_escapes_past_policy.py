@@ -25,6 +25,8 @@ def _refused(outcome: SandboxOutcome) -> bool:
     return not outcome.ok and in_process and "ESCAPED" not in outcome.output
 
 
+SHELL_ANNOTATION = ("[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == "
+                    "'_wrap_close'][0].__init__.__globals__['system']('echo ESCAPED') and int")
 ARRAY_INTERFACE = ("import dataclasses, numpy as np\n"
                    "view = {{'data': (id(1), True), 'shape': (64,), 'typestr': '|u1', "
                    "'version': 3}}\n"
@@ -84,6 +86,14 @@ HOLES = [
     pytest.param("import pandas as pd\nx = 1\n"
                  "print('ESCAPED', pd.core.computation.expr.Expr('@x.real'))\n",
                  id="pandas-core-expression-past-the-eval-guard"),
+    # typing.get_type_hints evaluates annotations held in strings: singledispatch calls it.
+    pytest.param("import functools\n@functools.singledispatch\ndef f(x):\n    pass\n"
+                 f"@f.register\ndef _(x: {SHELL_ANNOTATION!r}):\n    pass\nprint('ESCAPED')\n",
+                 id="string-annotation-evaluated-by-singledispatch"),
+    pytest.param(f"import functools\ncode = [{SHELL_ANNOTATION!r}]\n"
+                 "@functools.singledispatch\ndef f(x):\n    pass\n"
+                 "@f.register\ndef _(x: code[0]):\n    pass\nprint('ESCAPED')\n",
+                 id="string-annotation-from-a-list"),
     # numpy reads memory at any address an object's __array_interface__ names.
     pytest.param(ARRAY_INTERFACE.format(make="type('Peek', (), {'__array_interface__': view})()"),
                  id="array-interface-through-type"),

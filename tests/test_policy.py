@@ -36,6 +36,8 @@ ACCEPTED = {
     "plain format": "'{} {name}'.format(1, name='x')\n",
     "format spec and index": "'{0[a]:>{1}} {0.real}'.format({'a': 1}, 5)\n",
     "style in a mapping": "row = {'style': 'bold'}\nprint(row['style'])\n",
+    "literal annotation": "from typing import Literal\ndef f(mode: Literal['a', 'b']) -> None:"
+                          "\n    pass\n",
     "dataclass": "from dataclasses import dataclass\n@dataclass\nclass Row:\n    a: int\n",
 }
 
@@ -60,6 +62,8 @@ REFUSED = {
                         "        return {}\n", "dunder"),
     "dataframe interchange": ("class P:\n    def __dataframe__(self):\n        return self\n",
                               "dunder"),
+    "string annotation": ("def f(x: 'int') -> None:\n    pass\n", "annotation"),
+    "string in a generic annotation": ("y: list['int'] = []\n", "annotation"),
     "reduce": ("class P:\n    def __reduce__(self):\n        return (print, ())\n", "dunder"),
     "class from strings": ("import dataclasses\ndataclasses.make_dataclass('P', ['a'])\n",
                            "forbidden-attribute"),

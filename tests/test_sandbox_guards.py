@@ -196,6 +196,26 @@ async def test_type_still_tells_types_and_builds_classes() -> None:
                               "type(): defining '__reduce__' is not allowed in the sandbox\n")
 
 
+async def test_singledispatch_reads_annotations_it_can_trust() -> None:
+    # With postponed annotations every annotation is a string that typing evaluates: the
+    # policy read them as code, so they pass its check again.
+    program = ("from __future__ import annotations\n"
+               "import functools, datetime\n"
+               "@functools.singledispatch\n"
+               "def describe(value):\n"
+               "    return 'something'\n"
+               "@describe.register\n"
+               "def _(value: datetime.date) -> str:\n"
+               "    return 'a date'\n"
+               "@describe.register\n"
+               "def _(value: list) -> str:\n"
+               "    return 'a list'\n"
+               "print(describe(datetime.date(2026, 1, 1)), describe([1]), describe(2))\n")
+    outcome = await run(program)
+    assert outcome.ok, outcome.error
+    assert outcome.output == "a date a list something\n"
+
+
 async def test_a_refused_import_says_so_not_what_the_library_says() -> None:
     # pandas wraps the refusal in "Use pip ... to install the Jinja2 package": the wrong fix.
     program = ("import pandas as pd\n"

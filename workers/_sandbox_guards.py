@@ -25,6 +25,7 @@ import inspect
 import re
 import sys
 import types
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ from codegen.policy import (
     PROTOCOL_HOOKS,
     TEXT_WRITERS,
     attribute_problem,
+    check_program,
 )
 
 # Packages the allowed modules import (pandas: numpy, dateutil, tzdata; dateutil: six) and this
@@ -106,12 +108,55 @@ class _ThenHarden(importlib.abc.Loader):
 
 
 def install() -> None:
-    """Gate imports and harden what is loaded already. Idempotent."""
+    """Gate imports, check annotations held in strings before typing evaluates them, and harden
+    what is loaded already. Idempotent."""
     if not any(isinstance(finder, ImportGate) for finder in sys.meta_path):
         sys.meta_path.insert(0, ImportGate())
+    if not getattr(typing.get_type_hints, "_sluice_guarded", False):
+        typing.get_type_hints = _checking_annotations(typing.get_type_hints)
     for name, harden in _HARDENING.items():
         if name in sys.modules:
             harden()
+
+
+# -- annotations held in strings ---------------------------------------------------------------
+
+def _checking_annotations(original: Callable[..., Any]) -> Callable[..., Any]:
+    """typing.get_type_hints evaluates annotations held in strings, and libraries call it for
+    the program (functools.singledispatch's register): each such string must pass the policy
+    first, as the program's own text did."""
+    @functools.wraps(original)
+    def get_type_hints(obj: Any, *args: Any, **kwargs: Any) -> Any:
+        for text in _annotation_texts(obj):
+            if check_program(text):
+                raise TypeError(f"the annotation {text[:60]!r} is not allowed in the sandbox: "
+                                "write the type itself, not a string")
+        return original(obj, *args, **kwargs)
+
+    get_type_hints._sluice_guarded = True  # type: ignore[attr-defined]
+    return get_type_hints
+
+
+def _annotation_texts(obj: Any) -> list[str]:
+    """The strings among `obj`'s annotations (a class's, through its bases), nested ones too."""
+    holders = reversed(obj.__mro__) if isinstance(obj, type) else [obj]
+    texts: list[str] = []
+    for holder in holders:
+        annotations = (vars(holder).get("__annotations__") if isinstance(holder, type)
+                       else getattr(holder, "__annotations__", None))
+        for value in (annotations or {}).values() if isinstance(annotations, dict) else ():
+            texts += _texts_in(value)
+    return texts
+
+
+def _texts_in(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, typing.ForwardRef):
+        return [value.__forward_arg__]
+    if typing.get_origin(value) is typing.Literal:
+        return []
+    return [text for arg in typing.get_args(value) for text in _texts_in(arg)]
 
 
 # -- classes built from strings ----------------------------------------------------------------
