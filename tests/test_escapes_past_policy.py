@@ -108,6 +108,14 @@ HOLES = [
                  "    def __array_interface__(self):\n"
                  "        return {'data': (id(1), True), 'shape': (8,), 'typestr': '|u1'}\n"
                  "print('ESCAPED', np.asarray(Peek()))\n", id="array-interface-as-a-property"),
+    pytest.param("import numpy as np\nprint('ESCAPED', np.ndarray((1,), object, bytearray(8)))\n",
+                 id="numpy-object-array-over-a-buffer"),
+    pytest.param("import numpy as np\nmake = type(np.zeros(1))\n"
+                 "print('ESCAPED', make((1,), dtype=object, buffer=bytearray(8)))\n",
+                 id="numpy-array-class-from-type"),
+    pytest.param("import numpy as np\nclass Mine(np.recarray):\n    pass\n"
+                 "print('ESCAPED', Mine((1,), [('a', 'O')], bytearray(8)))\n",
+                 id="numpy-recarray-subclass-over-a-buffer"),
     pytest.param("import numpy as np\nprint('ESCAPED', np.load('missing.npy', None, True))\n",
                  id="numpy-load-positional-allow-pickle"),
     pytest.param("import numpy as np\nnp.save('written', np.arange(3))\nprint('ESCAPED')\n",

@@ -16,13 +16,14 @@ import types
 import warnings
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from codegen.policy import ALLOWED_MODULES, attribute_problem
 from integrations.base import EffectCall
 from workers import _sandbox_guards
-from workers._sandbox_guards import check_template, read_attribute
+from workers._sandbox_guards import PROGRAM_TYPES, check_template, read_attribute
 from workers._sandbox_namespace import module_allowed
 from workers._state import encode_state
 from workers.sandbox import SandboxLimits, SandboxOutcome, detect_isolation, run_sandboxed
@@ -216,6 +217,26 @@ async def test_singledispatch_reads_annotations_it_can_trust() -> None:
     assert outcome.output == "a date a list something\n"
 
 
+async def test_numpy_array_classes_work_as_before() -> None:
+    # The program's np.ndarray and np.recarray are stand-ins that refuse raw buffers.
+    program = ("import numpy as np\n"
+               "from numpy import ndarray\n"
+               "a = np.zeros(3)\n"
+               "print(isinstance(a, np.ndarray), type(a) is np.ndarray, ndarray is np.ndarray,\n"
+               "      issubclass(np.ma.MaskedArray, np.ndarray))\n"
+               "r = np.rec.fromrecords([(1, 'x')], names='n,s')\n"
+               "print(isinstance(r, np.recarray), type(r) is np.recarray, r.n.tolist())\n"
+               "print(np.ndarray((2,), dtype=np.int64).shape, np.recarray((1,), 'i8,i8').shape)\n"
+               "class Tagged(np.ndarray):\n"
+               "    pass\n"
+               "t = np.arange(2).view(Tagged)\n"
+               "print(type(t) is Tagged, isinstance(t, np.ndarray), isinstance(a, Tagged))\n")
+    outcome = await run(program)
+    assert outcome.ok, outcome.error
+    assert outcome.output == ("True True True True\nTrue True [1]\n(2,) (1,)\n"
+                              "True True False\n")
+
+
 async def test_a_refused_import_says_so_not_what_the_library_says() -> None:
     # pandas wraps the refusal in "Use pip ... to install the Jinja2 package": the wrong fix.
     program = ("import pandas as pd\n"
@@ -274,6 +295,8 @@ def _gadget(value: Any) -> str | None:
     """What makes `value` a gadget, if it is one."""
     if isinstance(value, type) and issubclass(value, pickle.Unpickler | pickle._Unpickler):
         return "an unpickler"
+    if value is np.ndarray or value is np.recarray:
+        return "numpy's own array class: it makes object arrays of raw buffers"
     if not callable(value) or getattr(value, "_sluice_guarded", False):
         return None
     if getattr(value, "__self__", None) is builtins and value.__name__ in GADGET_BUILTINS:
@@ -301,7 +324,8 @@ def reachable_gadgets() -> dict[str, str]:
         if id(module) in seen:
             continue
         seen.add(id(module))
-        for name, value in _public(module):
+        for name, read in _public(module):
+            value = PROGRAM_TYPES.get(read, read) if isinstance(read, type) else read  # SafeModule
             if isinstance(value, types.ModuleType):
                 if module_allowed(value):
                     modules.append((f"{path}.{name}", value))
@@ -316,7 +340,8 @@ def reachable_gadgets() -> dict[str, str]:
 
 def test_no_gadget_is_reachable_from_the_allowed_modules() -> None:
     # Found so far: pandas.compat.pickle_compat.loads unpickled any bytes a program wrote (and so
-    # ran any code), pandas.api.typing.JsonReader read any file. The guards change pandas and
+    # ran any code), pandas.api.typing.JsonReader read any file, np.ndarray made objects of any
+    # address in a buffer. The guards change pandas and
     # numpy for good, so the walk runs in a process of its own, as the child does.
     walk = ("import json, tests.test_sandbox_guards as t\n"
             "print(json.dumps(t.reachable_gadgets()))\n")

@@ -178,7 +178,8 @@ class GuardedType(type, metaclass=_TypeChecks):
 
     def __new__(mcs, *args: Any, **kwargs: Any) -> Any:
         if len(args) == 1 and not kwargs:
-            return type(args[0])
+            kind = type(args[0])
+            return PROGRAM_TYPES.get(kind, kind)
         if len(args) == 3 and isinstance(args[2], dict):
             hooks = sorted(PROTOCOL_HOOKS & set(args[2]))
             if hooks:
@@ -274,13 +275,48 @@ def _guard_files(owner: Any, label: str) -> None:
 
 def harden_numpy() -> None:
     """np.load unpickles with `allow_pickle` (the third positional argument), np.save writes a
-    file: both refused, with the rest of numpy's file helpers. Idempotent."""
+    file: both refused, with the rest of numpy's file helpers; the array classes refuse raw
+    buffers. Idempotent."""
     numpy = sys.modules["numpy"]
     for name in ({"load", "save"} | FILE_HELPERS) & set(vars(numpy)):
         vars(numpy)[name] = _refused(f"numpy.{name}")
+    _guard_array_classes(numpy)
 
 
 _HARDENING: dict[str, Callable[[], None]] = {"pandas": harden_pandas, "numpy": harden_numpy}
+# What a program gets for numpy's array classes, from a module or from `type(x)`: stand-ins.
+PROGRAM_TYPES: dict[type, type] = {}
+
+
+def _guard_array_classes(numpy: types.ModuleType) -> None:
+    """`np.ndarray(shape, object, buffer)` and `np.recarray(..., buf=)` read object pointers from
+    a buffer the program filled: any address becomes an object. The program sees stand-ins that
+    refuse a buffer and are otherwise the real classes (subclassing, isinstance and type()
+    comparisons work as before): modules hand them out (`SafeModule`), and so does `type()`.
+    numpy's own modules keep the real classes, which compiled libraries check at import."""
+    for real, buffer in ((numpy.ndarray, "buffer"), (numpy.recarray, "buf")):
+        PROGRAM_TYPES.setdefault(real, _stand_in(real, buffer))
+
+
+def _stand_in(real: type, buffer: str) -> type:
+    class Checks(type):
+        def __instancecheck__(cls, instance: Any) -> bool:
+            return isinstance(instance, real) if cls is guarded else super().__instancecheck__(
+                instance)
+
+        def __subclasscheck__(cls, subclass: type) -> bool:
+            return issubclass(subclass, real) if cls is guarded else super().__subclasscheck__(
+                subclass)
+
+    def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
+        if (len(args) > 2 and args[2] is not None) or kwargs.get(buffer) is not None:
+            raise ValueError(f"{real.__name__}(..., {buffer}=...) is not available in the "
+                             "sandbox: make arrays with np.array or np.frombuffer")
+        return real.__new__(real if cls is guarded else cls, *args, **kwargs)
+
+    guarded = Checks(real.__name__, (real,), {"__new__": __new__, "__module__": real.__module__,
+                                               "__doc__": real.__doc__})
+    return guarded
 
 
 def _refused(label: str) -> Callable[..., Any]:

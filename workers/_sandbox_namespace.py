@@ -28,7 +28,7 @@ from core.errors import IntegrationError
 from integrations import wire
 from integrations.base import Resource
 from workers._channel import CallRouter, FdChannel, FrameError
-from workers._sandbox_guards import GuardedType, explained, read_attribute
+from workers._sandbox_guards import PROGRAM_TYPES, GuardedType, explained, read_attribute
 from workers._sandbox_loops import Batch, Progress, Scopes, ThreadBudget, length, track
 
 PROGRAM_FILE = "<program>"
@@ -349,6 +349,8 @@ class SafeModule(types.ModuleType):
         if problem is not None:
             raise AttributeError(f"module {module.__name__!r} in the sandbox: {problem[1]}")
         value = getattr(module, name)
+        if isinstance(value, type):
+            return PROGRAM_TYPES.get(value, value)
         if isinstance(value, types.ModuleType):
             if not module_allowed(value):
                 raise AttributeError(f"module {module.__name__!r}: {name!r} is a module the "
