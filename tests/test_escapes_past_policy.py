@@ -116,6 +116,9 @@ HOLES = [
     pytest.param("import numpy as np\nclass Mine(np.recarray):\n    pass\n"
                  "print('ESCAPED', Mine((1,), [('a', 'O')], bytearray(8)))\n",
                  id="numpy-recarray-subclass-over-a-buffer"),
+    pytest.param("import numpy as np\nbase = np.zeros(4)\nview = base[:]\n"
+                 "grow = base.resize\ngrow(10**6, **{'refcheck': False})\n"
+                 "print('ESCAPED', view)\n", id="numpy-resize-frees-memory-under-a-view"),
     pytest.param("import numpy as np\nprint('ESCAPED', np.load('missing.npy', None, True))\n",
                  id="numpy-load-positional-allow-pickle"),
     pytest.param("import numpy as np\nnp.save('written', np.arange(3))\nprint('ESCAPED')\n",

@@ -207,24 +207,19 @@ def check_template(template: str) -> None:
             check_template(spec)
 
 
-GUARDED_READS = frozenset({"format", "format_map", "dump"})
+GUARDED_READS = frozenset({"format", "format_map", "dump", "resize"})
 
 
 def read_attribute(value: Any, name: str) -> Any:
     """`value.<name>` for a name in GUARDED_READS, as the instrumented program reads it.
 
     `.format` and `.format_map`: a string's template is checked first, and `str.format` itself
-    checks the template it is given. `.dump`: numpy's arrays and scalars pickle themselves to a
-    file by it (numpy's types cannot be changed, so the read is refused instead).
+    checks the template it is given. `.dump` and `.resize` of numpy's arrays and scalars are
+    checked here because numpy's types cannot be changed (`_numpy_method`).
     """
     method = getattr(value, name)
-    if name == "dump":
-        numpy = sys.modules.get("numpy")
-        kinds = () if numpy is None else (numpy.ndarray, numpy.generic)
-        if isinstance(value, kinds) or (isinstance(value, type) and issubclass(value, kinds)):
-            raise ValueError(f"numpy's .dump() writes a file, which is not available in the "
-                             f"sandbox: {_FILES_HINT}")
-        return method
+    if name in ("dump", "resize"):
+        return _numpy_method(value, name, method)
     if isinstance(value, str):
         check_template(str(value))
         return method
@@ -235,6 +230,28 @@ def read_attribute(value: Any, name: str) -> Any:
             return method(template, *args, **kwargs)
         return checked
     return method
+
+
+def _numpy_method(value: Any, name: str, method: Any) -> Any:
+    """`.dump` pickles an array or scalar to a file: refused. `.resize(..., refcheck=False)`
+    moves an array's memory from under its views, which then read and write freed memory: the
+    check is forced on."""
+    numpy = sys.modules.get("numpy")
+    kinds = () if numpy is None else (numpy.ndarray, numpy.generic)
+    if not (isinstance(value, kinds) or (isinstance(value, type) and issubclass(value, kinds))):
+        return method
+    if name == "dump":
+        raise ValueError(f"numpy's .dump() writes a file, which is not available in the sandbox: "
+                         f"{_FILES_HINT}")
+
+    @functools.wraps(method)
+    def resize(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("refcheck", True) is not True:
+            raise ValueError("resize(refcheck=False) is not available in the sandbox: use "
+                             "np.resize(array, shape), which makes a new array")
+        return method(*args, **kwargs)
+
+    return resize
 
 
 # -- pandas and numpy --------------------------------------------------------------------------
