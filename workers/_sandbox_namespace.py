@@ -23,7 +23,7 @@ import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
-from codegen.policy import FORBIDDEN_ATTRIBUTES, attribute_problem, is_forbidden_module
+from codegen.policy import attribute_problem, is_forbidden_module
 from core.errors import IntegrationError
 from integrations import wire
 from integrations.base import Resource
@@ -314,7 +314,7 @@ def guarded_import(name: str, globals: Any = None, locals: Any = None,
         builtins.__import__(name, None, None, (), 0)
         return None
     refused = level != 0 or (name != "__future__" and is_forbidden_module(name))
-    bad = [n for n in fromlist or () if n.startswith("_") or n in FORBIDDEN_ATTRIBUTES]
+    bad = [n for n in fromlist or () if attribute_problem(n) is not None]
     if refused or bad:
         raise ImportError(f"'{name}' cannot be imported in the sandbox")
     module: types.ModuleType = builtins.__import__(name, globals, locals, tuple(fromlist or ()), 0)
