@@ -42,6 +42,13 @@ async def run(program: str, **options: Any) -> SandboxOutcome:
                                isolation=ISOLATION, **options)
 
 
+async def output_of(program: str, **options: Any) -> str:
+    """What `program` prints; it must succeed."""
+    outcome = await run(program, **options)
+    assert outcome.ok, outcome.error
+    return outcome.output
+
+
 async def test_library_code_imports_its_own_internals_under_the_program() -> None:
     # datetime.strptime imports _strptime, ndarray.mean numpy._core._methods, from C code that
     # runs under the program's frame and so through its restricted __import__.
@@ -51,9 +58,7 @@ async def test_library_code_imports_its_own_internals_under_the_program() -> Non
                "print(np.array([1, 2, 3, 4]).mean(), np.std([1, 3]))\n"
                "import decimal\n"
                "print(decimal.Decimal('1.10') + decimal.Decimal('2.205'))\n")
-    outcome = await run(program)
-    assert outcome.ok, outcome.error
-    assert outcome.output == "2026-11-27 09:30:00\n2.5 1.0\n3.305\n"
+    assert await output_of(program) == "2026-11-27 09:30:00\n2.5 1.0\n3.305\n"
 
 
 async def test_format_templates_held_in_variables_still_format() -> None:
@@ -66,10 +71,9 @@ async def test_format_templates_held_in_variables_still_format() -> None:
                "print(list(map(str.format, ['{}!', '{0[tier]}'], ['hey', crm.lookup('c')])))\n"
                "say = '{0} and {1}'.format\n"
                "print(say('this', 'that'))\n")
-    outcome = await run(program)
-    assert outcome.ok, outcome.error
-    assert outcome.output == ("Dear Ana, your gold plan renews on 01 Dec.\n"
-                              "Bo owes    3.50\n['hey!', 'gold']\nthis and that\n")
+    assert await output_of(program) == (
+        "Dear Ana, your gold plan renews on 01 Dec.\n"
+        "Bo owes    3.50\n['hey!', 'gold']\nthis and that\n")
 
 
 async def test_pandas_writers_return_text_without_a_path() -> None:
@@ -97,9 +101,7 @@ async def test_pandas_queries_still_call_column_methods() -> None:
                "print(frame.query(\"name.str.contains('y') or amount < 2\")['name'].tolist())\n"
                "print(frame.query('when.dt.year == 2026 and amount > @limit')['name'].tolist())\n"
                "print(frame.query('amount.between(1.0, 1e2)')['name'].tolist())\n")
-    outcome = await run(program)
-    assert outcome.ok, outcome.error
-    assert outcome.output == "['Ana', 'Cy']\n['Cy']\n['Ana', 'Bo']\n"
+    assert await output_of(program) == "['Ana', 'Cy']\n['Cy']\n['Ana', 'Bo']\n"
 
 
 async def test_aggregations_by_name_still_work() -> None:
@@ -112,11 +114,10 @@ async def test_aggregations_by_name_still_work() -> None:
                "      groups['amount'].transform('sum').tolist())\n"
                "print(frame['amount'].rolling(2).agg('sum').tolist()[1:],\n"
                "      frame.agg('sum')['amount'])\n")
-    outcome = await run(program)
-    assert outcome.ok, outcome.error
-    assert outcome.output == ("{'sum': [4, 5], 'max': [3, 5]}\n"
-                              "{'total': {'a': 4, 'b': 5}, 'top': {'a': 3, 'b': 5}}\n"
-                              "[2.0, 5.0] [4, 4, 5]\n[4.0, 8.0] 9\n")
+    assert await output_of(program) == (
+        "{'sum': [4, 5], 'max': [3, 5]}\n"
+        "{'total': {'a': 4, 'b': 5}, 'top': {'a': 3, 'b': 5}}\n"
+        "[2.0, 5.0] [4, 4, 5]\n[4.0, 8.0] 9\n")
 
 
 EVERYDAY = """\
@@ -191,10 +192,9 @@ async def test_type_still_tells_types_and_builds_classes() -> None:
                "    type('Peek', (), {'__reduce__': print})\n"
                "except TypeError as exc:\n"
                "    print(exc)\n")
-    outcome = await run(program)
-    assert outcome.ok, outcome.error
-    assert outcome.output == ("True True\n4 True True\nmade by Registry\n"
-                              "type(): defining '__reduce__' is not allowed in the sandbox\n")
+    assert await output_of(program) == (
+        "True True\n4 True True\nmade by Registry\n"
+        "type(): defining '__reduce__' is not allowed in the sandbox\n")
 
 
 async def test_singledispatch_reads_annotations_it_can_trust() -> None:
@@ -212,9 +212,7 @@ async def test_singledispatch_reads_annotations_it_can_trust() -> None:
                "def _(value: list) -> str:\n"
                "    return 'a list'\n"
                "print(describe(datetime.date(2026, 1, 1)), describe([1]), describe(2))\n")
-    outcome = await run(program)
-    assert outcome.ok, outcome.error
-    assert outcome.output == "a date a list something\n"
+    assert await output_of(program) == "a date a list something\n"
 
 
 async def test_numpy_array_classes_work_as_before() -> None:
@@ -231,10 +229,8 @@ async def test_numpy_array_classes_work_as_before() -> None:
                "    pass\n"
                "t = np.arange(2).view(Tagged)\n"
                "print(type(t) is Tagged, isinstance(t, np.ndarray), isinstance(a, Tagged))\n")
-    outcome = await run(program)
-    assert outcome.ok, outcome.error
-    assert outcome.output == ("True True True True\nTrue True [1]\n(2,) (1,)\n"
-                              "True True False\n")
+    assert await output_of(program) == (
+        "True True True True\nTrue True [1]\n(2,) (1,)\nTrue True False\n")
 
 
 async def test_a_refused_import_says_so_not_what_the_library_says() -> None:
