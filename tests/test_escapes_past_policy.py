@@ -119,6 +119,13 @@ HOLES = [
     pytest.param("import numpy as np\nbase = np.zeros(4)\nview = base[:]\n"
                  "grow = base.resize\ngrow(10**6, **{'refcheck': False})\n"
                  "print('ESCAPED', view)\n", id="numpy-resize-frees-memory-under-a-view"),
+    pytest.param("import numpy as np, pandas as pd\n"
+                 "class Far(pd.api.indexers.BaseIndexer):\n"
+                 "    def get_window_bounds(self, num_values=0, min_periods=None, center=None,\n"
+                 "                          closed=None, step=None):\n"
+                 "        return np.array([0, 10**5]), np.array([1, 10**5 + 4])\n"
+                 "print('ESCAPED', pd.Series([1.0, 2.0]).rolling(Far(window_size=1)).sum())\n",
+                 id="pandas-window-bounds-read-past-the-data"),
     pytest.param("import numpy as np\nprint('ESCAPED', np.load('missing.npy', None, True))\n",
                  id="numpy-load-positional-allow-pickle"),
     pytest.param("import numpy as np\nnp.save('written', np.arange(3))\nprint('ESCAPED')\n",

@@ -135,6 +135,8 @@ leads = pd.DataFrame({"team": ["x"], "lead": ["Zed"]})
 print(frame.merge(leads, on="team", how="left")["lead"].fillna("-").tolist())
 print([r.name for r in frame.itertuples()], frame["when"].dt.strftime("%b").tolist())
 print(frame["amount"].astype(int).map("{:03d}".format).tolist())
+ahead = pd.api.indexers.FixedForwardWindowIndexer(window_size=2)
+print(frame["amount"].rolling(ahead, min_periods=1).sum().tolist())
 with decimal.localcontext() as context:
     context.prec = 5
     print(decimal.Decimal(1) / decimal.Decimal(7))
@@ -154,7 +156,7 @@ async def test_everyday_data_work_runs_under_the_guards() -> None:
     assert outcome.output.splitlines() == [
         "{'amount': {'x': 20.0, 'y': 0.0}}", "[10.0, 30.0]", "['high', 'low', 'high']",
         "['Zed', '-', 'Zed']", "['Ana', 'Bo', 'Cy'] ['Jan', 'Feb', 'Feb']",
-        "['010', '000', '030']", "0.14286", "invoice 6,765"]
+        "['010', '000', '030']", "[10.0, 30.0, 30.0]", "0.14286", "invoice 6,765"]
     assert outcome.table_rows == 3
 
 

@@ -274,6 +274,9 @@ def harden_pandas() -> None:
     for owner in (pandas.DataFrame, pandas.Series):
         _guard_files(owner, f"{owner.__name__}.")
     _guard_files(pandas, "pandas.")
+    windows = getattr(sys.modules.get("pandas.core.window.rolling"), "BaseWindow", None)
+    if windows is not None:
+        windows._check_window_bounds = _bounds_in_range(windows._check_window_bounds)
     typing = importlib.import_module("pandas.api.typing")
     _guard_files(typing, "pandas.api.typing.")
     for owner in (pandas.DataFrame, pandas.Series, *vars(typing).values()):
@@ -357,6 +360,21 @@ def _without_path(original: Callable[..., Any], name: str) -> Callable[..., Any]
         return original(self, *args, **kwargs)
 
     return guarded
+
+
+def _bounds_in_range(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Window bounds come from the program's own indexer (`pd.api.indexers.BaseIndexer`), and
+    pandas' compiled aggregations read `values[start:end]` without bounds checks: a bound past
+    the data read other memory. pandas checks only their lengths; this checks their values."""
+    @functools.wraps(original)
+    def check(self: Any, start: Any, end: Any, num_vals: int) -> None:
+        original(self, start, end, num_vals)
+        if len(start) and not (start.min() >= 0 and end.max() <= num_vals
+                               and (start <= end).all()):
+            raise ValueError("window bounds must lie within the data (0 <= start <= end <= "
+                             f"{num_vals}) in the sandbox")
+
+    return check
 
 
 def _guard_expressions(original: Callable[..., Any]) -> Callable[..., Any]:
