@@ -152,3 +152,25 @@ async def test_policy_refuses_the_ways_past_it(world: World, program: str) -> No
     outcome = await run(world, program, memory_mb=1024)
     assert_no_canary(outcome)
     assert _refused(outcome), outcome.output + str(outcome.error)
+
+
+# Checks pandas lets a caller skip, of codes its compiled code then uses as indexes unchecked:
+# skipped, the first use read object pointers past the data and crashed the child.
+SKIPPED_CHECKS = [
+    pytest.param("import pandas as pd\n"
+                 "codes = pd.Categorical.from_codes([0, 120], ['a', 'b'], validate=False)\n"
+                 "print('ESCAPED', list(codes.astype(object)))\n", id="categorical-codes"),
+    pytest.param("import pandas as pd\n"
+                 "index = pd.MultiIndex([['a', 'b']], [[0, 120]], verify_integrity=False)\n"
+                 "print('ESCAPED', index.to_list())\n", id="multiindex-codes"),
+    pytest.param("import pandas as pd\nindex = pd.MultiIndex.from_tuples([('a',), ('b',)])\n"
+                 "index = index.set_codes([[0, 120]], verify_integrity=False)\n"
+                 "print('ESCAPED', index.to_list())\n", id="multiindex-set-codes"),
+]
+
+
+@pytest.mark.parametrize("program", SKIPPED_CHECKS)
+async def test_pandas_checks_cannot_be_skipped(world: World, program: str) -> None:
+    outcome = await run(world, program, memory_mb=1024)
+    assert outcome.error is not None and outcome.error["type"] == "ValueError", outcome.error
+    assert "ESCAPED" not in outcome.output

@@ -274,6 +274,8 @@ def harden_pandas() -> None:
     for owner in (pandas.DataFrame, pandas.Series):
         _guard_files(owner, f"{owner.__name__}.")
     _guard_files(pandas, "pandas.")
+    for owner, name, check in _SKIPPABLE_CHECKS:
+        _force_check(getattr(pandas, owner), name, check)
     windows = getattr(sys.modules.get("pandas.core.window.rolling"), "BaseWindow", None)
     if windows is not None:
         windows._check_window_bounds = _bounds_in_range(windows._check_window_bounds)
@@ -360,6 +362,34 @@ def _without_path(original: Callable[..., Any], name: str) -> Callable[..., Any]
         return original(self, *args, **kwargs)
 
     return guarded
+
+
+# Checks a caller may skip, of codes that pandas' compiled code then uses as indexes unchecked:
+# `Categorical.from_codes([0, 120], ["a", "b"], validate=False)` crashed the child on first use.
+_SKIPPABLE_CHECKS = (("Categorical", "from_codes", "validate"),
+                     ("MultiIndex", "__new__", "verify_integrity"),
+                     ("MultiIndex", "set_codes", "verify_integrity"),
+                     ("MultiIndex", "set_levels", "verify_integrity"))
+
+
+def _force_check(owner: type, name: str, check: str) -> None:
+    """`owner.name` with its argument `check` always True, however it is passed."""
+    raw = inspect.getattr_static(owner, name)
+    function = raw.__func__ if isinstance(raw, classmethod | staticmethod) else raw
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.arguments[check] = True
+        return function(*bound.args, **bound.kwargs)
+
+    wrapped: Any = checked
+    if isinstance(raw, classmethod):
+        wrapped = classmethod(checked)
+    elif isinstance(raw, staticmethod):
+        wrapped = staticmethod(checked)
+    setattr(owner, name, wrapped)
 
 
 def _bounds_in_range(original: Callable[..., Any]) -> Callable[..., Any]:
