@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests._escape_world import PAST, World, assert_no_canary, crafted_attribute_program, run
+from tests._escape_world import (
+    PAST,
+    World,
+    assert_no_canary,
+    assert_survives,
+    crafted_attribute_program,
+    run,
+)
 from workers.sandbox import SandboxOutcome
 
 # --- ways past the policy's reading of the text: each is refused in the process, by the policy or
@@ -152,6 +159,7 @@ async def test_policy_refuses_the_ways_past_it(world: World, program: str) -> No
     outcome = await run(world, program, memory_mb=1024)
     assert_no_canary(outcome)
     assert _refused(outcome), outcome.output + str(outcome.error)
+    await assert_survives(world)
 
 
 # Checks pandas lets a caller skip, of codes its compiled code then uses as indexes unchecked:
@@ -174,3 +182,5 @@ async def test_pandas_checks_cannot_be_skipped(world: World, program: str) -> No
     outcome = await run(world, program, memory_mb=1024)
     assert outcome.error is not None and outcome.error["type"] == "ValueError", outcome.error
     assert "ESCAPED" not in outcome.output
+    assert_no_canary(outcome)
+    await assert_survives(world)
