@@ -23,7 +23,7 @@ from bot.followups import follow_up
 from bot.render import render
 from bot.slack import SlackSurface
 from bot.webhooks import add_webhook_routes
-from core.db import create_engine, migrate
+from core.db import engine_for, migrate
 from core.events import EventReader
 from core.jobs import connect
 from core.settings import Settings
@@ -59,8 +59,7 @@ def create_app(settings: Settings) -> web.Application:
         app[SLACK] = slack
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        engine = create_engine(settings.effective_database_url,
-                               sqlite_synchronous=settings.sqlite_synchronous)
+        engine = engine_for(settings)
         await migrate(engine)
         redis = await connect(settings.require_redis_url())
         deps = BotDeps(settings=settings, store=Store(engine), redis=redis)

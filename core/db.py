@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from alembic import command
 from alembic.config import Config
@@ -30,6 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from core.types import Synchronous, utcnow
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 
 class Base(DeclarativeBase):
@@ -305,6 +308,12 @@ def create_engine(url: str, *, sqlite_synchronous: Synchronous = "normal") -> As
                      functools.partial(_sqlite_pragmas, synchronous=sqlite_synchronous))
         return engine
     return create_async_engine(url, pool_pre_ping=True)
+
+
+def engine_for(settings: Settings) -> AsyncEngine:
+    """`create_engine` for the configured database, with the configured SQLite `synchronous`."""
+    return create_engine(settings.effective_database_url,
+                         sqlite_synchronous=settings.sqlite_synchronous)
 
 
 def sqlite_synchronous_of(engine: AsyncEngine) -> Synchronous:

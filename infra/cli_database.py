@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.db import create_engine, migrate
+from core.db import engine_for, migrate
 from core.errors import SluiceError
 from core.settings import Settings, load_settings
 
@@ -27,8 +27,7 @@ T = TypeVar("T")
 @asynccontextmanager
 async def opened_database(settings: Settings) -> AsyncIterator[AsyncEngine]:
     """The engine of the configured database, migrated; disposed of on the way out."""
-    engine = create_engine(settings.effective_database_url,
-                           sqlite_synchronous=settings.sqlite_synchronous)
+    engine = engine_for(settings)
     try:
         await migrate(engine)
         yield engine

@@ -20,7 +20,7 @@ from typing import IO
 import aiohttp
 
 from codegen.model_config import needs_scripted_model
-from core.db import create_engine, migrate
+from core.db import engine_for, migrate
 from core.errors import ConfigurationError
 from core.settings import Settings, load_settings
 from core.store import Store
@@ -70,7 +70,7 @@ class LocalStack:
         home.mkdir(parents=True, exist_ok=True)
         env = {"SLUICE_HOME": str(home)}
         env["SLUICE_REDIS_URL"] = await self._redis(home)
-        engine = create_engine(self.settings.effective_database_url)
+        engine = engine_for(self.settings)
         await migrate(engine)
         self.store = Store(engine)
         self.outbox = await self._outbox()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from arq import ArqRedis
 
 from codegen.models import LiteLLMModels
-from core.db import create_engine, migrate
+from core.db import engine_for, migrate
 from core.jobs import connect
 from core.protocols import ModelClient
 from core.settings import Settings
@@ -23,8 +23,7 @@ class Deps:
 
     @classmethod
     async def create(cls, settings: Settings, *, redis: ArqRedis | None = None) -> Deps:
-        engine = create_engine(settings.effective_database_url,
-                               sqlite_synchronous=settings.sqlite_synchronous)
+        engine = engine_for(settings)
         await migrate(engine)
         redis = redis or await connect(settings.require_redis_url())
         return cls(settings=settings, store=Store(engine), redis=redis,
