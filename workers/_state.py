@@ -99,27 +99,25 @@ def summarize(value: Any) -> str:
     return f"the value {str(value)[:60]!r}"
 
 
-def untagged_names(texts: Mapping[str, str]) -> list[str]:
+def untagged_names(texts: Mapping[str, Any]) -> list[str]:
     """The names of saved variables whose JSON text holds no tag (no key starting with "__"):
-    those decode to the parsed JSON itself."""
-    return [name for name, text in texts.items() if _untagged(text)]
-
-
-def _untagged(text: str) -> bool:
-    return '"__' not in text  # a quote inside a string may match too: then it is walked
+    those decode to the parsed JSON itself. A quote inside a string may look like a tag too;
+    such a text is walked, to no harm."""
+    return [name for name, text in texts.items() if isinstance(text, str) and '"__' not in text]
 
 
 def decode_state(texts: Mapping[str, Any]) -> dict[str, Any]:
     """The variables of a saved state (JSON text by name); one that cannot be parsed or decoded
     is left out (and logged). Those whose text holds no tag are the parsed JSON as it is, without
     a walk."""
+    untagged = set(untagged_names(texts))
     variables: dict[str, Any] = {}
     for name, text in texts.items():
         try:
             if not isinstance(text, str):
                 raise TypeError(f"a {type(text).__name__} where JSON text was expected")
             encoded = _DECODER.decode(text)
-            variables[name] = encoded if _untagged(text) else decode_value(encoded)
+            variables[name] = encoded if name in untagged else decode_value(encoded)
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             logger.warning("state: variable %r could not be decoded: %s", name, exc)
     return variables
