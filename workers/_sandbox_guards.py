@@ -376,13 +376,15 @@ def _force_check(owner: type, name: str, check: str) -> None:
     """`owner.name` with its argument `check` always True, however it is passed."""
     raw = inspect.getattr_static(owner, name)
     function = raw.__func__ if isinstance(raw, classmethod | staticmethod) else raw
-    signature = inspect.signature(function)
+    position = list(inspect.signature(function).parameters).index(check)
 
-    @functools.wraps(function)
+    @functools.wraps(function)  # pandas makes MultiIndexes often: no binding per call
     def checked(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(*args, **kwargs)
-        bound.arguments[check] = True
-        return function(*bound.args, **bound.kwargs)
+        if len(args) > position:
+            args = (*args[:position], True, *args[position + 1:])
+        else:
+            kwargs[check] = True
+        return function(*args, **kwargs)
 
     wrapped: Any = checked
     if isinstance(raw, classmethod):
