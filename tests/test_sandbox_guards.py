@@ -199,6 +199,15 @@ async def test_type_still_tells_types_and_builds_classes() -> None:
         "type(): defining '__reduce__' is not allowed in the sandbox\n")
 
 
+async def test_a_program_metaclass_answers_isinstance_as_in_python() -> None:
+    # The program's `type` is a stand-in that answers as `type`; a metaclass made from it must
+    # answer as itself, not as `type` (any class was an instance of it).
+    program = ("class Meta(type):\n    pass\nclass Made(metaclass=Meta):\n    pass\n"
+               "print(isinstance(int, Meta), isinstance(Made, Meta), issubclass(type, Meta),\n"
+               "      isinstance(Made, type))\n")
+    assert await output_of(program) == "False True False True\n"
+
+
 async def test_singledispatch_reads_annotations_it_can_trust() -> None:
     # With postponed annotations every annotation is a string that typing evaluates: the
     # policy read them as code, so they pass its check again.

@@ -161,20 +161,27 @@ def _texts_in(value: Any) -> list[str]:
 
 # -- classes built from strings ----------------------------------------------------------------
 
-class _TypeChecks(type):
-    """So that `isinstance(x, type)` and `issubclass(C, type)` in a program mean what they say."""
+class _StandIn(type):
+    """The metaclass of a stand-in for a class (`_stands_for` in its own namespace): the stand-in
+    answers isinstance and issubclass as that class does, so that `isinstance(x, type)` and
+    `isinstance(a, np.ndarray)` in a program mean what they say. Its subclasses (a program's
+    metaclass, a program's array class) answer as usual."""
 
     def __instancecheck__(cls, instance: Any) -> bool:
-        return isinstance(instance, type)
+        real = vars(cls).get("_stands_for")
+        return isinstance(instance, real) if real else super().__instancecheck__(instance)
 
     def __subclasscheck__(cls, subclass: type) -> bool:
-        return issubclass(subclass, type)
+        real = vars(cls).get("_stands_for")
+        return issubclass(subclass, real) if real else super().__subclasscheck__(subclass)
 
 
-class GuardedType(type, metaclass=_TypeChecks):
+class GuardedType(type, metaclass=_StandIn):
     """The program's `type`: `type(x)` as usual; `type(name, bases, namespace)` refuses the
     special methods a class statement may not define (codegen.policy.PROTOCOL_HOOKS), which a
     namespace dict would otherwise set by string."""
+
+    _stands_for = type
 
     def __new__(mcs, *args: Any, **kwargs: Any) -> Any:
         if len(args) == 1 and not kwargs:
@@ -321,23 +328,15 @@ def _guard_array_classes(numpy: types.ModuleType) -> None:
 
 
 def _stand_in(real: type, buffer: str) -> type:
-    class Checks(type):
-        def __instancecheck__(cls, instance: Any) -> bool:
-            return isinstance(instance, real) if cls is guarded else super().__instancecheck__(
-                instance)
-
-        def __subclasscheck__(cls, subclass: type) -> bool:
-            return issubclass(subclass, real) if cls is guarded else super().__subclasscheck__(
-                subclass)
-
     def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:
         if (len(args) > 2 and args[2] is not None) or kwargs.get(buffer) is not None:
             raise ValueError(f"{real.__name__}(..., {buffer}=...) is not available in the "
                              "sandbox: make arrays with np.array or np.frombuffer")
         return real.__new__(real if cls is guarded else cls, *args, **kwargs)
 
-    guarded = Checks(real.__name__, (real,), {"__new__": __new__, "__module__": real.__module__,
-                                               "__doc__": real.__doc__})
+    guarded = _StandIn(real.__name__, (real,), {
+        "__new__": __new__, "__module__": real.__module__, "__doc__": real.__doc__,
+        "_stands_for": real})
     return guarded
 
 
