@@ -20,7 +20,6 @@ __all__ = [
     "ALLOWED_MODULES",
     "DENIED_SUBMODULES",
     "FILE_HELPERS",
-    "FORBIDDEN_ATTRIBUTES",
     "FORBIDDEN_NAMES",
     "PROTOCOL_HOOKS",
     "TEXT_WRITERS",
@@ -106,7 +105,6 @@ _GADGETS = frozenset({
     "os", "pathlib", "pickle", "posix", "shutil", "signal", "socket", "subprocess", "sys",
     "threading", "popen", "system", "eval", "exec",
 }) | FILE_HELPERS | _CLASS_BUILDERS
-FORBIDDEN_ATTRIBUTES: frozenset[str] = _INTROSPECTION | _GADGETS
 # to_csv() and friends return text when called without a path; with a path they write a file.
 TEXT_WRITERS: frozenset[str] = frozenset({
     "to_csv", "to_json", "to_html", "to_string", "to_markdown", "to_latex", "to_xml",
@@ -176,7 +174,7 @@ def is_forbidden_module(name: str) -> bool:
         return True
     if any(name == d or name.startswith(d + ".") for d in DENIED_SUBMODULES):
         return True
-    return any(part in FORBIDDEN_ATTRIBUTES or part.startswith("_") for part in parts[1:])
+    return any(attribute_problem(part) is not None for part in parts[1:])
 
 
 def _syntax_violation(exc: SyntaxError) -> PolicyViolation:
