@@ -54,8 +54,15 @@ class _Table:
     choices: dict[int, tuple[str, ...]] | None = None  # XLSX dropdowns by column (when loaded)
 
     def copy(self) -> _Table:
-        return _Table(self.name, list(self.header), [list(r) for r in self.rows], self.csv_format,
+        """A copy that shares the row lists: change a row through `own_row`, never in place."""
+        return _Table(self.name, list(self.header), list(self.rows), self.csv_format,
                       self.choices)
+
+    def own_row(self, index: int) -> list[Any]:
+        """Row `index`'s cells, copied first, so that tables this one was copied from (or to)
+        keep theirs."""
+        cells = self.rows[index] = list(self.rows[index])
+        return cells
 
     def id_column(self) -> int | None:
         for i, name in enumerate(self.header):

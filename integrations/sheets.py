@@ -14,7 +14,6 @@ import asyncio
 import builtins
 import datetime as dt
 import difflib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,10 @@ from integrations._sheet_files import (
     _field,
     _load,
     _load_with_schema,
-    _save,
     _Table,
     _xlsx_value,
 )
+from integrations._sheet_state import Change, SheetFile, applied
 from integrations.base import Found, Integration, Preview, Resource, Row, action
 from integrations.coercion import (
     check_cell_value,
@@ -74,7 +73,7 @@ def _set_values(table: _Table, index: int, values: dict[str, Any]) -> None:
     if not isinstance(values, dict):
         raise IntegrationError("values must be a dict of column name to value, "
                                "for example {'Budget': 5000}.")
-    cells = table.rows[index]
+    cells = table.own_row(index)
     for name, value in values.items():
         column = str(name)
         check_cell_value(table.name, column, value)
@@ -185,7 +184,7 @@ class Sheet(Resource):
         """After a crash: done when the row already holds `values` as `update` stores them
         (updating it would change nothing), else not done (or changed since)."""
         row_id = row.id if isinstance(row, Row) else str(row)
-        new, index, changed = _applied(await self._stored(),
+        new, index, changed = applied(await self._load(),
                                        lambda table: self._update(table, row_id, values))
         return Found(done=False) if changed else Found(done=True, result=new.to_row(index))
 
@@ -193,8 +192,8 @@ class Sheet(Resource):
         """After a crash: when the sheet has an "id" column and `values` an id, done when a row
         has that id and the values, not done when no row has it. Otherwise there is no telling
         (a row without an id may be another row with the same values)."""
-        old = await self._stored()
-        new, index, _ = _applied(old, lambda table: self._add_row(table, values))
+        old = await self._load()
+        new, index, _ = applied(old, lambda table: self._add_row(table, values))
         row_id = new.row_id(index)
         if old.id_column() is None or row_id == f"row-{index + 1}":
             return None
@@ -230,23 +229,12 @@ class Sheet(Resource):
         return self.owner
 
     async def _load(self) -> _Table:
-        return await asyncio.to_thread(_load, self._sheets().path_of(self.key))
+        """The sheet with its column types and every change made so far (not to be changed in
+        place: see `applied`)."""
+        return await self._sheets().file_of(self.key).read()
 
-    async def _stored(self) -> _Table:
-        """The sheet as `_write` finds it (with its column types), read between writes."""
-        owner = self._sheets()
-        async with owner.lock:
-            return await asyncio.to_thread(_load_with_schema, owner.path_of(self.key))
-
-    async def _write(self, change: Callable[[_Table], int]) -> Row:
-        owner = self._sheets()
-        async with owner.lock:
-            path = owner.path_of(self.key)
-            old = await asyncio.to_thread(_load_with_schema, path)
-            new, index, changed = _applied(old, change)
-            if changed:
-                await asyncio.to_thread(_save, path, old, new)
-            return new.to_row(index)
+    async def _write(self, change: Change) -> Row:
+        return await self._sheets().file_of(self.key).change(change)
 
     @staticmethod
     def _column(table: _Table, name: str) -> int:
@@ -284,14 +272,6 @@ class Sheet(Resource):
         return index
 
 
-def _applied(old: _Table, change: Callable[[_Table], int]) -> tuple[_Table, int, bool]:
-    """`change` made to a copy of `old`: the copy, the row it addressed, and whether the sheet
-    differs from `old`."""
-    new = old.copy()
-    index = change(new)
-    return new, index, (new.header, new.rows) != (old.header, old.rows)
-
-
 def _change_preview(sheet: str, old: _Table, new: _Table, index: int, *, verb: str) -> Preview:
     after = new.to_row(index)
     before: dict[str, Any] = dict(old.to_row(index)) if index < len(old.rows) else {}
@@ -318,7 +298,7 @@ class LocalSheets(Integration):
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self.lock = asyncio.Lock()
+        self._open: dict[Path, SheetFile] = {}
 
     @action("read")
     async def list(self) -> builtins.list[str]:
@@ -365,6 +345,11 @@ class LocalSheets(Integration):
         if path is None:
             raise self._no_sheet(name)
         return path
+
+    def file_of(self, name: str) -> SheetFile:
+        """The file behind the sheet `name`, as this run reads and writes it."""
+        path = self.path_of(name)
+        return self._open.setdefault(path, SheetFile(path))
 
     def _files(self) -> dict[str, Path]:
         if not self.folder.is_dir():

@@ -2,7 +2,7 @@
 
 Options: `--full` (each() over 100,000 items instead of the default), `--ai-items N`,
 `--only NAME` (repeatable: sandbox, journal, replay (with replay through the sandbox), each,
-resume; the results of the others stay in the file as they were), `--output PATH`.
+resume, sheets; the results of the others stay in the file as they were), `--output PATH`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tests.bench import (
     replay_sandbox,
     resume,
     sandbox_overhead,
+    sheet_updates,
 )
 from tests.bench._report import Outcome, table, write_results
 
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, Bench] = {
     "replay": lambda args: _in_turn(replay.run, replay_sandbox.run),
     "each": lambda args: each_ai.run(full=args.full, items=args.ai_items),
     "resume": lambda args: resume.run(),
+    "sheets": lambda args: sheet_updates.run(),
 }
 
 
