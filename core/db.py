@@ -7,12 +7,11 @@ SQLite under `.sluice/` by default, Postgres with `DATABASE_URL`; the schema is 
 from __future__ import annotations
 
 import functools
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     JSON,
     DateTime,
@@ -23,15 +22,19 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    text,
 )
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from core.types import Synchronous, utcnow
 
 if TYPE_CHECKING:
+    from alembic.config import Config
+
     from core.settings import Settings
 
 
@@ -347,19 +350,59 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any, *, synchronous: Synchronous) 
     cursor.close()
 
 
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_REVISION = re.compile(r"""^(revision|down_revision)\b[^=\n]*=\s*['"]([^'"\n]+)['"]""",
+                       re.MULTILINE)
+
+
 def alembic_config() -> Config:
+    from alembic.config import Config  # Alembic takes 0.4 s to import: only when migrating
+
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
     return cfg
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest Alembic revision (safe to call from several processes)."""
+    """Bring the schema to the newest Alembic revision (safe to call from several processes).
+    A database already there is only looked at: every process start opens the database."""
+    if await _at_head(engine):
+        return
 
     def upgrade(conn: Connection) -> None:
+        from alembic import command
+
         cfg = alembic_config()
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
     async with engine.begin() as conn:
         await conn.run_sync(upgrade)
+
+
+@functools.cache
+def head_revisions() -> frozenset[str]:
+    """The newest revisions of `core/migrations`, read from its files without Alembic: those no
+    other names as its `down_revision`. A merge (a tuple of parents) is not read, which leaves
+    several heads, and `migrate` then asks Alembic."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (_MIGRATIONS / "versions").glob("*.py"):
+        found = {m.group(1): m.group(2) for m in _REVISION.finditer(path.read_text())}
+        if "revision" in found:
+            revisions.add(found["revision"])
+        if "down_revision" in found:
+            parents.add(found["down_revision"])
+    return frozenset(revisions - parents)
+
+
+async def _at_head(engine: AsyncEngine) -> bool:
+    heads = head_revisions()
+    if len(heads) != 1:
+        return False
+    try:
+        async with engine.connect() as conn:
+            stored = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+    except SQLAlchemyError:  # no such table yet
+        return False
+    return {row[0] for row in stored} == heads
