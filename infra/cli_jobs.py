@@ -49,6 +49,10 @@ def _progress_text(run: Run) -> str:
 def list_runs(limit: Annotated[int, typer.Option(min=1, max=1000)] = 20) -> None:
     """The most recent runs."""
     runs = _with_store(lambda _s, store: store.list_runs(limit=limit))
+    if not runs:
+        out.print("No runs yet in this database. Ask for one in the console (`sluice up`), in "
+                  "Slack or by email; `sluice up --demo` asks the bundled demo.")
+        return
     table = Table()
     for name in ("run", "state", "progress", "spent", "thread"):
         table.add_column(name, no_wrap=name in {"run", "state"}, overflow="fold")

@@ -50,6 +50,13 @@ def sluice(env: dict[str, Any], *args: str) -> Any:
     return CliRunner().invoke(app, list(args), env=variables)
 
 
+def test_an_empty_list_says_how_to_start_a_run(tmp_path: Path) -> None:
+    listed = sluice({"SLUICE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'new.db'}",
+                     "SLUICE_HOME": str(tmp_path)}, "jobs", "list")
+    assert listed.exit_code == 0
+    assert listed.stdout.startswith("No runs yet in this database. Ask for one in the console")
+
+
 def test_list_and_show(env: dict[str, Any]) -> None:
     listed = sluice(env, "jobs", "list")
     assert listed.exit_code == 0
