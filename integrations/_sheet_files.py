@@ -21,8 +21,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import openpyxl
-
 from integrations.base import Row
 from integrations.coercion import (
     Field,
@@ -175,6 +173,8 @@ def _sniff_delimiter(text: str) -> str:
 
 
 def _read_xlsx(path: Path) -> _Table:
+    import openpyxl  # 0.3 s to import: only when there is a workbook to read
+
     book = openpyxl.load_workbook(path, read_only=True, data_only=True)
     try:
         records = [list(r) for r in book.worksheets[0].iter_rows(values_only=True)]
@@ -189,6 +189,8 @@ def _read_xlsx(path: Path) -> _Table:
 
 def _xlsx_choices(path: Path, header: list[str]) -> dict[int, tuple[str, ...]]:
     """The options of the first worksheet's dropdowns (list data validations), by column."""
+    import openpyxl
+
     book = openpyxl.load_workbook(path)
     try:
         sheet = book.worksheets[0]
@@ -262,6 +264,8 @@ def _csv_bytes(table: _Table, fmt: _CsvFormat) -> bytes:
 
 
 def _save_xlsx(path: Path, old: _Table, new: _Table) -> None:
+    import openpyxl
+
     book = openpyxl.load_workbook(path)
     sheet = book.worksheets[0]
     for col, name in enumerate(new.header):

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-from pypdf import PdfReader
-from pypdf.errors import PdfReadError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -67,6 +65,9 @@ def _decode(data: bytes) -> str:
 
 
 def pdf_pages(name: str, data: bytes) -> builtins.list[str]:
+    from pypdf import PdfReader  # imported when there is a PDF to read
+    from pypdf.errors import PdfReadError
+
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
