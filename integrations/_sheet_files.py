@@ -100,11 +100,13 @@ def _field(table: _Table, col: int) -> Field:
     choices = (table.choices or {}).get(col)
     if choices:
         return Field(name, "choice", options=options(choices))
-    values = [v for v in (_cell(cells, col) for cells in table.rows) if v is not None and v != ""]
+    # Read for every value written to the column: one pass, no call per cell.
+    values = [v for cells in table.rows if len(cells) > col
+              for v in (cells[col],) if v is not None and v != ""]
     if not values:
         return Field(name, strict=False)
-    if table.csv_format is not None:
-        return _text_field(name, [str(v) for v in values])
+    if table.csv_format is not None:  # CSV cells are read as text already
+        return _text_field(name, values)
     return _typed_field(name, values)
 
 
