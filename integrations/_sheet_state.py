@@ -167,6 +167,6 @@ def _signature(path: Path) -> Signature | None:
 
 def _file_error(path: Path, verb: str, exc: OSError) -> IntegrationError:
     reason = exc.strerror or type(exc).__name__
-    return IntegrationError(f"The sheet file '{path.name}' could not be {verb} ({reason}); the "
-                            "change was not made. Check the sheets folder, then retry.",
+    return IntegrationError(f"The sheet file '{path.name}' could not be {verb} ({reason}); "
+                            "nothing was changed. Check the sheets folder, then retry.",
                             sheet=path.stem)

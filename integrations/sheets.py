@@ -298,7 +298,7 @@ class LocalSheets(Integration):
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self._open: dict[Path, SheetFile] = {}
+        self._open: dict[str, SheetFile] = {}  # by sheet name
 
     @action("read")
     async def list(self) -> builtins.list[str]:
@@ -347,9 +347,11 @@ class LocalSheets(Integration):
         return path
 
     def file_of(self, name: str) -> SheetFile:
-        """The file behind the sheet `name`, as this run reads and writes it."""
-        path = self.path_of(name)
-        return self._open.setdefault(path, SheetFile(path))
+        """The file behind the sheet `name`, as this run reads and writes it (found once: a
+        change does not list the folder)."""
+        if name not in self._open:
+            self._open[name] = SheetFile(self.path_of(name))
+        return self._open[name]
 
     def _files(self) -> dict[str, Path]:
         if not self.folder.is_dir():

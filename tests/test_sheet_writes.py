@@ -97,8 +97,8 @@ async def test_a_sheet_deleted_while_changes_wait_fails_them_with_a_clear_error(
     done = await asyncio.gather(*updates, return_exceptions=True)
     assert all(isinstance(d, IntegrationError) for d in done), done
     assert {d.message for d in done if isinstance(d, IntegrationError)} == {
-        "The sheet file 'people.csv' could not be read (No such file or directory); the change "
-        "was not made. Check the sheets folder, then retry."}
+        "The sheet file 'people.csv' could not be read (No such file or directory); nothing "
+        "was changed. Check the sheets folder, then retry."}
     write_people(people, 3)  # the file is put back: the next change reads it anew
     assert (await sheet.update("row-1", {"Asked": "later"}))["Asked"] == "later"
     assert [r["Asked"] for r in on_disk(people)] == ["later", "", ""]
