@@ -10,12 +10,15 @@ it is on disk (fsync), so a journaled write is never marked done before it is du
 
 A file changed by someone else is read again: before a change when no write is pending, and
 before each write, where the changes waiting for it are made again on the new content (one that
-no longer applies, say to a row deleted meanwhile, fails alone).
+no longer applies, say to a row deleted meanwhile, fails alone). The write itself checks once
+more, under an advisory lock on the folder that every writer takes, that the file is still as
+read (another run or worker may share it); if not, it reads it again and retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,23 +141,46 @@ class SheetFile:
             if self._signature != _signature(self.path) and not await self._reloaded():
                 return False
             group, self._waiting = self._waiting, []
-            base, target = self._disk, self._view
+            base, target, expected = self._disk, self._view, self._signature
         if not group:
             return False
         assert base is not None and target is not None
+        written: Signature | None = expected
         try:
             if (target.header, target.rows) != (base.header, base.rows):
-                await asyncio.to_thread(_save, self.path, base, target)
+                written = await asyncio.to_thread(_write_if_unchanged, self.path, base, target,
+                                                  expected)
         except Exception as exc:
             failure = _file_error(self.path, "written", exc) if isinstance(exc, OSError) else exc
             for waiting in group:
                 waiting.written.set_exception(failure)
             async with self._lock:  # the later changes were made on top of the group's
                 return await self._reloaded()
-        self._disk, self._signature = target, _signature(self.path)
+        if written is None:  # someone else wrote the file after we looked: make them again
+            async with self._lock:
+                self._waiting = group + self._waiting
+                return await self._reloaded()
+        self._disk, self._signature = target, written
         for waiting in group:
             waiting.written.set_result(waiting.row)
         return True
+
+
+def _write_if_unchanged(path: Path, base: _Table, target: _Table,
+                        expected: Signature | None) -> Signature | None:
+    """Write `target` over the file (read as `base`) if it still has the signature `expected`:
+    its new signature, else None. The check and the write hold an advisory lock on the folder,
+    which every Sluice process and run writing a sheet there takes too, so two writers cannot
+    both find the file unchanged and the second overwrite the first's change."""
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        if _signature(path) != expected:
+            return None
+        _save(path, base, target)
+        return _signature(path)
+    finally:
+        os.close(folder)  # and with it the lock
 
 
 def _signature(path: Path) -> Signature | None:

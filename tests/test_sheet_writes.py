@@ -102,3 +102,16 @@ async def test_a_sheet_deleted_while_changes_wait_fails_them_with_a_clear_error(
     write_people(people, 3)  # the file is put back: the next change reads it anew
     assert (await sheet.update("row-1", {"Asked": "later"}))["Asked"] == "later"
     assert [r["Asked"] for r in on_disk(people)] == ["later", "", ""]
+
+
+async def test_two_runs_writing_one_sheet_lose_nothing(people: Path) -> None:
+    """Two runs (each with its own sheets) update different rows of one file at once: each
+    write checks, under a lock other writers take too, that the file is as it read it."""
+    first = await LocalSheets(people.parent).open("people")
+    second = await LocalSheets(people.parent).open("people")
+    await asyncio.gather(*(sheet.update(f"row-{i + 1}", {"Asked": f"by {name}"})
+                           for i in range(ROWS)
+                           for name, sheet in (("first", first), ("second", second))
+                           if (i % 2 == 0) == (name == "first")))
+    assert [r["Asked"] for r in on_disk(people)] == [
+        "by first" if i % 2 == 0 else "by second" for i in range(ROWS)]
