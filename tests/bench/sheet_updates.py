@@ -11,7 +11,6 @@ parsed and rewrote the file in turn): 16.3 ms per update at 2,000 rows with conc
 from __future__ import annotations
 
 import asyncio
-import csv
 import tempfile
 import time
 from pathlib import Path
@@ -19,25 +18,19 @@ from typing import Any
 
 from integrations.sheets import LocalSheets
 from tests.bench._report import Outcome
+from tests.test_durable import write_sheet
 
 SIZES = (2_000, 20_000)
 UPDATES = 400
 CONCURRENCY = 8
 
 
-def write_sheet(path: Path, rows: int) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["Name", "Email", "Asked"])
-        writer.writerows([f"Person {i}", f"p{i}@example.com", ""] for i in range(rows))
-
-
 async def updates_per_s(rows: int, concurrency: int, updates: int) -> float:
     """Updates per second of `updates` rows of a fresh sheet of `rows` rows, `concurrency` at
     a time."""
     with tempfile.TemporaryDirectory(prefix="sluice-bench-sheet-") as folder:
-        write_sheet(Path(folder) / "signups.csv", rows)
-        sheet = await LocalSheets(Path(folder)).open("signups")
+        write_sheet(Path(folder) / "sheets", rows)  # the durability test's signups sheet
+        sheet = await LocalSheets(Path(folder) / "sheets").open("signups")
         targets = (await sheet.rows())[:updates]
         gate = asyncio.Semaphore(concurrency)
 
