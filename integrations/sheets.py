@@ -5,7 +5,9 @@ by identity and columns by header, never by cell coordinates. The sheet name is 
 XLSX file contributes its first worksheet, whose first row is the header.
 
 Writes keep column order and every other row, and are skipped when nothing changes, so repeating
-a write leaves the same bytes. Reading and writing the files is `integrations._sheet_files`.
+a write leaves the same bytes. Reading and writing the files is `integrations._sheet_files`; a
+run's view of each file (read once, changes written in groups, each on disk before it returns)
+is `integrations._sheet_state`.
 """
 
 from __future__ import annotations
