@@ -17,6 +17,7 @@ from bot.conversation import (
 )
 from bot.deps import BotDeps
 from bot.saving import save_automation_button
+from core.text import duration_text
 from core.types import (
     Button,
     Estimate,
@@ -56,7 +57,7 @@ def _cost_text(estimate: Estimate) -> str:
 
 
 def _time_text(estimate: Estimate) -> str:
-    return _ranged(_duration(estimate.seconds), estimate.seconds_range, _duration)
+    return _ranged(duration_text(estimate.seconds), estimate.seconds_range, duration_text)
 
 
 def _ranged(middle: str, bounds: tuple[float, float] | None,
@@ -106,23 +107,12 @@ def progress_text(progress: Progress, *, finished: bool = False) -> str:
     total = "?" if progress.total is None else str(progress.total)
     head = "Finished" if finished else "Running"
     text = (f"{head}: {progress.done}/{total} done, {progress.failed} failed · "
-            f"{_duration(progress.elapsed_s)} · "
+            f"{duration_text(progress.elapsed_s)} · "
             f"{'price unknown' if progress.price_unknown else f'${progress.cost_usd:.4f}'}")
-    eta = _eta(progress)
-    return text + (f" · about {_duration(eta)} left" if eta is not None and not finished else "")
-
-
-def _eta(progress: Progress) -> float | None:
-    finished = progress.done + progress.failed
-    if progress.total is None or finished == 0:
-        return None
-    return progress.elapsed_s / finished * (progress.total - finished)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
-    return f"{seconds / 60:.0f} min"
+    eta = progress.eta_s()
+    if eta is None or finished:
+        return text
+    return f"{text} · about {duration_text(eta)} left"
 
 
 async def render(deps: BotDeps, event: JobEvent) -> None:

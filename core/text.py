@@ -1,11 +1,12 @@
-"""Text helpers several packages need (email bodies on the bot's side and in integrations)."""
+"""Text helpers several packages need (email bodies on the bot's side and in integrations;
+durations in the thread and on the command line)."""
 
 from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
 
-__all__ = ["html_to_text"]
+__all__ = ["duration_text", "html_to_text"]
 
 _BLOCK_TAGS = frozenset({"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6",
                          "table", "ul", "ol", "blockquote", "hr"})
@@ -44,3 +45,10 @@ def html_to_text(markup: str) -> str:
     parser.close()
     lines = [" ".join(line.split()) for line in "".join(parser.parts).split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def duration_text(seconds: float) -> str:
+    """How long something took or will take, for a person: "4.2 s", "42 s", "3 min"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    return f"{seconds / 60:.0f} min"

@@ -153,6 +153,14 @@ class Progress(_Model):
                                 "cost_usd counts only the priced calls.")
     per_item_s: float | None = None
 
+    def eta_s(self) -> float | None:
+        """Seconds left at the pace so far (elapsed time per finished item), when the total is
+        known and an item has finished."""
+        finished = self.done + self.failed
+        if self.total is None or finished == 0:
+            return None
+        return self.elapsed_s / finished * max(self.total - finished, 0)
+
 
 class RunResult(_Model):
     """What a finished program produced, in numbers a person cares about."""

@@ -8,13 +8,14 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from core.errors import ConfigurationError
 from core.jobs import RUN_PROGRAM, RunProgramJob, connect, enqueue
 from core.settings import Settings
 from core.store import Store
+from core.text import duration_text
 from core.types import Run, RunState
 from infra.cli_database import run_with_database
 
@@ -40,9 +41,14 @@ def _with_store(work: Callable[[Settings, Store], Awaitable[T]]) -> T:
 
 
 def _progress_text(run: Run) -> str:
+    """Done, failed, the run's time so far and, while it runs, the time left at its pace."""
     p = run.progress
     total = "?" if p.total is None else str(p.total)
-    return f"{p.done}/{total} done, {p.failed} failed"
+    text = f"{p.done}/{total} done, {p.failed} failed, {duration_text(p.elapsed_s)}"
+    eta = p.eta_s()
+    if eta is not None and run.state == RunState.RUNNING:
+        text += f", about {duration_text(eta)} left"
+    return text
 
 
 @jobs_app.command("list")
@@ -82,15 +88,19 @@ def show(run_id: str, follow: Annotated[bool, typer.Option(
 
 def _follow(run_id: str) -> Run:
     async def watch(_settings: Settings, store: Store) -> Run:
+        # The run's own times (from its progress), not the time since this command started.
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.fields[extra]}"))
+                   TextColumn("{task.fields[extra]}"))
         with Progress(*columns, console=out) as bar:
             task = bar.add_task(run_id, total=None, extra="")
             while True:
                 run = await store.get_run(run_id)
                 p = run.progress
+                eta = p.eta_s() if run.state == RunState.RUNNING else None
+                left = f" · about {duration_text(eta)} left" if eta is not None else ""
                 bar.update(task, completed=p.done + p.failed, total=p.total,
-                           extra=f"{p.failed} failed · ${run.spent_usd:.4f} · {run.state}")
+                           extra=f"{p.failed} failed · {duration_text(p.elapsed_s)}{left} · "
+                                 f"${run.spent_usd:.4f} · {run.state}")
                 if run.state in FINAL or run.state == RunState.WAITING_APPROVAL:
                     return run
                 await asyncio.sleep(0.5)

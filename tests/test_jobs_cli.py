@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 from core.db import create_engine, migrate
 from core.jobs import connect
 from core.store import Store
-from core.types import Estimate, Plan, Request, Run, RunState
+from core.types import Estimate, Plan, Progress, Request, Run, RunState
 from infra.cli import app
 from infra.redis import EmbeddedRedis
 
@@ -76,8 +77,8 @@ def test_cancel_a_queued_run_at_once(env: dict[str, Any]) -> None:
 def test_resume_a_waiting_run_requeues_it_with_more_budget(env: dict[str, Any]) -> None:
     done = sluice(env, "jobs", "resume", env["waiting"])
     assert done.exit_code == 0 and "queued to resume" in done.stdout
-    shown = sluice(env, "jobs", "show", env["waiting"])
-    assert "queued" in shown.stdout and "budget $1.00" in shown.stdout
+    shown = " ".join(sluice(env, "jobs", "show", env["waiting"]).stdout.split())  # unwrapped
+    assert "queued" in shown and "budget $1.00" in shown
 
     async def queued_jobs() -> list[str]:
         redis = await connect(env["SLUICE_REDIS_URL"])
@@ -94,3 +95,36 @@ def test_resume_a_waiting_run_requeues_it_with_more_budget(env: dict[str, Any]) 
 def test_unknown_run_says_how_to_find_ids(env: dict[str, Any]) -> None:
     done = sluice(env, "jobs", "show", "run_nope")
     assert done.exit_code == 1 and "sluice jobs list" in done.output
+
+
+async def _set_run(url: str, run_id: str, **values: Any) -> None:
+    engine = create_engine(url)
+    await Store(engine).update_run(run_id, **values)
+    await engine.dispose()
+
+
+def test_a_running_run_shows_its_time_and_the_time_left(env: dict[str, Any]) -> None:
+    running = Progress(done=5, failed=1, total=24, elapsed_s=12.0)
+    asyncio.run(_set_run(env["SLUICE_DATABASE_URL"], env["queued"], state=RunState.RUNNING,
+                         progress=running))
+    shown = sluice(env, "jobs", "show", env["queued"])
+    assert shown.exit_code == 0
+    assert "running  (5/24 done, 1 failed, 12 s, about 36 s left" in shown.stdout
+
+
+def test_follow_shows_the_run_until_it_ends(env: dict[str, Any]) -> None:
+    url = env["SLUICE_DATABASE_URL"]
+    asyncio.run(_set_run(url, env["queued"], state=RunState.RUNNING,
+                         progress=Progress(done=2, total=24, elapsed_s=3.0)))
+    finished = Progress(done=24, total=24, elapsed_s=31.0)
+    ends = threading.Timer(1.0, lambda: asyncio.run(_set_run(
+        url, env["queued"], state=RunState.SUCCEEDED, progress=finished)))
+    ends.start()
+    try:
+        followed = sluice(env, "jobs", "show", env["queued"], "--follow")
+    finally:
+        ends.join()
+    assert followed.exit_code == 0
+    assert "24/24" in followed.stdout and "31 s" in followed.stdout
+    assert f"{env['queued']}  succeeded  (24/24 done, 0 failed, 31 s, $0.0000 spent" in \
+        followed.stdout
