@@ -76,6 +76,7 @@ class SheetFile:
             if not changed and self._writer is None:
                 return row
             waiting = _Waiting(change, row, asyncio.get_running_loop().create_future())
+            waiting.written.add_done_callback(_retrieved)
             self._view = new
             self._waiting.append(waiting)
             if self._writer is None:
@@ -181,6 +182,13 @@ def _write_if_unchanged(path: Path, base: _Table, target: _Table,
         return _signature(path)
     finally:
         os.close(folder)  # and with it the lock
+
+
+def _retrieved(written: asyncio.Future[Row]) -> None:
+    """Mark a failure as seen: a caller cancelled while its change waited is not there to see
+    it, and asyncio would log it as never retrieved."""
+    if not written.cancelled():
+        written.exception()
 
 
 def _signature(path: Path) -> Signature | None:
