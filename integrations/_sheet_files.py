@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import codecs
 import csv
+import dataclasses
 import datetime as dt
 import io
 import os
@@ -23,8 +24,10 @@ from typing import Any
 
 from integrations.base import Row
 from integrations.coercion import (
+    TEXT_DATE_FORMATS,
     Field,
     date_format_of,
+    fits_date_format,
     is_plain_number,
     options,
 )
@@ -50,11 +53,15 @@ class _Table:
     rows: list[list[Any]]
     csv_format: _CsvFormat | None = None  # None for XLSX
     choices: dict[int, tuple[str, ...]] | None = None  # XLSX dropdowns by column (when loaded)
+    # A CSV column's guessed type, and whether it had values, by column (see `_field` and
+    # `_written`): guessing reads the whole column, and a value written needs the guess.
+    guessed: dict[int, tuple[Field, bool]] = dataclasses.field(default_factory=dict,
+                                                                 repr=False, compare=False)
 
     def copy(self) -> _Table:
         """A copy that shares the row lists: change a row through `own_row`, never in place."""
         return _Table(self.name, list(self.header), list(self.rows), self.csv_format,
-                      self.choices)
+                      self.choices, dict(self.guessed))
 
     def own_row(self, index: int) -> list[Any]:
         """Row `index`'s cells, copied first, so that tables this one was copied from (or to)
@@ -77,8 +84,18 @@ class _Table:
         return f"row-{index + 1}"
 
     def index_of(self, row_id: str) -> int | None:
-        for index in range(len(self.rows)):
-            if self.row_id(index) == row_id:
+        column = self.id_column()
+        if column is None:  # ids are positions: "row-N" is data row N
+            number = row_id[4:] if row_id.startswith("row-") else ""
+            exact = number.isascii() and number.isdigit() and not number.startswith("0")
+            index = int(number) - 1 if exact else -1
+            return index if 0 <= index < len(self.rows) else None
+        for index, cells in enumerate(self.rows):
+            value = cells[column] if len(cells) > column else None
+            if value is None or value == "":
+                if row_id == f"row-{index + 1}":
+                    return index
+            elif _id_text(value) == row_id:
                 return index
         return None
 
@@ -100,14 +117,54 @@ def _field(table: _Table, col: int) -> Field:
     choices = (table.choices or {}).get(col)
     if choices:
         return Field(name, "choice", options=options(choices))
-    # Read for every value written to the column: one pass, no call per cell.
+    if col in table.guessed:
+        return table.guessed[col][0]
+    # One pass, no call per cell: this reads the whole column.
     values = [v for cells in table.rows if len(cells) > col
               for v in (cells[col],) if v is not None and v != ""]
     if not values:
-        return Field(name, strict=False)
-    if table.csv_format is not None:  # CSV cells are read as text already
-        return _text_field(name, values)
-    return _typed_field(name, values)
+        guess = Field(name, strict=False)
+    elif table.csv_format is not None:  # CSV cells are read as text already
+        guess = _text_field(name, values)
+    else:
+        return _typed_field(name, values)
+    table.guessed[col] = (guess, bool(values))
+    return guess
+
+
+def _written(table: _Table, col: int, old: str | None, new: str | None) -> None:
+    """Keep CSV column `col`'s guessed type after one of its cells went from `old` to `new`
+    when guessing again from every cell would give the same, else forget it. A value that fits
+    the guess, written where there was none, adds one more value that fits: text stays text, a
+    type stays (and a date format: the first format all values fit is still the first). One
+    written over another may let a type, or an earlier date format, fit where it did not,
+    unless `_replaceable` says otherwise; an emptied cell may too. Then the guess is made again."""
+    guess = table.guessed.get(col)
+    if guess is None or new == old:
+        return
+    field, had_values = guess
+    if new is None or not had_values or not _fits(field, new) or (
+            old is not None and not _replaceable(field)):
+        del table.guessed[col]
+
+
+def _replaceable(field: Field) -> bool:
+    """Whether a value of a column guessed as `field` can be replaced by another that fits
+    without changing the guess: in a number or boolean column every value still fits (and a
+    boolean is no number); an ISO date column's format is the first of all, so still the first
+    that fits. Text may have been text because of the value replaced."""
+    return field.type in ("number", "boolean") or (
+        field.type == "date" and field.date_format == TEXT_DATE_FORMATS[0])
+
+
+def _fits(field: Field, text: str) -> bool:
+    if field.type == "number":
+        return is_plain_number(text)
+    if field.type == "boolean":
+        return text in _CSV_BOOLEANS
+    if field.type == "date":
+        return field.date_format is not None and fits_date_format(text, field.date_format)
+    return field.type == "text"
 
 
 def _text_field(name: str, values: builtins.list[str]) -> Field:

@@ -484,12 +484,13 @@ def date_format_of(texts: Sequence[str]) -> str | None:
     if not texts:
         return None
     for fmt in TEXT_DATE_FORMATS:
-        if all(_fits_format(text, fmt) for text in texts):
+        if all(fits_date_format(text, fmt) for text in texts):
             return fmt
     return None
 
 
-def _fits_format(text: str, fmt: str) -> bool:
+def fits_date_format(text: str, fmt: str) -> bool:
+    """Whether `text` is a date written as `fmt` ("%d/%m/%Y")."""
     try:
         dt.datetime.strptime(text.strip(), fmt)
     except ValueError:

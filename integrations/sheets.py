@@ -28,6 +28,7 @@ from integrations._sheet_files import (
     _load,
     _load_with_schema,
     _Table,
+    _written,
     _xlsx_value,
 )
 from integrations._sheet_state import Change, SheetFile, applied
@@ -86,7 +87,12 @@ def _set_values(table: _Table, index: int, values: dict[str, Any]) -> None:
         else:
             value = _coerced(table, col, value)
         cells.extend([None] * (col + 1 - len(cells)))
-        cells[col] = _csv_text(value) if table.csv_format else _xlsx_value(value)
+        if table.csv_format:
+            stored = _csv_text(value)
+            _written(table, col, cells[col], stored)
+            cells[col] = stored
+        else:
+            cells[col] = _xlsx_value(value)
 
 
 def _coerced(table: _Table, col: int, value: Any) -> Any:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import datetime as dt
+import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,3 +118,71 @@ async def test_two_runs_writing_one_sheet_lose_nothing(people: Path) -> None:
                            if (i % 2 == 0) == (name == "first")))
     assert [r["Asked"] for r in on_disk(people)] == [
         "by first" if i % 2 == 0 else "by second" for i in range(ROWS)]
+
+
+def write_mixed(path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Name", "Amount", "When", "Since", "Flag", "Note", "Asked"])
+        for i in range(30):
+            writer.writerow([f"P{i}", str(i * 10) if i % 3 else "", f"{i % 28 + 1:02d}/03/2026"
+                             if i % 4 else "", f"2025-{i % 12 + 1:02d}-01" if i % 3 else "",
+                             "TRUE" if i % 2 else "", "x" if i % 5 == 0 else "", ""])
+
+
+WRITES: list[Any] = [None, "", 5, 1200.5, "$1,200", "n/a", True, "FALSE", "yes",
+                     dt.date(2026, 11, 27), "2026-11-27", "12/03/2026", "27/11/2026",
+                     "12 March 2026"]
+
+
+async def test_a_run_guesses_column_types_as_a_fresh_read_would(tmp_path: Path) -> None:
+    """Column types are guessed once per run and kept as values are written: a long run must
+    store and refuse exactly what a run reading the file afresh before each update would."""
+    kept, fresh = tmp_path / "kept", tmp_path / "fresh"
+    for folder in (kept, fresh):
+        folder.mkdir()
+        write_mixed(folder / "mixed.csv")
+    rng = random.Random(20261127)
+    long_run = await LocalSheets(kept).open("mixed")
+    for step in range(400):
+        row = f"row-{rng.randrange(30) + 1}"
+        column = rng.choice(["Amount", "When", "Since", "Flag", "Note", "Asked"])
+        values = {column: rng.choice(WRITES)}
+        outcomes = []
+        for sheet in (long_run, await LocalSheets(fresh).open("mixed")):
+            try:
+                outcomes.append(dict(await sheet.update(row, values)))
+            except IntegrationError as exc:
+                outcomes.append({"refused": exc.message})
+        assert outcomes[0] == outcomes[1], (step, row, values)
+    assert (kept / "mixed.csv").read_bytes() == (fresh / "mixed.csv").read_bytes()
+
+
+async def test_a_type_comes_back_when_the_value_that_broke_it_is_replaced(tmp_path: Path) -> None:
+    (tmp_path / "amounts.csv").write_text("Name,Amount\nA,10\nB,20\nC,\n")
+    sheet = await LocalSheets(tmp_path).open("amounts")
+    assert (await sheet.update("row-3", {"Amount": "n/a"}))["Amount"] == "n/a"
+    assert (await sheet.update("row-1", {"Amount": "$1,200"}))["Amount"] == "$1,200"  # text now
+    await sheet.update("row-1", {"Amount": 10})
+    await sheet.update("row-3", {"Amount": 30})  # the column holds only numbers again
+    assert (await sheet.update("row-2", {"Amount": "$1,500"}))["Amount"] == "1500"
+    assert [r["Amount"] for r in on_disk(tmp_path / "amounts.csv")] == ["10", "1500", "30"]
+
+
+async def test_a_date_written_over_the_one_that_set_the_format_is_guessed_afresh(
+        tmp_path: Path) -> None:
+    """"03/25/2026" alone makes the column month-first; written over with a date that fits
+    day-first too, the column reads day-first again (the first format all fit), as a fresh
+    read of the file would say."""
+    results = []
+    for name in ("kept", "fresh"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "dates.csv").write_text("Name,When\nA,03/25/2026\nB,03/05/2026\n")
+        sheet = await LocalSheets(folder).open("dates")
+        for row, when in (("row-1", dt.date(2026, 3, 4)), ("row-2", dt.date(2026, 11, 27))):
+            if name == "fresh":
+                sheet = await LocalSheets(folder).open("dates")
+            await sheet.update(row, {"When": when})
+        results.append((folder / "dates.csv").read_text())
+    assert results[0] == results[1]
