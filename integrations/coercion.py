@@ -503,7 +503,8 @@ def fits_date_format(text: str, fmt: str) -> bool:
 
 def match_name(names: Sequence[str], name: str, *, cutoff: float = 0.8) -> int | None:
     """The index of the name in `names` that `name` means: exact, then ignoring case and
-    spacing, then a near miss with the same digits ("Budjet" -> "Budget", not "Amount 2")."""
+    spacing, then a typo with the same digits ("Budjet" -> "Budget", "Adress" -> "Address"; not
+    "Amount 2" -> "Amount", nor "Asked on" or "Sent at", new columns, -> "Asked" or "Sent")."""
     if name in names:
         return list(names).index(name)
     wanted = normalized(name)
@@ -514,12 +515,40 @@ def match_name(names: Sequence[str], name: str, *, cutoff: float = 0.8) -> int |
             return i
     digits = _digits(name)
     scored = [
-        (difflib.SequenceMatcher(None, wanted, normalized(n)).ratio(), -i)
-        for i, n in enumerate(names) if n and _digits(n) == digits
+        (difflib.SequenceMatcher(None, wanted, other).ratio(), -i)
+        for i, n in enumerate(names)
+        if n and _digits(n) == digits and _is_typo(wanted, other := normalized(n))
     ]
     if scored and max(scored)[0] >= cutoff:
         return -max(scored)[1]
     return None
+
+
+def _is_typo(a: str, b: str) -> bool:
+    """Whether normalized names `a` and `b` differ as a slip of the keys would: one letter
+    added, dropped, changed or two swapped (two in names of ten letters or more), and not a
+    word added at either end ("askedon" is "asked" and more, not a typo of it)."""
+    shorter, longer = sorted((a, b), key=len)
+    if len(longer) - len(shorter) > 1 and (longer.startswith(shorter)
+                                           or longer.endswith(shorter)):
+        return False
+    allowed = 1 if len(longer) < 10 else 2
+    return abs(len(a) - len(b)) <= allowed and _edits(a, b) <= allowed
+
+
+def _edits(a: str, b: str) -> int:
+    """Insertions, deletions, substitutions and swaps of neighbours that make `a` into `b`
+    (the optimal string alignment distance)."""
+    previous: list[int] = []
+    row = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        before, previous, row = previous, row, [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            row[j] = min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], before[j - 2] + 1)
+    return row[len(b)]
 
 
 def _digits(name: str) -> str:

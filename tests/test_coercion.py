@@ -144,3 +144,22 @@ def test_guessing_a_text_date_format_and_matching_names() -> None:
     assert date_format_of(["soon"]) is None
     assert match_name(["Name", "Budget", "Amount"], "budjet ") == 1
     assert match_name(["Amount"], "Amount 2") is None
+
+
+@pytest.mark.parametrize(("names", "name", "meant"), [
+    (["Name", "Budget"], "Budjet", "Budget"),
+    (["Address"], "Adress", "Address"),
+    (["Email"], "Emial", "Email"),
+    (["Company"], "compnay", "Company"),
+    (["Phone number"], "Phone nubmer", "Phone number"),
+    (["Budget"], "budget ", "Budget"),
+    (["Asked"], "Asked on", None),  # a new column, not a typo of "Asked"
+    (["Sent"], "Sent at", None),
+    (["Paid"], "Paid on", None),
+    (["Budget asked"], "Budget asked on", None),
+    (["Amount"], "Amount 2", None),
+])
+def test_column_names_match_typos_but_not_longer_names(names: list[str], name: str,
+                                                         meant: str | None) -> None:
+    index = match_name(names, name)
+    assert (None if index is None else names[index]) == meant

@@ -287,3 +287,12 @@ async def test_xlsx_dropdowns_are_choices(tmp_path: Path) -> None:
         "'Closed' is not an option of column 'Stage' of the sheet 'pipeline'. Options: 'New', "
         "'Qualified Lead', 'Won', 'Lost'. Pass one of these values exactly.")
     assert len(await pipeline.rows()) == 1
+
+
+async def test_a_new_column_named_like_an_old_one_plus_a_word_is_added(tmp_path: Path) -> None:
+    (tmp_path / "people.csv").write_text("Name,Asked\nAna,yes\n")
+    sheet = await LocalSheets(tmp_path).open("people")
+    row = await sheet.update("row-1", {"Asked on": dt.date(2026, 11, 27)})
+    assert row == {"Name": "Ana", "Asked": "yes", "Asked on": "2026-11-27"}
+    assert (tmp_path / "people.csv").read_text().splitlines() == [
+        "Name,Asked,Asked on", "Ana,yes,2026-11-27"]
