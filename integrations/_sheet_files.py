@@ -45,6 +45,16 @@ class _CsvFormat:
 
 
 @dataclass
+class _Lines:
+    """The CSV line of each row as last written, by position, with the row list it was made
+    from (held, so that a row is known by identity), for one width and format."""
+
+    width: int = -1
+    fmt: _CsvFormat | None = None
+    rows: list[tuple[list[Any], str] | None] = dataclasses.field(default_factory=list)
+
+
+@dataclass
 class _Table:
     """One sheet in memory: the header and the data rows (cells as read, None when empty)."""
 
@@ -57,11 +67,13 @@ class _Table:
     # `_written`): guessing reads the whole column, and a value written needs the guess.
     guessed: dict[int, tuple[Field, bool]] = dataclasses.field(default_factory=dict,
                                                                  repr=False, compare=False)
+    lines: _Lines = dataclasses.field(default_factory=lambda: _Lines(), repr=False,
+                                      compare=False)  # shared by copies: see `_csv_bytes`
 
     def copy(self) -> _Table:
         """A copy that shares the row lists: change a row through `own_row`, never in place."""
         return _Table(self.name, list(self.header), list(self.rows), self.csv_format,
-                      self.choices, dict(self.guessed))
+                      self.choices, dict(self.guessed), self.lines)
 
     def own_row(self, index: int) -> list[Any]:
         """Row `index`'s cells, copied first, so that tables this one was copied from (or to)
@@ -312,13 +324,32 @@ def _save(path: Path, old: _Table, new: _Table) -> None:
 
 
 def _csv_bytes(table: _Table, fmt: _CsvFormat) -> bytes:
+    """The file's bytes. A row's CSV line is made once and kept (`_Lines`) while the row is the
+    same list: a write after a change makes the changed rows' lines only (rows are replaced,
+    not changed in place: `_Table.own_row`). Making every line took 51 ms at 20,000 rows."""
+    width = len(table.header)
+    kept = table.lines
+    if (kept.width, kept.fmt) != (width, fmt):
+        kept.width, kept.fmt, kept.rows = width, fmt, []
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer, delimiter=fmt.delimiter, lineterminator=fmt.lineterminator)
-    writer.writerow(table.header)
-    width = len(table.header)
-    padded = [row + [None] * (width - len(row)) for row in table.rows]
-    writer.writerows([["" if c is None else c for c in row] for row in padded])
-    data = buffer.getvalue().encode(fmt.encoding, errors="replace")
+
+    def line(cells: list[Any]) -> str:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(["" if c is None else c for c in cells] + [""] * (width - len(cells)))
+        return buffer.getvalue()
+
+    known = kept.rows
+    del known[len(table.rows):]
+    known.extend([None] * (len(table.rows) - len(known)))
+    parts = [line(table.header)]
+    for index, cells in enumerate(table.rows):
+        entry = known[index]
+        if entry is None or entry[0] is not cells:
+            entry = known[index] = (cells, line(cells))
+        parts.append(entry[1])
+    data = "".join(parts).encode(fmt.encoding, errors="replace")
     return codecs.BOM_UTF8 + data if fmt.bom else data
 
 

@@ -132,12 +132,13 @@ def write_mixed(path: Path) -> None:
 
 WRITES: list[Any] = [None, "", 5, 1200.5, "$1,200", "n/a", True, "FALSE", "yes",
                      dt.date(2026, 11, 27), "2026-11-27", "12/03/2026", "27/11/2026",
-                     "12 March 2026"]
+                     "12 March 2026", 'said "maybe",\nlater', "ünïcode ✓"]
 
 
 async def test_a_run_guesses_column_types_as_a_fresh_read_would(tmp_path: Path) -> None:
-    """Column types are guessed once per run and kept as values are written: a long run must
-    store and refuse exactly what a run reading the file afresh before each update would."""
+    """Column types are guessed once per run and kept as values are written, and the lines of
+    rows not changed are kept for the next write: a long run must store and refuse exactly what
+    a run reading the file afresh before each update would, and write the same bytes."""
     kept, fresh = tmp_path / "kept", tmp_path / "fresh"
     for folder in (kept, fresh):
         folder.mkdir()
@@ -146,7 +147,7 @@ async def test_a_run_guesses_column_types_as_a_fresh_read_would(tmp_path: Path) 
     long_run = await LocalSheets(kept).open("mixed")
     for step in range(400):
         row = f"row-{rng.randrange(30) + 1}"
-        column = rng.choice(["Amount", "When", "Since", "Flag", "Note", "Asked"])
+        column = rng.choice(["Amount", "When", "Since", "Flag", "Note", "Asked", "Extra note"])
         values = {column: rng.choice(WRITES)}
         outcomes = []
         for sheet in (long_run, await LocalSheets(fresh).open("mixed")):
@@ -186,3 +187,13 @@ async def test_a_date_written_over_the_one_that_set_the_format_is_guessed_afresh
             await sheet.update(row, {"When": when})
         results.append((folder / "dates.csv").read_text())
     assert results[0] == results[1]
+
+
+async def test_a_column_added_after_earlier_writes_reaches_every_row(people: Path) -> None:
+    sheet = await LocalSheets(people.parent).open("people")
+    await sheet.update("row-1", {"Asked": "yes"})
+    await sheet.update("row-2", {"Asked on": dt.date(2026, 11, 27)})  # a new column
+    lines = people.read_text().splitlines()
+    assert lines[:4] == ["Name,Email,Asked,Asked on", "Person 0,p0@example.com,yes,",
+                         "Person 1,p1@example.com,,2026-11-27", "Person 2,p2@example.com,,"]
+    assert len(lines) == ROWS + 1 and all(line.count(",") == 3 for line in lines)
