@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -111,6 +112,7 @@ class LiteLLMModels:
         self._num_retries = num_retries
         self._cooldown_s = cooldown_s
         self._built: Any = None
+        self._building = threading.Lock()
         self._steps = _steps_of(self._chains, timeout_s=timeout_s)
         self._http = DirectSession()
         self._cooling_until: dict[str, float] = {}
@@ -119,11 +121,21 @@ class LiteLLMModels:
     @property
     def _router(self) -> Any:
         """The litellm Router, built on first use: importing litellm takes seconds, and a
-        worker that only replays a journal or runs programs without AI never needs it."""
+        worker that only replays a journal or runs programs without AI never needs it. Built
+        once, whichever thread asks first (`warm` may run on another)."""
         if self._built is None:
-            self._built = _build_router(self._chains, timeout_s=self._timeout_s,
-                                        num_retries=self._num_retries,
-                                        cooldown_s=self._cooldown_s)
+            with self._building:
+                if self._built is None:
+                    self._built = _build_router(self._chains, timeout_s=self._timeout_s,
+                                                num_retries=self._num_retries,
+                                                cooldown_s=self._cooldown_s)
+        return self._built
+
+    async def _router_ready(self) -> Any:
+        """`_router`, built on a thread when it is not yet: the event loop goes on meanwhile
+        (a worker that has not warmed up yet still renews leases and serves other calls)."""
+        if self._built is None:
+            await asyncio.to_thread(getattr, self, "_router")
         return self._built
 
     @classmethod
@@ -213,7 +225,7 @@ class LiteLLMModels:
         if json_schema is not None:
             request["response_format"] = _response_format(json_schema)
         try:
-            response = await self._router.acompletion(**request)
+            response = await (await self._router_ready()).acompletion(**request)
         except Exception as exc:  # litellm raises many unrelated types; each becomes a ModelError
             raise self._model_error(exc, kind=kind, messages=messages) from exc
         return self._completion(response, seconds=time.perf_counter() - started)
@@ -270,7 +282,9 @@ class LiteLLMModels:
                 if not exc.provider_side or attempt == attempts - 1:
                     raise
                 await asyncio.sleep(_wait(attempt, exc.retry_after))
-        prices = self._prices_of(step.group, step.route)
+        prices = self._prices.get(step.group)
+        if prices is None:  # the first look reads litellm's price map: seconds, on a thread
+            prices = await asyncio.to_thread(self._prices_of, step.group, step.route)
         return Completion(
             text=answer.text, model=step.route.model,
             prompt_tokens=answer.prompt_tokens or 0,
@@ -287,7 +301,7 @@ class LiteLLMModels:
                                    "num_retries": self._num_retries if step.last else 0}
         if response_format is not None:
             request["response_format"] = response_format
-        response = await self._router.acompletion(**request)
+        response = await (await self._router_ready()).acompletion(**request)
         return self._completion(response, seconds=time.perf_counter() - started)
 
     def _prices_of(self, group: str, route: ModelRoute) -> DeploymentPrices:

@@ -20,6 +20,7 @@ class Deps:
     store: Store
     redis: ArqRedis
     models: ModelClient
+    runs_going: int = 0  # run_program jobs in progress in this worker
 
     @classmethod
     async def create(cls, settings: Settings, *, redis: ArqRedis | None = None) -> Deps:

@@ -135,9 +135,11 @@ async def run_program(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
     if not await deps.store.acquire_lease(run.id, owner=owner, ttl_s=deps.settings.lease_ttl_s):
         log.info("↻ run_program %s is leased by another attempt", run.id)
         return "leased"
+    deps.runs_going += 1  # the start-up warm-ups wait for none (workers.settings)
     try:
         return await _run_leased(deps, run, owner)
     finally:
+        deps.runs_going -= 1
         await deps.store.release_lease(run.id, owner=owner)
 
 

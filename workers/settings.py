@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from arq.worker import Worker
@@ -31,12 +33,14 @@ def build_worker(settings: Settings, *, burst: bool = False, deps: Deps | None =
     async def on_startup(ctx: dict[str, Any]) -> None:
         ctx["deps"] = deps or await Deps.create(settings, redis=ctx["redis"])
         if not burst:
-            warm = getattr(ctx["deps"].models, "warm", None)
+            started: Deps = ctx["deps"]
+            warm = getattr(started.models, "warm", None)
             if warm is not None:  # importing litellm takes seconds: do it before a request asks
-                ctx["warming"] = asyncio.create_task(asyncio.to_thread(warm))
+                ctx["warming"] = asyncio.create_task(_when_idle(started, warm, "the models"))
             if settings.plan_typecheck:  # mypy's first check loads pandas' stubs: seconds
-                ctx["warming_types"] = asyncio.create_task(asyncio.to_thread(
-                    _warm_type_checker, settings, ctx["deps"].models))
+                ctx["warming_types"] = asyncio.create_task(_when_idle(
+                    started, functools.partial(_warm_type_checker, settings, started.models),
+                    "the type checker"))
             ctx["freezing"] = asyncio.create_task(_freeze_after(
                 [ctx[name] for name in ("warming", "warming_types") if name in ctx]))
             ctx["sweeper"] = asyncio.create_task(
@@ -60,6 +64,23 @@ def build_worker(settings: Settings, *, burst: bool = False, deps: Deps | None =
         job_timeout=JOB_TIMEOUT_S, max_jobs=10, keep_result=3600,
         handle_signals=not burst,
     )
+
+
+async def _when_idle(deps: Deps, work: Callable[[], object], what: str, *,
+                     quiet_s: float = 2.0, every_s: float = 0.25) -> None:
+    """Do `work` on a thread once no run has been going in this worker for `quiet_s`. Warming
+    up is seconds of CPU holding the GIL in turn with the event loop: beside a run, it halved the
+    run's pace (a 2,000-row sheet job took 8.7-9.1 s instead of 4.0-4.4 s just after a start).
+    A run resumed or picked up at start-up comes within the quiet time; a planning job that
+    comes first imports what it needs itself, on a thread too."""
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    while deps.runs_going or loop.time() - quiet_since < quiet_s:
+        if deps.runs_going:
+            quiet_since = loop.time()
+        await asyncio.sleep(every_s)
+    log.info("warming up %s (no run is going)", what)
+    await asyncio.to_thread(work)
 
 
 async def _freeze_after(warming: list[asyncio.Task[Any]]) -> None:
