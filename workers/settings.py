@@ -71,8 +71,9 @@ async def _when_idle(deps: Deps, work: Callable[[], object], what: str, *,
     """Do `work` on a thread once no run has been going in this worker for `quiet_s`. Warming
     up is seconds of CPU holding the GIL in turn with the event loop: beside a run, it halved the
     run's pace (a 2,000-row sheet job took 8.7-9.1 s instead of 4.0-4.4 s just after a start).
-    A run resumed or picked up at start-up comes within the quiet time; a planning job that
-    comes first imports what it needs itself, on a thread too."""
+    A run queued at start-up is picked up within the quiet time; one resumed when its lease
+    expires (up to `lease_ttl_s` after its worker died) may start beside a warm-up already under
+    way. A planning job that comes first imports what it needs itself, on a thread too."""
     loop = asyncio.get_running_loop()
     quiet_since = loop.time()
     while deps.runs_going or loop.time() - quiet_since < quiet_s:
