@@ -134,12 +134,9 @@ def _field(table: _Table, col: int) -> Field:
     # One pass, no call per cell: this reads the whole column.
     values = [v for cells in table.rows if len(cells) > col
               for v in (cells[col],) if v is not None and v != ""]
-    if not values:
-        guess = Field(name, strict=False)
-    elif table.csv_format is not None:  # CSV cells are read as text already
-        guess = _text_field(name, values)
-    else:
-        return _typed_field(name, values)
+    if table.csv_format is None:  # a workbook's guess is made afresh (`_written` is for CSV)
+        return _typed_field(name, values) if values else Field(name, strict=False)
+    guess = _text_field(name, values) if values else Field(name, strict=False)  # text already
     table.guessed[col] = (guess, bool(values))
     return guess
 

@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import openpyxl
 import pytest
 
 from core.errors import IntegrationError
@@ -197,3 +198,17 @@ async def test_a_column_added_after_earlier_writes_reaches_every_row(people: Pat
     assert lines[:4] == ["Name,Email,Asked,Asked on", "Person 0,p0@example.com,yes,",
                          "Person 1,p1@example.com,,2026-11-27", "Person 2,p2@example.com,,"]
     assert len(lines) == ROWS + 1 and all(line.count(",") == 3 for line in lines)
+
+
+async def test_a_workbook_column_takes_the_type_of_the_values_written_into_it(
+        tmp_path: Path) -> None:
+    book = openpyxl.Workbook()
+    book.active.append(["Name", "Amount"])
+    for name in ("A", "B", "C"):
+        book.active.append([name, None])
+    book.save(tmp_path / "amounts.xlsx")
+    sheet = await LocalSheets(tmp_path).open("amounts")
+    assert (await sheet.update("row-1", {"Amount": 5}))["Amount"] == 5
+    assert (await sheet.update("row-2", {"Amount": "$1,200"}))["Amount"] == 1200  # a number now
+    cells = [c.value for c in openpyxl.load_workbook(tmp_path / "amounts.xlsx").active["B"][1:]]
+    assert cells == [5, 1200, None]
