@@ -9,10 +9,10 @@ loop) wait for the next, which takes them all. A change still returns only once 
 it is on disk (fsync), so a journaled write is never marked done before it is durable.
 
 A file changed by someone else is read again: before a change when no write is pending, and
-before each write, where the changes waiting for it are made again on the new content (one that
-no longer applies, say to a row deleted meanwhile, fails alone). The write itself checks once
-more, under an advisory lock on the folder that every writer takes, that the file is still as
-read (another run or worker may share it); if not, it reads it again and retries.
+when a write finds it changed. A write checks, under an advisory lock on the folder that every
+writer takes (another run or worker may share the file), that the file is still as read; if
+not, the changes waiting are made again on the new content (one that no longer applies, say to
+a row deleted meanwhile, fails alone) and written then.
 """
 
 from __future__ import annotations
@@ -138,9 +138,7 @@ class SheetFile:
     async def _write_group(self) -> bool:
         """Write the changes waiting now, and tell their callers; False when none were left
         (or the file could not be read)."""
-        async with self._lock:
-            if self._signature != _signature(self.path) and not await self._reloaded():
-                return False
+        async with self._lock:  # whether someone else wrote the file is checked as it is written
             group, self._waiting = self._waiting, []
             base, target, expected = self._disk, self._view, self._signature
         if not group:
