@@ -67,7 +67,7 @@ class _Table:
     # `_written`): guessing reads the whole column, and a value written needs the guess.
     guessed: dict[int, tuple[Field, bool]] = dataclasses.field(default_factory=dict,
                                                                  repr=False, compare=False)
-    lines: _Lines = dataclasses.field(default_factory=lambda: _Lines(), repr=False,
+    lines: _Lines = dataclasses.field(default_factory=_Lines, repr=False,
                                       compare=False)  # shared by copies: see `_csv_bytes`
 
     def copy(self) -> _Table:
@@ -88,12 +88,7 @@ class _Table:
         return None
 
     def row_id(self, index: int) -> str:
-        column = self.id_column()
-        if column is not None:
-            value = _cell(self.rows[index], column)
-            if value is not None and value != "":
-                return _id_text(value)
-        return f"row-{index + 1}"
+        return _row_id(self.rows[index], index, self.id_column())
 
     def index_of(self, row_id: str) -> int | None:
         column = self.id_column()
@@ -103,11 +98,7 @@ class _Table:
             index = int(number) - 1 if exact else -1
             return index if 0 <= index < len(self.rows) else None
         for index, cells in enumerate(self.rows):
-            value = cells[column] if len(cells) > column else None
-            if value is None or value == "":
-                if row_id == f"row-{index + 1}":
-                    return index
-            elif _id_text(value) == row_id:
+            if _row_id(cells, index, column) == row_id:
                 return index
         return None
 
@@ -197,6 +188,15 @@ def _typed_field(name: str, values: builtins.list[Any]) -> Field:
         return Field(name, "datetime" if timed else "date", strict=False)
     return _text_field(name, [str(v) for v in values]) if all(
         isinstance(v, str) for v in values) else Field(name, strict=False)
+
+
+def _row_id(cells: list[Any], index: int, id_column: int | None) -> str:
+    """Data row `index`'s id: its "id" cell when it has one, else "row-N"."""
+    if id_column is not None:
+        value = _cell(cells, id_column)
+        if value is not None and value != "":
+            return _id_text(value)
+    return f"row-{index + 1}"
 
 
 def _cell(cells: list[Any], index: int) -> Any:
