@@ -45,10 +45,14 @@ def _progress_text(run: Run) -> str:
     p = run.progress
     total = "?" if p.total is None else str(p.total)
     text = f"{p.done}/{total} done, {p.failed} failed, {duration_text(p.elapsed_s)}"
-    eta = p.eta_s()
-    if eta is not None and run.state == RunState.RUNNING:
-        text += f", about {duration_text(eta)} left"
-    return text
+    left = _time_left(run)
+    return f"{text}, {left}" if left else text
+
+
+def _time_left(run: Run) -> str | None:
+    """"about 36 s left" while the run runs and its pace is known."""
+    eta = run.progress.eta_s() if run.state == RunState.RUNNING else None
+    return None if eta is None else f"about {duration_text(eta)} left"
 
 
 @jobs_app.command("list")
@@ -96,11 +100,10 @@ def _follow(run_id: str) -> Run:
             while True:
                 run = await store.get_run(run_id)
                 p = run.progress
-                eta = p.eta_s() if run.state == RunState.RUNNING else None
-                left = f" · about {duration_text(eta)} left" if eta is not None else ""
+                shown = [f"{p.failed} failed", duration_text(p.elapsed_s), _time_left(run),
+                         f"${run.spent_usd:.4f}", run.state]
                 bar.update(task, completed=p.done + p.failed, total=p.total,
-                           extra=f"{p.failed} failed · {duration_text(p.elapsed_s)}{left} · "
-                                 f"${run.spent_usd:.4f} · {run.state}")
+                           extra=" · ".join(part for part in shown if part))
                 if run.state in FINAL or run.state == RunState.WAITING_APPROVAL:
                     return run
                 await asyncio.sleep(0.5)
