@@ -17,6 +17,7 @@ import io
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +27,7 @@ from integrations.base import Row
 from integrations.coercion import (
     TEXT_DATE_FORMATS,
     Field,
+    FieldType,
     date_format_of,
     fits_date_format,
     is_plain_number,
@@ -34,6 +36,10 @@ from integrations.coercion import (
 
 _SUFFIXES = (".csv", ".xlsx")  # in order of preference when both exist for one name
 _CSV_BOOLEANS = {"TRUE", "FALSE", "true", "false", "True", "False"}
+# The types a CSV column is guessed to hold when all its values fit, tried in this order (then
+# dates, by format): `_text_field` guesses with them and `_fits` checks a value written.
+_TEXT_TYPES: dict[FieldType, Callable[[str], bool]] = {
+    "number": is_plain_number, "boolean": _CSV_BOOLEANS.__contains__}
 
 
 @dataclass(frozen=True)
@@ -158,20 +164,18 @@ def _replaceable(field: Field) -> bool:
 
 
 def _fits(field: Field, text: str) -> bool:
-    if field.type == "number":
-        return is_plain_number(text)
-    if field.type == "boolean":
-        return text in _CSV_BOOLEANS
+    """Whether `text` is a value of the type `_text_field` guessed."""
+    if field.type in _TEXT_TYPES:
+        return _TEXT_TYPES[field.type](text)
     if field.type == "date":
         return field.date_format is not None and fits_date_format(text, field.date_format)
     return field.type == "text"
 
 
 def _text_field(name: str, values: builtins.list[str]) -> Field:
-    if all(is_plain_number(v) for v in values):
-        return Field(name, "number", strict=False)
-    if all(v in _CSV_BOOLEANS for v in values):
-        return Field(name, "boolean", strict=False)
+    for kind, fits in _TEXT_TYPES.items():
+        if all(fits(v) for v in values):
+            return Field(name, kind, strict=False)
     fmt = date_format_of(values)
     if fmt is not None:
         return Field(name, "date", date_format=fmt, strict=False)
