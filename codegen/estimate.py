@@ -248,7 +248,7 @@ def refine_estimate(static: Estimate, sample: SampleRun, *, program: str,
     notes = [n for n in static.notes if not n.startswith(_COUNT_NOTES)
              and not (cost is not None and n == _PRICE_UNKNOWN)]
     notes.append(f"Measured on {visited} sample item{'s' if visited != 1 else ''}: "
-                 f"{statistics.fmean(sample.item_seconds):.2f} s per item.")
+                 f"{_per_item_text(statistics.fmean(sample.item_seconds))} per item.")
     return static.model_copy(update={
         "items": items, "model_calls": calls, "tokens": tokens, "cost_usd": cost,
         "cost_range": cost_range, "seconds": round(seconds, 1),
@@ -257,6 +257,13 @@ def refine_estimate(static: Estimate, sample: SampleRun, *, program: str,
 
 
 _MARGIN = 0.1
+
+
+def _per_item_text(seconds: float) -> str:
+    """An item's measured time: "1.25 s", "40 ms", or "under 1 ms" (not "0.00 s")."""
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    return f"{seconds * 1000:.0f} ms" if seconds >= 0.0005 else "under 1 ms"
 
 
 def _cost(sample: SampleRun, items: int) -> tuple[float | None, tuple[float, float] | None]:

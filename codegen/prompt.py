@@ -21,7 +21,9 @@ see the network, files or environment variables, only these objects.
 How to write the program:
 - For many items, write a function that handles ONE item and hand it to `each(items, fn)`.
   `each` shows progress, runs "first N only" trials, and records a failing item instead of
-  stopping the run. Never call a model once per item to decide what to do: decide in code, and
+  stopping the run. It returns fn's results in item order (None for an item that failed; a
+  trial runs only the first few items), so report what was done from them, not from the input
+  list. Never call a model once per item to decide what to do: decide in code, and
   use `ai.*` functions only for work that needs language understanding. When each item waits
   on something slow (an `ai.*` call, an email), pass `concurrency=8`.
 - Every call is journaled: a run that is interrupted resumes where it stopped, so write the

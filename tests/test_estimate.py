@@ -36,3 +36,12 @@ def test_an_unpriced_sample_keeps_the_cost_unknown_and_says_so() -> None:
     refined = refine_estimate(static, sample(None), program=PROGRAM)
     assert refined.cost_usd is None
     assert any("price is unknown" in note for note in refined.notes)
+
+
+def test_the_measured_time_per_item_is_worded_at_its_scale() -> None:
+    static = estimate_program(PROGRAM, effects=EFFECTS, workspace={}, prices=None)
+    for item_seconds, shown in (([0.25, 0.3, 0.35], "300 ms"), ([1.5, 1.5, 1.5], "1.50 s"),
+                                ([0.0001] * 3, "under 1 ms")):
+        measured = sample(None).model_copy(update={"item_seconds": item_seconds})
+        refined = refine_estimate(static, measured, program=PROGRAM)
+        assert f"Measured on 3 sample items: {shown} per item." in refined.notes

@@ -33,6 +33,9 @@ async def test_request_is_planned_previewed_run_and_reported(stack: Stack) -> No
     assert "Budget asked on" in plan["meta"]["program"]
     # The sample run tried the first 3 of the 4 rows missing a budget, writes only previewed.
     assert "Tried on the first 3 of 4 items" in plan["text"]
+    # What the sample printed and returned counts the 3 items it tried, not the 4 it will.
+    assert "> Asked 3 people for their budget." in plan["text"]
+    assert "Result: a table of 3 rows on the sample." in plan["text"]
     assert "email to ben@okafor.example: “Your budget for Okafor Logistics”" in plan["text"]
     assert "update signups row-2: Budget asked on: empty → " in plan["text"]
     assert "Estimate: 4 items · 0 AI calls · no AI cost" in plan["text"]
@@ -47,6 +50,7 @@ async def test_request_is_planned_previewed_run_and_reported(stack: Stack) -> No
     [result] = await stack.messages(thread_id, "result")
     assert "sent 4 emails" in result["text"] and "updated 4 rows" in result["text"]
     assert "4 items processed, none failed" in result["text"]
+    assert "Asked 4 people for their budget." in result["text"]
     [status_msg] = await stack.messages(thread_id, "status")
     assert status_msg["text"].startswith("Finished: 4/4 done, 0 failed")
     [plan] = await stack.messages(thread_id, "plan")
