@@ -22,7 +22,6 @@ import datetime as dt
 import imaplib
 import logging
 import re
-import smtplib
 import ssl
 import threading
 import time
@@ -33,15 +32,15 @@ from typing import Any, Literal, TypeVar
 from core.errors import IntegrationError
 from core.settings import Settings
 from core.text import html_to_text
+from integrations._smtp import Security, SmtpSender, verified_tls
 from integrations.base import ActionSpec, Found, Integration, Row, action
 from integrations.files import pdf_pages, rows_of
-from integrations.mail import Email, LocalMail, message_id_for, parse_email, parse_message
+from integrations.mail import Email, compose, message_id_for, parse_email, parse_message
 from integrations.registry import CredentialField, Service, named
 from integrations.vault import Credentials
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-Security = Literal["ssl", "starttls", "none"]
 FileSent = Literal["auto", "yes", "no"]
 _FETCHED = re.compile(rb"UID (\d+)")
 _FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
@@ -81,6 +80,9 @@ class IMAPMail(Integration):
         self.file_sent = file_sent  # auto: file a copy in Sent unless the server is Gmail
         self._conn: imaplib.IMAP4 | None = None
         self._lock = threading.Lock()
+        self._smtp = SmtpSender(smtp_host, smtp_port, timeout_s=timeout_s,
+                                security=smtp_security,
+                                login=None if smtp_security == "none" else (username, password))
 
     def redo_is_safe(self, spec: ActionSpec) -> bool:
         return spec.idempotent
@@ -182,11 +184,9 @@ class IMAPMail(Integration):
         if not self.smtp_host:
             raise IntegrationError("This mailbox has no SMTP server configured, so it cannot "
                                    "send; use mail.send instead.")
-        composer = LocalMail(smtp_host=self.smtp_host, smtp_port=self.smtp_port,
-                             sender=self.sender, mailbox=Path("/nonexistent"))
-        message = composer._compose(to, subject, body, cc=cc, reply_to=reply_to,
-                                    idempotency_key=idempotency_key)
-        await asyncio.to_thread(self._deliver, message)
+        message = compose(self.sender, to, subject, body, cc=cc, reply_to=reply_to,
+                          idempotency_key=idempotency_key)
+        await asyncio.to_thread(self._smtp.send, message)
         if self.file_sent != "no":
             await self._file_copy(message.as_bytes(), str(message["Message-ID"]))
         return str(message["Message-ID"])
@@ -222,6 +222,7 @@ class IMAPMail(Integration):
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._logout)
+        await asyncio.to_thread(self._smtp.close)
 
     # IMAP, in a thread, one command at a time.
 
@@ -233,6 +234,12 @@ class IMAPMail(Integration):
             for attempt in (1, 2):
                 try:
                     return work(self._connection())
+                except ssl.SSLCertVerificationError as exc:
+                    raise IntegrationError(
+                        f"The mail server {self.host}:{self.port} could not prove who it is: its "
+                        f"TLS certificate failed verification ({exc.verify_message}), so the "
+                        "password was not sent. If it uses a private certificate authority, "
+                        "point SSL_CERT_FILE at it.") from None
                 except (imaplib.IMAP4.abort, ConnectionError, OSError) as exc:
                     self._conn = None
                     if attempt == 2:
@@ -247,11 +254,12 @@ class IMAPMail(Integration):
         if self._conn is not None:
             return self._conn
         if self.security == "ssl":
-            conn: imaplib.IMAP4 = imaplib.IMAP4_SSL(self.host, self.port, timeout=self.timeout_s)
+            conn: imaplib.IMAP4 = imaplib.IMAP4_SSL(self.host, self.port, timeout=self.timeout_s,
+                                                    ssl_context=verified_tls())
         else:
             conn = imaplib.IMAP4(self.host, self.port, timeout=self.timeout_s)
             if self.security == "starttls":
-                conn.starttls(ssl.create_default_context())
+                conn.starttls(verified_tls())
         try:
             conn.login(self.username, self._password)
         except imaplib.IMAP4.error:
@@ -413,26 +421,6 @@ class IMAPMail(Integration):
         return {"address": self.sender, "folders": folders,
                 "inbox": {"emails": int(counts.get(b"MESSAGES", 0)),
                           "unread": int(counts.get(b"UNSEEN", 0))}}
-
-    def _deliver(self, message: Any) -> None:
-        where = f"{self.smtp_host}:{self.smtp_port}"
-        try:
-            smtp: smtplib.SMTP = (
-                smtplib.SMTP_SSL(self.smtp_host, self.smtp_port, timeout=self.timeout_s)
-                if self.smtp_security == "ssl"
-                else smtplib.SMTP(self.smtp_host, self.smtp_port, timeout=self.timeout_s))
-            with smtp:
-                if self.smtp_security == "starttls":
-                    smtp.starttls(context=ssl.create_default_context())
-                if self.smtp_security != "none":
-                    smtp.login(self.username, self._password)
-                smtp.send_message(message)
-        except smtplib.SMTPException as exc:
-            raise IntegrationError(f"The mail server at {where} did not accept the email "
-                                   f"({type(exc).__name__}).") from None
-        except OSError as exc:
-            raise IntegrationError(f"The mail server at {where} cannot be reached "
-                                   f"({exc.strerror or type(exc).__name__}).") from None
 
 
 def files_sent_itself(capabilities: tuple[str, ...]) -> bool:

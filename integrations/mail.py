@@ -15,7 +15,6 @@ import datetime as dt
 import hashlib
 import logging
 import re
-import smtplib
 from collections.abc import Awaitable, Callable
 from email import policy
 from email.message import EmailMessage
@@ -33,6 +32,7 @@ from typing import Any, TypedDict
 
 from core.errors import IntegrationError
 from core.text import html_to_text
+from integrations._smtp import SmtpSender
 from integrations.base import ActionSpec, Found, Integration, Preview, action
 
 logger = logging.getLogger(__name__)
@@ -171,6 +171,34 @@ def _newest_first(email: Email) -> tuple[dt.datetime, str]:
     return (email["date"] or dt.datetime.min.replace(tzinfo=dt.UTC), email["id"])
 
 
+def compose(
+    sender: str, to: str | list[str], subject: str, body: str, *, cc: str | list[str] | None,
+    reply_to: str | None, idempotency_key: str | None,
+) -> EmailMessage:
+    """A plain-text email from `sender`; its Message-ID comes from `idempotency_key` when given.
+
+    Raises:
+        IntegrationError: an address is not one, or there is no recipient.
+    """
+    recipients = _addresses(to, "to")
+    if not recipients:
+        raise IntegrationError("to needs at least one address, e.g. 'ana@example.com'.")
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = ", ".join(recipients)
+    if copies := _addresses(cc, "cc"):
+        message["Cc"] = ", ".join(copies)
+    if reply_to:
+        message["Reply-To"] = ", ".join(_addresses(reply_to, "reply_to"))
+    message["Subject"] = _one_line(subject)
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = (
+        message_id_for(idempotency_key) if idempotency_key else make_msgid(domain="sluice")
+    )
+    message.set_content(str(body))
+    return message
+
+
 class LocalMail(Integration):
     """Email: send messages and read the team's inbox."""
 
@@ -189,6 +217,7 @@ class LocalMail(Integration):
         self.sender = sender
         self.mailbox = Path(mailbox)
         self.timeout_s = timeout_s
+        self._smtp = SmtpSender(smtp_host, smtp_port, timeout_s=timeout_s)
 
     def redo_is_safe(self, spec: ActionSpec) -> bool:
         """A resend is safe only when the server drops a repeated Message-ID (the outbox does)."""
@@ -213,10 +242,13 @@ class LocalMail(Integration):
         sent. Leave `idempotency_key` out: the runtime sets it so a retried job never sends the
         same email twice.
         """
-        message = self._compose(to, subject, body, cc=cc, reply_to=reply_to,
-                                idempotency_key=idempotency_key)
-        await asyncio.to_thread(self._deliver, message)
+        message = compose(self.sender, to, subject, body, cc=cc, reply_to=reply_to,
+                          idempotency_key=idempotency_key)
+        await asyncio.to_thread(self._smtp.send, message)
         return str(message["Message-ID"])
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._smtp.close)
 
     async def confirm_send(self, *_message: Any, idempotency_key: str | None = None,
                            **_options: Any) -> Found | None:
@@ -240,8 +272,8 @@ class LocalMail(Integration):
         idempotency_key: str | None = None,
     ) -> Preview:
         """The email `send` would send (addresses checked the same way), without sending it."""
-        message = self._compose(to, subject, body, cc=cc, reply_to=reply_to,
-                                idempotency_key=idempotency_key)
+        message = compose(self.sender, to, subject, body, cc=cc, reply_to=reply_to,
+                          idempotency_key=idempotency_key)
         details = {"to": _addresses(to, "to"), "cc": _addresses(cc, "cc"),
                    "subject": subject, "body": body}
         shown_to = ", ".join(details["to"])
@@ -269,44 +301,6 @@ class LocalMail(Integration):
         emails = await asyncio.to_thread(self._read_mailbox)
         unread = sum(1 for e in emails if e["unread"])
         return {"sender": self.sender, "inbox": {"emails": len(emails), "unread": unread}}
-
-    def _compose(
-        self, to: str | list[str], subject: str, body: str, *, cc: str | list[str] | None,
-        reply_to: str | None, idempotency_key: str | None,
-    ) -> EmailMessage:
-        recipients = _addresses(to, "to")
-        if not recipients:
-            raise IntegrationError("to needs at least one address, e.g. 'ana@example.com'.")
-        message = EmailMessage()
-        message["From"] = self.sender
-        message["To"] = ", ".join(recipients)
-        if copies := _addresses(cc, "cc"):
-            message["Cc"] = ", ".join(copies)
-        if reply_to:
-            message["Reply-To"] = ", ".join(_addresses(reply_to, "reply_to"))
-        message["Subject"] = _one_line(subject)
-        message["Date"] = formatdate(usegmt=True)
-        message["Message-ID"] = (
-            message_id_for(idempotency_key) if idempotency_key else make_msgid(domain="sluice")
-        )
-        message.set_content(str(body))
-        return message
-
-    def _deliver(self, message: EmailMessage) -> None:
-        where = f"{self.smtp_host}:{self.smtp_port}"
-        try:
-            with smtplib.SMTP(self.smtp_host, self.smtp_port, timeout=self.timeout_s) as smtp:
-                smtp.send_message(message)
-        except smtplib.SMTPRecipientsRefused as exc:
-            refused = ", ".join(str(r) for r in exc.recipients)
-            raise IntegrationError(f"The mail server refused the recipients: {refused}.",
-                                   recipients=list(exc.recipients)) from None
-        except smtplib.SMTPException as exc:
-            raise IntegrationError(f"The mail server at {where} did not accept the email "
-                                   f"({type(exc).__name__}: {exc}).") from None
-        except OSError as exc:
-            raise IntegrationError(f"The mail server at {where} cannot be reached "
-                                   f"({exc.strerror or type(exc).__name__}).") from None
 
     def _read_mailbox(self) -> list[Email]:
         if not self.mailbox.is_dir():
