@@ -7,12 +7,12 @@ State transitions that people can race (two clicks on Approve) are single condit
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.db import (
@@ -395,16 +395,27 @@ class Store:
 
     # Outbox -----------------------------------------------------------------------------------
 
-    async def add_outbox(self, *, message_id: str, sender: str, recipients: list[str],
-                         subject: str, body: str, raw: bytes) -> bool:
-        """Store a mail the local outbox received; False when its Message-ID is already there."""
-        try:
-            async with self.session() as s, s.begin():
-                s.add(OutboxRow(message_id=message_id, sender=sender, recipients=recipients,
-                                subject=subject, body=body, raw=raw))
-        except IntegrityError:
-            return False
-        return True
+    async def add_outbox(self, mails: Sequence[Mapping[str, Any]]) -> list[bool]:
+        """Store mails the local outbox received (dicts of message_id, sender, recipients,
+        subject, body, raw), in order and in one transaction; for each, False when its
+        Message-ID was stored already (before, or earlier in `mails`)."""
+        fresh: dict[str, Mapping[str, Any]] = {}
+        for mail in mails:
+            fresh.setdefault(mail["message_id"], mail)
+        if not fresh:
+            return []
+        insert = (postgresql.insert if self.engine.dialect.name == "postgresql"
+                  else sqlite.insert)
+        statement = (insert(OutboxRow).values(list(fresh.values()))
+                     .on_conflict_do_nothing(index_elements=["message_id"])
+                     .returning(OutboxRow.message_id))
+        async with self.engine.begin() as conn:
+            stored = set((await conn.execute(statement)).scalars())
+        answers = []
+        for mail in mails:
+            answers.append(mail["message_id"] in stored)
+            stored.discard(mail["message_id"])  # a repeat later in `mails` is not stored
+        return answers
 
     async def outbox_has(self, message_id: str) -> bool:
         """Whether the local outbox received a mail with this Message-ID."""
