@@ -52,7 +52,7 @@ lint: $(STAMP)
 # The tests where the database matters most, run again on PostgreSQL; `make test-postgres` runs
 # the whole suite there.
 POSTGRES_TESTS := tests/test_journal.py tests/test_runtime.py tests/test_resume_replay.py \
-	tests/test_sql.py tests/test_spine.py
+	tests/test_sql.py tests/test_spine.py tests/test_outbox.py
 
 test: $(STAMP) sandbox-tools mail-tools db-tools lint
 	$(BIN)/pytest -q

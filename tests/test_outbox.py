@@ -7,25 +7,21 @@ import asyncio
 import smtplib
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.db import create_engine, migrate
 from core.store import Store
 from infra.outbox import Outbox, start_outbox
 
 
 @pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[tuple[Outbox, Store]]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'sluice.db'}")
-    await migrate(engine)
+async def outbox(engine: AsyncEngine) -> AsyncIterator[tuple[Outbox, Store]]:
     store = Store(engine)
     running = await start_outbox(store)
     yield running, store
     await running.stop()
-    await engine.dispose()
 
 
 def _mail(to: str, subject: str, message_id: str | None = None) -> EmailMessage:
