@@ -25,7 +25,7 @@ import smtplib
 import ssl
 import threading
 import time
-from email.message import EmailMessage
+from email.message import Message
 from typing import Any, Literal
 
 from core.errors import IntegrationError
@@ -75,7 +75,7 @@ class SmtpSender:
     def where(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def send(self, message: EmailMessage) -> None:
+    def send(self, message: Message) -> None:
         """Send `message` from the calling thread, on an idle connection when there is one.
 
         Raises:
@@ -110,7 +110,7 @@ class SmtpSender:
             raise IntegrationError(f"The mail server at {self.where} cannot be reached "
                                    f"({exc.strerror or type(exc).__name__}).") from None
 
-    def _send(self, message: EmailMessage) -> None:
+    def _send(self, message: Message) -> None:
         while (kept := self._take()) is not None:
             try:
                 self._transact(kept, message)
@@ -128,7 +128,7 @@ class SmtpSender:
         self._give_back(connection)
 
     @staticmethod
-    def _transact(connection: _Connection, message: EmailMessage) -> None:
+    def _transact(connection: _Connection, message: Message) -> None:
         connection.data_sent = False
         try:
             connection.send_message(message)

@@ -17,7 +17,10 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from email import policy
-from email.message import EmailMessage
+from email.charset import QP, Charset
+from email.header import Header
+from email.message import EmailMessage, Message
+from email.mime.text import MIMEText
 from email.parser import BytesParser
 from email.utils import (
     formataddr,
@@ -82,6 +85,11 @@ def _addresses(value: str | list[str] | None, field: str) -> list[str]:
         if not raw:
             continue
         name, address = parseaddr(raw)
+        if address and not address.isascii():
+            raise IntegrationError(
+                f"{raw!r} in {field}: an address with letters beyond ASCII (an accent in the "
+                "part before @) cannot be sent from here; ask for the person's plain address.",
+                field=field, address=raw)
         if not _ADDRESS.match(address) or address not in raw or "\n" in raw or "\r" in raw:
             raise IntegrationError(
                 f"{raw!r} in {field} is not an email address. Write addresses like "
@@ -174,8 +182,13 @@ def _newest_first(email: Email) -> tuple[dt.datetime, str]:
 def compose(
     sender: str, to: str | list[str], subject: str, body: str, *, cc: str | list[str] | None,
     reply_to: str | None, idempotency_key: str | None,
-) -> EmailMessage:
+) -> Message:
     """A plain-text email from `sender`; its Message-ID comes from `idempotency_key` when given.
+
+    Built with the compat32 API, encoding each part here (names and subject as RFC 2047 words,
+    the body 7bit when it is ASCII in short lines, else quoted-printable UTF-8): the
+    `EmailMessage` API parses every header it is given into objects, 1.4 ms an email against
+    0.1 ms, spent in the worker's event loop.
 
     Raises:
         IntegrationError: an address is not one, or there is no recipient.
@@ -183,20 +196,40 @@ def compose(
     recipients = _addresses(to, "to")
     if not recipients:
         raise IntegrationError("to needs at least one address, e.g. 'ana@example.com'.")
-    message = EmailMessage()
-    message["From"] = sender
+    text = "".join(f"{line}\n" for line in str(body).splitlines()) or "\n"
+    charset = Charset("utf-8")
+    if text.isascii() and max(map(len, text.splitlines())) <= _MAX_7BIT_LINE:
+        charset.body_encoding = None  # type: ignore[assignment]  # 7bit, as it is
+    else:
+        charset.body_encoding = QP
+    message = MIMEText(text, "plain", charset)  # type: ignore[arg-type]  # a Charset is fine
+    message["From"] = _sender(sender)
     message["To"] = ", ".join(recipients)
     if copies := _addresses(cc, "cc"):
         message["Cc"] = ", ".join(copies)
     if reply_to:
         message["Reply-To"] = ", ".join(_addresses(reply_to, "reply_to"))
-    message["Subject"] = _one_line(subject)
+    title = _one_line(subject)
+    # A Header is folded knowing its name (a str of encoded words would start a line of its own).
+    message["Subject"] = (title if title.isascii()  # type: ignore[assignment]
+                          else Header(title, "utf-8", header_name="Subject"))
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = (
         message_id_for(idempotency_key) if idempotency_key else make_msgid(domain="sluice")
     )
-    message.set_content(str(body))
     return message
+
+
+_MAX_7BIT_LINE = 998 - 2  # RFC 5321's line limit, less the CRLF
+
+
+def _sender(sender: str) -> str:
+    """The From header for the configured sending address (a name is RFC 2047-encoded)."""
+    name, address = parseaddr(sender)
+    if not address or not address.isascii():
+        raise IntegrationError(f"The sending address {sender!r} is not an ASCII email address; "
+                               "set one like 'Sluice <team@example.com>'.")
+    return formataddr((name, address))
 
 
 class LocalMail(Integration):

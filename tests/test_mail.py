@@ -103,6 +103,42 @@ async def test_subject_newlines_cannot_inject_headers(
     assert handler.message()["Bcc"] is None
 
 
+async def test_what_is_sent_reads_back_as_it_was_written(
+    outbox: tuple[Outbox, int], tmp_path: Path
+) -> None:
+    handler, port = outbox
+    mail = LocalMail(smtp_host="127.0.0.1", smtp_port=port, mailbox=tmp_path, timeout_s=5,
+                     sender="Équipe Sluice <team@example.com>")
+    subject = "Grüße — your budget for Café Ünïcode ✓ 🙂, a subject long enough to fold twice"
+    body = "Hi José,\r\nwhat is your budget? 🙂\r\n" + "x" * 1500 + "\n.\nThanks"
+    await mail.send(["José Núñez <jose@example.com>", '"Lima, Ana" <ana@example.com>'],
+                    subject, body, cc="Zoë <zoe@example.com>")
+    sent = handler.message()
+    assert str(sent["From"]) == "Équipe Sluice <team@example.com>"
+    assert str(sent["To"]) == 'José Núñez <jose@example.com>, "Lima, Ana" <ana@example.com>'
+    assert str(sent["Cc"]) == "Zoë <zoe@example.com>"
+    assert str(sent["Subject"]) == subject  # every space kept across the folded lines
+    assert handler.envelopes[-1].rcpt_tos == ["jose@example.com", "ana@example.com",
+                                              "zoe@example.com"]
+    content = sent.get_body()
+    assert content is not None
+    assert content.get_content().replace("\r\n", "\n") == (
+        "Hi José,\nwhat is your budget? 🙂\n" + "x" * 1500 + "\n.\nThanks\n")
+    raw = handler.envelopes[-1].original_content
+    assert isinstance(raw, bytes)
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 78  # any server takes its lines
+
+
+async def test_an_address_beyond_ascii_is_refused_with_what_to_do(
+    outbox: tuple[Outbox, int], tmp_path: Path
+) -> None:
+    handler, port = outbox
+    with pytest.raises(IntegrationError, match=r"letters beyond ASCII .* ask for the person's "
+                                               r"plain address"):
+        await _mail(port, tmp_path).send("josé@example.com", "Hi", "x")
+    assert handler.envelopes == []
+
+
 @pytest.mark.parametrize("bad", ["ana@", "ana", "ana@exa mple.com", "a@b.com\nBcc: e@x.com"])
 async def test_bad_address_is_refused_before_sending(
     outbox: tuple[Outbox, int], tmp_path: Path, bad: str
