@@ -300,6 +300,25 @@ def test_frames_are_length_prefixed_json_with_a_cap() -> None:
         body_length((MAX_FRAME + 1).to_bytes(4, "big"))
 
 
+def test_every_value_crosses_exactly_whichever_json_writer_took_the_frame() -> None:
+    # orjson writes most frames, and they are read back by it (a fifth of the time); where its
+    # JSON would not be exact the standard library writes and reads them: beyond 64 bits,
+    # orjson would read an integer as a float, and it writes NaN as null.
+    exact = {"op": "call", "kwargs": {"n": 2**63 - 1, "x": -0.0, "s": "née\u2028"}}
+    beyond = {"op": "call", "kwargs": {"n": 2**64 + 1, "big": -(10**30)}}
+    odd = {"op": "call", "kwargs": {"nan": float("nan"), "inf": float("inf"), "none": None}}
+    for frame in (exact, beyond, odd):
+        back = unpack(pack(frame)[4:])
+        assert repr(back) == repr(frame)  # repr: NaN is not equal to itself
+        assert all(type(back["kwargs"][k]) is type(v) for k, v in frame["kwargs"].items())
+    # Recorded results as the journal keeps them: orjson's end with a newline, older or
+    # inexact ones (the standard library's) do not; a frame mixing them is read exactly too.
+    results = {"a": '{"n":1}\n', "b": "null", "c": str(2**70), "d": "NaN"}
+    merged = replayed_results(replay_frames(results))
+    assert merged["c"] == 2**70 and isinstance(merged["c"], int)
+    assert merged["a"] == {"n": 1} and merged["b"] is None and merged["d"] != merged["d"]
+
+
 def test_state_texts_travel_as_strings_whatever_they_hold() -> None:
     # Saved variables cross as JSON text inside strings: a text is never spliced into a frame,
     # so one a program made (here one that would close the object) stays a string.

@@ -114,8 +114,9 @@ class Runtime:
             RunStopped: the worker stopped the run; every later call raises it too.
         """
         frame = {"op": "call", "integration": integration, "action": action,
-                 "args": wire.encode(list(args)), "kwargs": wire.encode(kwargs),
-                 "handle": list(handle) if handle else None}
+                 "args": wire.encode(list(args)), "kwargs": wire.encode(kwargs)}
+        if handle:  # absent is None: a frame without null is written and read by orjson
+            frame["handle"] = list(handle)
         frame["path"] = path = self.scopes.current().next_call()
         if self._replay:
             recorded = self._replay.pop(path, _MISSING)
