@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     email_max_mb: float = Field(default=10.0, gt=0, le=100)
     signing_key: str | None = Field(default=None, description="Signs console approval links "
                                     "sent by email; none, no links.")
+    link_days: float = Field(default=7.0, gt=0, le=90, description="How long a signed link in "
+                             "an email stays valid.")
     public_url: str | None = Field(default=None, description="The console's address as "
                                    "people reach it (links in email); default host and port.")
 

@@ -6,16 +6,19 @@ import asyncio
 import json
 import smtplib
 import socket
+import time
 from collections.abc import AsyncIterator
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from sqlalchemy import select
 
 from bot.deps import BotDeps
 from bot.email.inbound import InboundServer, start_inbound
+from bot.email.mirror import link_signature
 from core.automations import Automations
 from core.db import MailRow, OutboxRow
 from core.events import publish
@@ -230,21 +233,62 @@ async def test_unknown_charset_is_read_and_the_reply_says_so(mail: Mail) -> None
     assert request["text"] == "Count the rows of the signups sheet."
 
 
-async def test_signed_link_approves_and_a_changed_link_does_not(mail: Mail) -> None:
+async def test_a_signed_link_shows_the_decision_and_only_its_button_makes_it(
+        mail: Mail) -> None:
     await mail.send(compose(DEMO_REQUEST))
     await mail.stack.drain()
     _ack, plan = await mail.sent_to(ANA)
     link = next(line for line in body(plan).splitlines() if line.startswith("Approve: "))
-    path = link.removeprefix("Approve: http://sluice.test")
-    async with mail.stack.http.get(mail.stack.base_url + path.replace("approve", "cancel")
-                                   ) as resp:
-        assert resp.status == 403
-    async with mail.stack.http.get(mail.stack.base_url + path) as resp:
+    url = mail.stack.base_url + link.removeprefix("Approve: http://sluice.test")
+    http = mail.stack.http
+
+    # Opening the link (as a mail scanner or a link preview does) decides nothing.
+    for _ in range(2):
+        async with http.get(url) as resp:
+            page = await resp.text()
+            assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
+    assert "Approve the plan in “" in page and f"as {ANA}?" in page
+    assert '<form method="post">' in page and ">Approve</button>" in page
+    await mail.stack.drain()
+    assert [m for m in await mail.stack.outbox_mails() if ANA not in m["recipients"]] == []
+
+    # A link changed into another decision, person or life is refused, and says what to do.
+    fields = dict(parse_qsl(urlsplit(url).query))
+    for name, other in (("action", "cancel"), ("for", "eve@example.com"),
+                        ("until", str(int(fields["until"]) + 86_400))):
+        async with http.post(url.split("?")[0], data={**fields, name: other}) as resp:
+            assert resp.status == 403 and "Reply to the email instead" in await resp.text()
+
+    # The button decides, as the person the email went to; a second press is told so.
+    async with http.post(url.split("?")[0], data=fields) as resp:
         assert resp.status == 200 and "Queued" in await resp.text()
-    async with mail.stack.http.get(mail.stack.base_url + path) as resp:
+    async with http.post(url.split("?")[0], data=fields) as resp:
         assert resp.status == 409
+    async with http.get(url) as resp:
+        assert resp.status == 409 and "decided already" in await resp.text()
     await mail.stack.drain()
     assert len([m for m in await mail.stack.outbox_mails() if ANA not in m["recipients"]]) == 4
+    [thread] = await mail.stack.ok("GET", "/api/threads")
+    [shown] = await mail.stack.messages(thread["id"], "plan")
+    assert f"Approved by {ANA}" in shown["text"]
+
+
+async def test_an_expired_link_says_so_and_decides_nothing(mail: Mail) -> None:
+    await mail.send(compose(DEMO_REQUEST))
+    await mail.stack.drain()
+    _ack, plan = await mail.sent_to(ANA)
+    link = next(line for line in body(plan).splitlines() if line.startswith("Approve: "))
+    url = mail.stack.base_url + link.removeprefix("Approve: http://sluice.test")
+    fields = dict(parse_qsl(urlsplit(url).query))
+    fields["until"] = str(int(time.time()) - 60)  # signed with the key, but a minute ago
+    fields["sig"] = link_signature("test-key", *(fields[n] for n in
+                                                 ("message", "action", "value", "for", "until")))
+    async with mail.stack.http.get(url.split("?")[0], params=fields) as resp:
+        assert resp.status == 410 and "This link expired on" in await resp.text()
+    async with mail.stack.http.post(url.split("?")[0], data=fields) as resp:
+        assert resp.status == 410
+    await mail.stack.drain()
+    assert [m for m in await mail.stack.outbox_mails() if ANA not in m["recipients"]] == []
 
 
 async def test_the_bot_starts_inbound_smtp_when_asked(redis_server: EmbeddedRedis,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from urllib.parse import urlencode
 
 from bot.deps import BotDeps
@@ -75,7 +76,7 @@ async def _mail_message(deps: BotDeps, thread: Thread, message: Message, person:
     for attachment in message.attachments:
         meta, data = await deps.store.get_attachment(attachment.id)
         files.append((meta.name, meta.content_type, data))
-    text = message.text + reply_hint(deps.settings, message)
+    text = message.text + reply_hint(deps.settings, message, person)
     await _send(deps, thread, key=f"out:{message.id}", text=text, person=person, files=files)
 
 
@@ -99,16 +100,18 @@ async def _send(deps: BotDeps, thread: Thread, *, key: str, text: str, person: s
     log.info("emailed %s in thread %s to %s", key, thread.id, person)
 
 
-def reply_hint(settings: Settings, message: Message) -> str:
-    """What to reply to decide a message with buttons, and signed links when links are on."""
+def reply_hint(settings: Settings, message: Message, person: str) -> str:
+    """What to reply to decide a message with buttons, and signed links for `person` when
+    links are on."""
     words = [_word(b) for b in message.buttons]
     choices = [w for w in words if w]
     if not choices:
         return ""
     hint = "\n\nReply " + ", ".join(f"“{c}”" for c in choices[:-1])
     hint += (" or " if len(choices) > 1 else "") + f"“{choices[-1]}”."
-    links = [f"{b.label}: {signed_link(settings, message.id, b)}" for b in message.buttons
-             if settings.signing_key and _word(b)]
+    until = int(time.time() + settings.link_days * 86_400)
+    links = [f"{b.label}: {signed_link(settings, message.id, b, person=person, until=until)}"
+             for b in message.buttons if settings.signing_key and _word(b)]
     return hint + ("\nOr open:\n" + "\n".join(links) if links else "")
 
 
@@ -122,14 +125,19 @@ def _word(button: Button) -> str | None:
     return None
 
 
-def link_signature(key: str, message_id: str, action: str, value: str) -> str:
-    payload = f"{message_id}:{action}:{value}".encode()
+def link_signature(key: str, message_id: str, action: str, value: str, person: str,
+                   until: str) -> str:
+    """The HMAC of a link's decision, who it was sent to and until when it is valid."""
+    payload = "\n".join((message_id, action, value, person, until)).encode()
     return hmac.new(key.encode(), payload, hashlib.sha256).hexdigest()
 
 
-def signed_link(settings: Settings, message_id: str, button: Button) -> str:
+def signed_link(settings: Settings, message_id: str, button: Button, *, person: str,
+                until: int) -> str:
+    """A link that shows `button`'s decision, for `person` to confirm, until `until` (unix
+    seconds)."""
     assert settings.signing_key is not None
     query = {"message": message_id, "action": button.action, "value": button.value,
-             "sig": link_signature(settings.signing_key, message_id, button.action,
-                                   button.value)}
+             "for": person, "until": str(until)}
+    query["sig"] = link_signature(settings.signing_key, *query.values())
     return f"{settings.effective_public_url}/email/decide?{urlencode(query)}"
