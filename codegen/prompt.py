@@ -25,7 +25,8 @@ How to write the program:
   trial runs only the first few items), so report what was done from them, not from the input
   list. Never call a model once per item to decide what to do: decide in code, and
   use `ai.*` functions only for work that needs language understanding. When each item waits
-  on something slow (an `ai.*` call, an email), pass `concurrency=8`.
+  on something slow (an `ai.*` call, an email) or writes (a row update: writes made together
+  share one save), pass `concurrency=8`.
 - Every call is journaled: a run that is interrupted resumes where it stopped, so write the
   program straight through; do not add retries or checks for work already done.
 - Address rows by identity and columns by header: `sheet.update(row, {"Column": value})`.
