@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, ParamSpec, TypeVar
 
+from integrations.kept import KeptConnections
+
 Effect = Literal["read", "write"]
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -160,10 +162,11 @@ class Integration:
                 return cls(key, self)
         raise KeyError(f"{self.name} has no resource type {resource_type!r}")
 
-    async def ready(self) -> Integration:
+    async def ready(self, *, kept: KeptConnections | None = None) -> Integration:
         """Called once by the catalog builder before the catalog is made; returns the integration
-        to use. Connectors whose actions come from the service (MCP tools) connect here and
-        return an instance of a class made for what they found."""
+        to use. Connectors whose actions come from the service (MCP tools) connect here, or take
+        the connection `kept` holds for them, and return an instance of a class made for what
+        they found."""
         return self
 
     async def aclose(self) -> None:

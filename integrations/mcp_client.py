@@ -24,6 +24,8 @@ import logging
 import re
 import shlex
 import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 import httpx2
@@ -35,10 +37,12 @@ from mcp_types import CallToolResult, Tool
 from core.errors import IntegrationError
 from core.settings import Settings
 from integrations.base import ActionSpec, Integration, action
+from integrations.kept import KeptConnections
 from integrations.registry import CredentialField, Service, named
 from integrations.vault import Credentials
 
 logger = logging.getLogger(__name__)
+USABLE_S = 5.0  # a kept connection's server must list its tools within this to be reused
 _TOOL_ATTR = "__sluice_mcp_tool__"
 _TAKEN = frozenset(dir(Integration)) | {"name", "summary", "resources", "client", "tools"}
 _SCALARS: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool,
@@ -221,15 +225,36 @@ class MCPServerIntegration(Integration):
         self.client: Client | None = None
         self.tools: list[Tool] = []
         self.server_name = ""
-        self._owner: asyncio.Task[None] | None = None
-        self._stop: asyncio.Event | None = None
+        self._live: _Live | None = None
+        self._release: Callable[[], None] | None = None  # when the connection is kept
 
-    async def ready(self) -> Integration:
-        """Connect, list the tools, and return the integration typed for them.
+    async def ready(self, *, kept: KeptConnections | None = None) -> Integration:
+        """Connect (or take the connection `kept` holds for this server), list the tools, and
+        return the integration typed for them."""
+        if kept is None:
+            live, release = await self._connect(), None
+        else:
+            connection, release = await kept.acquire(self._key(), self._connect)
+            assert isinstance(connection, _Live)
+            live = connection
+        typed = self._typed_class(live.tools)(connection=self.connection, command=self.command,
+                                              env=self.env, url=self.url, headers=self.headers,
+                                              timeout_s=self.timeout_s)
+        typed.client, typed.tools, typed._live, typed._release = (live.client, live.tools, live,
+                                                                   release)
+        info = getattr(live.client, "server_info", None) or getattr(
+            getattr(live.client, "session", None), "server_info", None)
+        typed.server_name = str(getattr(info, "name", "") or "")
+        return typed
 
-        The connection lives in a task of its own (the SDK's task groups must be left by the
-        task that entered them), so any task may call the tools and close it.
-        """
+    def _key(self) -> tuple[Any, ...]:
+        """What makes two connections to a server the same (a changed setting: another)."""
+        return (self.connection, self.command, self.url, tuple(sorted(self.env.items())),
+                tuple(sorted(self.headers.items())))
+
+    async def _connect(self) -> _Live:
+        """Start the connection in a task of its own (the SDK's task groups must be left by the
+        task that entered them), so any task may call the tools and close it."""
         started: asyncio.Future[tuple[Client, list[Tool]]] = (
             asyncio.get_running_loop().create_future())
         stop = asyncio.Event()
@@ -241,14 +266,7 @@ class MCPServerIntegration(Integration):
             stop.set()
             await asyncio.gather(owner, return_exceptions=True)
             raise
-        typed = self._typed_class(tools)(connection=self.connection, command=self.command,
-                                         env=self.env, url=self.url, headers=self.headers,
-                                         timeout_s=self.timeout_s)
-        typed.client, typed.tools, typed._owner, typed._stop = client, tools, owner, stop
-        info = getattr(client, "server_info", None) or getattr(
-            getattr(client, "session", None), "server_info", None)
-        typed.server_name = str(getattr(info, "name", "") or "")
-        return typed
+        return _Live(client, tools, owner, stop)
 
     async def _hold(self, started: asyncio.Future[tuple[Client, list[Tool]]],
                     stop: asyncio.Event) -> None:
@@ -297,10 +315,38 @@ class MCPServerIntegration(Integration):
         return {"server": self.server_name, "tools": len(self.tools)}
 
     async def aclose(self) -> None:
-        if self._owner is not None and self._stop is not None:
-            owner, self._owner, self.client = self._owner, None, None
-            self._stop.set()
-            await asyncio.gather(owner, return_exceptions=True)
+        """Done with the server: a kept connection is handed back, any other one closed."""
+        live, release, self._live, self._release, self.client = (self._live, self._release,
+                                                                  None, None, None)
+        if release is not None:
+            release()
+        elif live is not None:
+            await live.close()
+
+
+@dataclass
+class _Live:
+    """A connection to an MCP server, held open by its `owner` task until `stop` is set."""
+
+    client: Client
+    tools: list[Tool]
+    owner: asyncio.Task[None]
+    stop: asyncio.Event
+
+    async def usable(self) -> bool:
+        """Whether the server still answers: it lists its tools again (they may have changed)
+        within `USABLE_S`."""
+        if self.owner.done():
+            return False
+        try:
+            self.tools = await asyncio.wait_for(_all_tools(self.client), USABLE_S)
+        except Exception:  # stopped, hung or broken: the caller opens another connection
+            return False
+        return True
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.gather(self.owner, return_exceptions=True)
 
 
 async def _all_tools(client: Client) -> list[Tool]:

@@ -30,6 +30,7 @@ from integrations.ai import AI
 from integrations.base import Integration
 from integrations.catalog import Catalog, local_integrations, scrub
 from integrations.files import Files
+from integrations.kept import KeptConnections
 from integrations.vault import Credentials, Vault
 
 logger = logging.getLogger(__name__)
@@ -154,12 +155,14 @@ async def build_catalog(
     engine: AsyncEngine,
     thread_id: str | None = None,
     on_completion: Callable[[Completion], None] | None = None,
+    kept: KeptConnections | None = None,
 ) -> Catalog:
     """The local integrations, `files` (with `thread_id`'s attachments), and the workspace's
     connections, every secret value handed to the catalog to scrub.
 
     A connection that cannot be built (its service was removed, its fields are wrong) is left out
-    with a warning naming it, so one broken connection does not stop every job.
+    with a warning naming it, so one broken connection does not stop every job. With `kept` (a
+    worker's), connections to servers stay open between catalogs (`integrations.kept`).
     """
     integrations = local_integrations(settings, models, on_completion=on_completion,
                                       delivered=Store(engine).outbox_has)
@@ -174,7 +177,7 @@ async def build_catalog(
         stored = []
     for credentials in stored:
         try:
-            integrations.append(await build_integration(credentials, settings).ready())
+            integrations.append(await build_integration(credentials, settings).ready(kept=kept))
         except Exception as exc:  # one broken connection must not stop every job
             why = exc.message if isinstance(exc, SluiceError) else type(exc).__name__
             logger.warning("connection %r (%s) left out: %s", credentials.name,

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from core.errors import IntegrationError
 from core.settings import Settings
 from integrations.base import EffectCall
 from integrations.catalog import Catalog
+from integrations.kept import KeptConnections
 from integrations.mcp_client import MCPServerIntegration
 from integrations.registry import build_catalog
 from integrations.vault import Vault
@@ -163,3 +166,56 @@ async def test_a_server_that_cannot_start_is_left_out(engine: AsyncEngine, tmp_p
         assert "connection 'broken' (mcp) left out" in caplog.text
     finally:
         await catalog.aclose()
+
+
+async def test_a_worker_keeps_a_server_between_catalogs_and_stops_it_when_idle(
+        engine: AsyncEngine, tmp_path: Path) -> None:
+    starts = tmp_path / "starts.txt"
+    settings = Settings(home=tmp_path / "state")
+    await Vault.from_settings(settings, engine).put("default", "inventory", "mcp", {
+        "command": f"{sys.executable} {SERVER}",
+        "env": json.dumps({"INVENTORY_API_KEY": API_KEY, "INVENTORY_STARTS": str(starts)})})
+    kept = KeptConnections(idle_s=0.5)
+    try:
+        # A plan, its sample run and the run: one server start, every tool call answered.
+        for _ in range(3):
+            catalog = await build_catalog(settings, CannedModel(), engine=engine, kept=kept)
+            report = await catalog.dispatch(EffectCall("inventory", "stock_report", [], {}))
+            await catalog.aclose()
+            assert report == "3 products"
+        [pid] = starts.read_text().split()
+
+        # Left unused for idle_s, it is stopped; the next catalog starts it again.
+        await _until(lambda: not _running(int(pid)))
+        catalog = await build_catalog(settings, CannedModel(), engine=engine, kept=kept)
+        assert await catalog.dispatch(EffectCall("inventory", "whoami", [], {})) == "account inv-"
+        _first, second = starts.read_text().split()
+
+        # A server that died while kept is noticed and replaced, not handed out.
+        await catalog.aclose()
+        os.kill(int(second), signal.SIGKILL)
+        catalog = await build_catalog(settings, CannedModel(), engine=engine, kept=kept)
+        assert await catalog.dispatch(EffectCall("inventory", "stock_report", [], {})) == (
+            "3 products")
+        assert len(starts.read_text().split()) == 3
+        await catalog.aclose()
+    finally:
+        await kept.aclose()  # the worker stops: every kept server with it
+    assert not any(_running(int(p)) for p in starts.read_text().split())
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie has exited
+        return stat.read().split(") ")[-1][0] != "Z"
+
+
+async def _until(condition: Callable[[], bool], within_s: float = 10.0) -> None:
+    for _ in range(int(within_s / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {within_s} s")

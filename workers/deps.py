@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from arq import ArqRedis
 
@@ -12,6 +12,7 @@ from core.jobs import connect
 from core.protocols import ModelClient
 from core.settings import Settings
 from core.store import Store
+from integrations.kept import KeptConnections
 
 
 @dataclass
@@ -20,6 +21,7 @@ class Deps:
     store: Store
     redis: ArqRedis
     models: ModelClient
+    kept: KeptConnections = field(default_factory=lambda: KeptConnections(idle_s=0.0))
     runs_going: int = 0  # run_program jobs in progress in this worker
 
     @classmethod
@@ -28,9 +30,11 @@ class Deps:
         await migrate(engine)
         redis = redis or await connect(settings.require_redis_url())
         return cls(settings=settings, store=Store(engine), redis=redis,
-                   models=LiteLLMModels.from_settings(settings))
+                   models=LiteLLMModels.from_settings(settings),
+                   kept=KeptConnections(idle_s=settings.mcp_keep_s))
 
     async def close(self) -> None:
+        await self.kept.aclose()
         aclose = getattr(self.models, "aclose", None)  # the direct transport's HTTP session
         if aclose is not None:
             await aclose()

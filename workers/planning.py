@@ -15,6 +15,7 @@ from core.settings import Settings
 from core.store import Store
 from core.types import EventKind, JobEvent, Request
 from integrations.catalog import Catalog
+from integrations.kept import KeptConnections
 from integrations.registry import build_catalog
 from workers.deps import Deps
 from workers.sampling import SandboxExecutor
@@ -52,25 +53,26 @@ async def planning_context(settings: Settings, store: Store, catalog: Catalog,
                            previews=catalog.previews(), variables=tuple(summaries))
 
 
-def planning_tools(settings: Settings, store: Store, models: ModelClient) -> PlanningTools:
+def planning_tools(settings: Settings, store: Store, models: ModelClient, *,
+                   kept: KeptConnections | None = None) -> PlanningTools:
     """The type checker and the sandbox's sample runs, as the settings ask."""
     checker = TypeChecker(cache_dir=settings.typecheck_cache_dir) if settings.plan_typecheck \
         else None
-    return PlanningTools(checker=checker,
-                         executor=SandboxExecutor(settings=settings, store=store, models=models),
+    executor = SandboxExecutor(settings=settings, store=store, models=models, kept=kept)
+    return PlanningTools(checker=checker, executor=executor,
                          sample_items=settings.plan_sample_items)
 
 
 async def plan_for(deps: Deps, request: Request) -> PlanningOutcome:
     """Plan `request` with the workspace's integrations, recording the checks that failed."""
     catalog = await build_catalog(deps.settings, deps.models, engine=deps.store.engine,
-                                  thread_id=request.thread_id)
+                                  thread_id=request.thread_id, kept=deps.kept)
     try:
         context = await planning_context(deps.settings, deps.store, catalog, request.thread_id,
                                          models=deps.models)
     finally:
         await catalog.aclose()
-    tools = planning_tools(deps.settings, deps.store, deps.models)
+    tools = planning_tools(deps.settings, deps.store, deps.models, kept=deps.kept)
     outcome = await make_plan(request, models=deps.models, context=context, tools=tools,
                               rounds=deps.settings.plan_rounds)
     await _record_checks(deps, request.id, outcome)

@@ -147,7 +147,7 @@ async def _run_leased(deps: Deps, run: Run, owner: str) -> str:
     plan = await deps.store.get_plan(run.plan_id)
     models = CostedModels(deps.models)
     catalog = await build_catalog(deps.settings, models, engine=deps.store.engine,
-                                  thread_id=run.thread_id)
+                                  thread_id=run.thread_id, kept=deps.kept)
     journal = Journal(deps.store.engine, run.id)
     replaying = await journal.load()
     runner = EffectRunner(run_id=run.id, catalog=catalog, journal=journal,

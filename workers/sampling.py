@@ -25,6 +25,7 @@ from core.store import Store
 from core.types import SampleRun, WritePreview
 from integrations.base import EffectCall
 from integrations.catalog import Catalog
+from integrations.kept import KeptConnections
 from integrations.registry import build_catalog
 from workers.effects import CostedModels, call_key, model_answers, runtime_now, spent
 from workers.sandbox import ProgressTick, SandboxLimits, SandboxOutcome, run_sandboxed
@@ -98,17 +99,19 @@ class SampleHandler:
 class SandboxExecutor:
     """Sample runs in the workers' sandbox, with the worker's integrations and models."""
 
-    def __init__(self, *, settings: Settings, store: Store, models: ModelClient) -> None:
+    def __init__(self, *, settings: Settings, store: Store, models: ModelClient,
+                 kept: KeptConnections | None = None) -> None:
         self.settings = settings
         self.store = store
         self.models = models
+        self.kept = kept  # the worker's open connections (MCP servers)
 
     async def sample(self, program: str, *, thread_id: str | None, items: int) -> SampleRun:
         """Run `program` on the first `items` items of its loops, writes only previewed."""
         settings = self.settings
         models = CostedModels(self.models)
         catalog = await build_catalog(settings, models, engine=self.store.engine,
-                                      thread_id=thread_id)
+                                      thread_id=thread_id, kept=self.kept)
         handler = SampleHandler(catalog)
         ticks: dict[str, ProgressTick] = {}
 
