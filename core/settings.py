@@ -130,9 +130,9 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="Spend at which a run pauses and asks (at least twice "
         "the plan's estimate).")
 
-    mcp_keep_s: float = Field(default=300.0, ge=0, description="How long a worker keeps an MCP "
-                              "server's connection open after its last use, for the next plan "
-                              "or run.")
+    keep_connections_s: float = Field(default=300.0, ge=0, description="How long a worker "
+                                      "keeps a connection to an MCP server or a mail account "
+                                      "open after its last use, for the next plan or run.")
     lease_ttl_s: float = Field(default=10.0, gt=0, description="A running job's lease; a "
                                "run whose worker stops renewing it resumes elsewhere.")
     sweep_every_s: float = Field(default=5.0, gt=0, description="How often workers look for "

@@ -35,6 +35,7 @@ from core.text import html_to_text
 from integrations._smtp import Security, SmtpSender, verified_tls
 from integrations.base import ActionSpec, Found, Integration, Row, action
 from integrations.files import pdf_pages, rows_of
+from integrations.kept import KeptConnections
 from integrations.mail import Email, compose, message_id_for, parse_email, parse_message
 from integrations.registry import CredentialField, Service, named
 from integrations.vault import Credentials
@@ -78,11 +79,29 @@ class IMAPMail(Integration):
         self.smtp_host, self.smtp_port, self.smtp_security = smtp_host, smtp_port, smtp_security
         self.sender = sender or username
         self.file_sent = file_sent  # auto: file a copy in Sent unless the server is Gmail
-        self._conn: imaplib.IMAP4 | None = None
-        self._lock = threading.Lock()
-        self._smtp = SmtpSender(smtp_host, smtp_port, timeout_s=timeout_s,
-                                security=smtp_security,
-                                login=None if smtp_security == "none" else (username, password))
+        self._session = self._new_session()
+        self._release: Callable[[], None] | None = None  # when a worker keeps the session
+
+    async def ready(self, *, kept: KeptConnections | None = None) -> Integration:
+        """With `kept` (a worker's), use the session it keeps for this account: one login
+        serves a request's plan, sample run and run, and the SMTP connections stay open."""
+        if kept is not None:
+            session, self._release = await kept.acquire(self._key(), self._open_session)
+            assert isinstance(session, _Session)
+            self._session = session
+        return self
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.host, self.port, self.security, self.username, self._password,
+                self.smtp_host, self.smtp_port, self.smtp_security)
+
+    async def _open_session(self) -> _Session:
+        return self._new_session()
+
+    def _new_session(self) -> _Session:
+        login = None if self.smtp_security == "none" else (self.username, self._password)
+        return _Session(SmtpSender(self.smtp_host, self.smtp_port, timeout_s=self.timeout_s,
+                                   security=self.smtp_security, login=login))
 
     def redo_is_safe(self, spec: ActionSpec) -> bool:
         return spec.idempotent
@@ -186,7 +205,7 @@ class IMAPMail(Integration):
                                    "send; use mail.send instead.")
         message = compose(self.sender, to, subject, body, cc=cc, reply_to=reply_to,
                           idempotency_key=idempotency_key)
-        await asyncio.to_thread(self._smtp.send, message)
+        await asyncio.to_thread(self._session.smtp.send, message)
         if self.file_sent != "no":
             await self._file_copy(message.as_bytes(), str(message["Message-ID"]))
         return str(message["Message-ID"])
@@ -221,8 +240,12 @@ class IMAPMail(Integration):
         return await self._run(self._describe)
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self._logout)
-        await asyncio.to_thread(self._smtp.close)
+        """Done with the account: a kept session is handed back, any other one closed."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+        else:
+            await self._session.close()
 
     # IMAP, in a thread, one command at a time.
 
@@ -230,7 +253,8 @@ class IMAPMail(Integration):
         return await asyncio.to_thread(self._locked, work)
 
     def _locked(self, work: Callable[[imaplib.IMAP4], T]) -> T:
-        with self._lock:
+        session = self._session
+        with session.lock:
             for attempt in (1, 2):
                 try:
                     return work(self._connection())
@@ -241,7 +265,7 @@ class IMAPMail(Integration):
                         "password was not sent. If it uses a private certificate authority, "
                         "point SSL_CERT_FILE at it.") from None
                 except (imaplib.IMAP4.abort, ConnectionError, OSError) as exc:
-                    self._conn = None
+                    session.conn = None
                     if attempt == 2:
                         raise IntegrationError(f"The mail server {self.host}:{self.port} "
                                                f"dropped the connection ({type(exc).__name__})."
@@ -251,8 +275,8 @@ class IMAPMail(Integration):
         raise AssertionError("unreachable")
 
     def _connection(self) -> imaplib.IMAP4:
-        if self._conn is not None:
-            return self._conn
+        if self._session.conn is not None:
+            return self._session.conn
         if self.security == "ssl":
             conn: imaplib.IMAP4 = imaplib.IMAP4_SSL(self.host, self.port, timeout=self.timeout_s,
                                                     ssl_context=verified_tls())
@@ -267,15 +291,8 @@ class IMAPMail(Integration):
             raise IntegrationError(f"The mail server {self.host} refused the login for "
                                    f"{self.username}; check the connection's password "
                                    "(`sluice connect imap`).") from None
-        self._conn = conn
+        self._session.conn = conn
         return conn
-
-    def _logout(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                with contextlib.suppress(imaplib.IMAP4.error, OSError):
-                    self._conn.logout()
-                self._conn = None
 
     def _select(self, conn: imaplib.IMAP4, folder: str, *, readonly: bool) -> None:
         status, _data = conn.select(_quoted(folder), readonly=readonly)
@@ -421,6 +438,31 @@ class IMAPMail(Integration):
         return {"address": self.sender, "folders": folders,
                 "inbox": {"emails": int(counts.get(b"MESSAGES", 0)),
                           "unread": int(counts.get(b"UNSEEN", 0))}}
+
+
+class _Session:
+    """An account's IMAP connection (made when a command first needs it, and again when it
+    drops), the lock its commands take turns on, and the SMTP connections for sending: what
+    catalogs share when a worker keeps them (`integrations.kept`)."""
+
+    def __init__(self, smtp: SmtpSender) -> None:
+        self.conn: imaplib.IMAP4 | None = None
+        self.lock = threading.Lock()
+        self.smtp = smtp
+
+    async def usable(self) -> bool:
+        return True  # a dropped connection is made again by the next command
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._logout)
+        await asyncio.to_thread(self.smtp.close)
+
+    def _logout(self) -> None:
+        with self.lock:
+            if self.conn is not None:
+                with contextlib.suppress(imaplib.IMAP4.error, OSError):
+                    self.conn.logout()
+                self.conn = None
 
 
 def files_sent_itself(capabilities: tuple[str, ...]) -> bool:

@@ -1,11 +1,12 @@
-"""Connections kept open between catalogs: a worker's MCP servers.
+"""Connections kept open between catalogs: a worker's MCP servers and mail accounts.
 
-Every plan, sample run and run builds the workspace's catalog, and an MCP connection used to
-start its server each time (a process, a handshake, the tool list: 1.3–1.5 s for a Python
-server, more through `npx` or `uvx`) and stop it after. A worker now keeps each server's
-connection while catalogs use it and for `idle_s` after the last one is done with it; the next
-catalog within that time finds it connected, once the connection shows it still works (an MCP
-server lists its tools again); one that does not is closed and opened anew. Built once in the worker's `on_startup` (`Deps`) and closed at its shutdown.
+Every plan, sample run and run builds the workspace's catalog. An MCP connection used to start
+its server each time (a process, a handshake, the tool list: 1.3–1.5 s for a Python server, more
+through `npx` or `uvx`) and stop it after; a mail account logged in to IMAP each time. A worker
+now keeps each connection while catalogs use it and for `idle_s` after the last one is done
+with it; the next catalog within that time finds it open, once it shows it still works (an MCP
+server lists its tools again; an IMAP session logs in again by itself when its connection
+dropped). Built once in the worker's `on_startup` (`Deps`) and closed at its shutdown.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import imaplib
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +18,7 @@ from infra.outbox import start_outbox
 from integrations.base import EffectCall, Found
 from integrations.catalog import Catalog
 from integrations.imap import IMAPMail, files_sent_itself
+from integrations.kept import KeptConnections
 from integrations.mail import message_id_for
 from tests._dovecot import DOVECOT, MISSING, Dovecot, dovecot
 from tests.test_files import pdf
@@ -230,3 +232,71 @@ async def test_wrong_password_is_a_clear_error_without_the_password(server: Dove
     assert info.value.message == ("The mail server 127.0.0.1 refused the login for ana; check "
                                   "the connection's password (`sluice connect imap`).")
     await mail.aclose()
+
+
+class _Relay:
+    """A TCP relay to the IMAP server that counts the connections made through it, can cut
+    them, and knows how many are open."""
+
+    def __init__(self, target: int) -> None:
+        self.target, self.made = target, 0
+        self.open: set[asyncio.StreamWriter] = set()
+
+    async def serve(self) -> tuple[asyncio.Server, int]:
+        server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return server, int(server.sockets[0].getsockname()[1])
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.made += 1
+        self.open.add(writer)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        self.open.discard(writer)
+
+    def cut(self) -> None:
+        for writer in list(self.open):
+            writer.transport.abort()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+async def test_a_worker_keeps_one_login_for_the_catalogs_of_a_request(server: Dovecot) -> None:
+    relay = _Relay(server.port)
+    listening, port = await relay.serve()
+    kept = KeptConnections(idle_s=30)
+
+    async def catalog_reads() -> list[str]:  # a plan, a sample run or a run
+        mail = await IMAPMail(host="127.0.0.1", port=port, username=server.user,
+                              password=server.password, security="none").ready(kept=kept)
+        assert isinstance(mail, IMAPMail)
+        try:
+            return [e["subject"] for e in await mail.search(subject="invoice")]
+        finally:
+            await mail.aclose()
+
+    try:
+        for _ in range(3):
+            assert await catalog_reads() == ["Invoice G-2", "Invoice INV-7"]
+        assert relay.made == 1 and len(relay.open) == 1  # one login, still open for the next
+
+        relay.cut()  # the server drops the idle connection: the next reader logs in again
+        assert await catalog_reads() == ["Invoice G-2", "Invoice INV-7"]
+        assert relay.made == 2
+    finally:
+        await kept.aclose()  # the worker stops: the kept session logs out
+    for _ in range(100):
+        if not relay.open:
+            break
+        await asyncio.sleep(0.02)
+    assert not relay.open
+    listening.close()
+    await listening.wait_closed()

@@ -31,7 +31,7 @@ class Deps:
         redis = redis or await connect(settings.require_redis_url())
         return cls(settings=settings, store=Store(engine), redis=redis,
                    models=LiteLLMModels.from_settings(settings),
-                   kept=KeptConnections(idle_s=settings.mcp_keep_s))
+                   kept=KeptConnections(idle_s=settings.keep_connections_s))
 
     async def close(self) -> None:
         await self.kept.aclose()
