@@ -4,8 +4,6 @@ aiosmtpd servers (plain and implicit TLS) on loopback."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,15 +11,12 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from core.errors import IntegrationError
 from integrations._smtp import SmtpSender
 from integrations.imap import IMAPMail
 from integrations.mail import LocalMail, compose
+from tests._tls import certificate as self_signed
 
 
 class Server:
@@ -112,24 +107,16 @@ async def test_a_run_of_emails_goes_out_on_one_connection_closed_at_the_end(
     await _until(lambda: server.closed == server.opened)
 
 
-async def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_second_email(
-        smtp: tuple[Server, int], tmp_path: Path) -> None:
+@pytest.mark.parametrize("closing", ["its idle timeout", "a 421 to MAIL FROM"])
+async def test_a_kept_connection_the_server_closed_is_replaced_without_a_second_email(
+        smtp: tuple[Server, int], tmp_path: Path, closing: str) -> None:
     server, port = smtp
     mail = _mail(port, tmp_path)
     await mail.send("ana@example.com", "First", "x")
-    await _until(lambda: server.closed == 1)  # the server's idle timeout (0.5 s) closed it
-    await mail.send("bo@example.com", "Second", "x")
-    assert [e.rcpt_tos for e in server.envelopes] == [["ana@example.com"], ["bo@example.com"]]
-    assert server.opened == 2
-    await mail.aclose()
-
-
-async def test_a_421_to_mail_from_on_a_kept_connection_sends_it_once_on_a_new_one(
-        smtp: tuple[Server, int], tmp_path: Path) -> None:
-    server, port = smtp
-    mail = _mail(port, tmp_path)
-    await mail.send("ana@example.com", "First", "x")
-    server.refuse_next_mail = True  # closing down: the kept connection answers MAIL with 421
+    if closing == "its idle timeout":
+        await _until(lambda: server.closed == 1)  # the server closed it after 0.5 s idle
+    else:
+        server.refuse_next_mail = True  # shutting down: the kept one answers MAIL with 421
     await mail.send("bo@example.com", "Second", "x")
     assert [e.rcpt_tos for e in server.envelopes] == [["ana@example.com"], ["bo@example.com"]]
     assert server.opened == 2
@@ -155,26 +142,7 @@ async def test_a_connection_lost_after_the_email_was_handed_over_is_not_sent_aga
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost and 127.0.0.1: (certificate, key) files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    folder = tmp_path_factory.mktemp("tls")
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
+    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
