@@ -25,7 +25,10 @@ import smtplib
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from email.message import Message
+from email.policy import compat32
+from email.utils import getaddresses, parseaddr
 from typing import Any, Literal
 
 from core.errors import IntegrationError
@@ -111,11 +114,13 @@ class SmtpSender:
                                    f"({exc.strerror or type(exc).__name__}).") from None
 
     def _send(self, message: Message) -> None:
+        envelope = _Envelope.of(message)
         while (kept := self._take()) is not None:
             try:
-                self._transact(kept, message)
-            except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException) as exc:
-                closing = (isinstance(exc, smtplib.SMTPServerDisconnected)
+                self._transact(kept, envelope)
+            except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException,
+                    OSError) as exc:
+                closing = (not isinstance(exc, smtplib.SMTPResponseException)
                            or exc.smtp_code == 421)  # 421: the server is closing the connection
                 if kept.data_sent or not closing:
                     raise
@@ -124,14 +129,14 @@ class SmtpSender:
             self._give_back(kept)
             return
         connection = self._connect()
-        self._transact(connection, message)
+        self._transact(connection, envelope)
         self._give_back(connection)
 
     @staticmethod
-    def _transact(connection: _Connection, message: Message) -> None:
+    def _transact(connection: _Connection, envelope: _Envelope) -> None:
         connection.data_sent = False
         try:
-            connection.send_message(message)
+            connection.sendmail(envelope.sender, envelope.recipients, envelope.data)
         except BaseException as exc:
             _drop(connection)
             if connection.data_sent and isinstance(exc, smtplib.SMTPServerDisconnected | OSError):
@@ -180,6 +185,27 @@ class SmtpSender:
             idle, self._idle = self._idle, []
         for _since, connection in idle:
             _quit(connection)
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    """An email as it goes over SMTP: who it is from, to whom, and its bytes."""
+
+    sender: str
+    recipients: list[str]
+    data: bytes
+
+    @classmethod
+    def of(cls, message: Message) -> _Envelope:
+        """From the email's From, To and Cc, its bytes with CRLF line ends and lines that begin
+        with "From " left as they are (`SMTP.send_message` writes ">From ", an mbox habit)."""
+        copies = [str(v) for v in (*message.get_all("To", ()), *message.get_all("Cc", ()))]
+        return cls(sender=parseaddr(str(message["From"]))[1],
+                   recipients=[address for _name, address in getaddresses(copies)],
+                   data=message.as_bytes(policy=_WIRE))
+
+
+_WIRE = compat32.clone(linesep="\r\n")
 
 
 def _quiet(connection: _Connection) -> bool:

@@ -220,7 +220,7 @@ def compose(
     return message
 
 
-_MAX_7BIT_LINE = 998 - 2  # RFC 5321's line limit, less the CRLF
+_MAX_7BIT_LINE = 998  # RFC 5322: at most 998 characters a line, the CRLF not counted
 
 
 def _sender(sender: str) -> str:

@@ -110,7 +110,7 @@ async def test_what_is_sent_reads_back_as_it_was_written(
     mail = LocalMail(smtp_host="127.0.0.1", smtp_port=port, mailbox=tmp_path, timeout_s=5,
                      sender="Équipe Sluice <team@example.com>")
     subject = "Grüße — your budget for Café Ünïcode ✓ 🙂, a subject long enough to fold twice"
-    body = "Hi José,\r\nwhat is your budget? 🙂\r\n" + "x" * 1500 + "\n.\nThanks"
+    body = "Hi José,\r\nFrom now on: your budget? 🙂\r\n" + "x" * 1500 + "\n.\nThanks"
     await mail.send(["José Núñez <jose@example.com>", '"Lima, Ana" <ana@example.com>'],
                     subject, body, cc="Zoë <zoe@example.com>")
     sent = handler.message()
@@ -123,7 +123,7 @@ async def test_what_is_sent_reads_back_as_it_was_written(
     content = sent.get_body()
     assert content is not None
     assert content.get_content().replace("\r\n", "\n") == (
-        "Hi José,\nwhat is your budget? 🙂\n" + "x" * 1500 + "\n.\nThanks\n")
+        "Hi José,\nFrom now on: your budget? 🙂\n" + "x" * 1500 + "\n.\nThanks\n")
     raw = handler.envelopes[-1].original_content
     assert isinstance(raw, bytes)
     assert max(len(line) for line in raw.split(b"\r\n")) <= 78  # any server takes its lines
