@@ -7,11 +7,14 @@ import asyncio
 import smtplib
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.email.outgoing import Outgoing, send
+from core.settings import Settings
 from core.store import Store
 from infra.outbox import Outbox, start_outbox
 
@@ -102,3 +105,15 @@ async def test_a_mail_the_outbox_cannot_store_is_refused_not_acknowledged(
         await conn.execute(text("ALTER TABLE outbox_away RENAME TO outbox"))
     await asyncio.to_thread(_send, running.port, _mail("ana@example.com", "Again"))
     assert [m.subject for m in await store.list_outbox()] == ["Again"]
+
+
+async def test_a_reply_keeps_its_lines_that_begin_with_from(
+        outbox: tuple[Outbox, Store], tmp_path: Path) -> None:
+    # smtplib's send_message writes such a line as ">From ", an mbox habit.
+    running, store = outbox
+    settings = Settings(home=tmp_path, smtp_port=running.port)
+    await send(settings, Outgoing(to="ana@example.com", subject="Re: Signups",
+                                  text="Plan:\nFrom the signups sheet, 4 rows.\n",
+                                  message_id="<reply.1@localhost>", sender="sluice@localhost"))
+    [mail] = await store.list_outbox()
+    assert mail.body.replace("\r\n", "\n").startswith("Plan:\nFrom the signups sheet, 4 rows.")

@@ -81,10 +81,12 @@ def message_id_for(settings: Settings, key: str) -> str:
 async def send(settings: Settings, mail: Outgoing) -> bytes:
     """Send through SMTP; returns the bytes sent. Raises OSError/SMTPException on failure."""
     msg = mail.compose()
+    # Flattened here: `send_message` would write a line that begins with "From " as ">From ".
+    data = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
 
     def deliver() -> None:
         with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=30) as smtp:
-            smtp.send_message(msg, from_addr=settings.mail_from, to_addrs=[mail.to])
+            smtp.sendmail(settings.mail_from, [mail.to], data)
 
     await asyncio.to_thread(deliver)
     return msg.as_bytes()
