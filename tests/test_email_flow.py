@@ -247,6 +247,7 @@ async def test_a_signed_link_shows_the_decision_and_only_its_button_makes_it(
         async with http.get(url) as resp:
             page = await resp.text()
             assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
+            assert resp.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
     assert "Approve the plan in “" in page and f"as {ANA}?" in page
     assert '<form method="post">' in page and ">Approve</button>" in page
     await mail.stack.drain()

@@ -34,7 +34,10 @@ _VERBS = {"approve": "Approve the plan", "run_first": "Run the plan on its first
 def _page(status: int, text: str, form: str = "") -> web.Response:
     body = f"<!doctype html><title>Sluice</title><p>{html.escape(text)}</p>{form}"
     return web.Response(text=body, content_type="text/html", status=status,
-                        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+                        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+                                 # No other site may frame the button to have it clicked.
+                                 "Content-Security-Policy": "frame-ancestors 'none'",
+                                 "X-Frame-Options": "DENY"})
 
 
 def _checked(deps: BotDeps, fields: Mapping[str, str]) -> web.Response | None:
