@@ -72,6 +72,7 @@ class SmtpSender:
         self.keep, self.idle_s = keep, idle_s
         self._idle: list[tuple[float, _Connection]] = []  # (when it went idle, connection)
         self._lock = threading.Lock()
+        self._closed = False  # a send that ends after close() quits its connection
         self.opened = 0  # connections opened, for the record
 
     @property
@@ -174,15 +175,15 @@ class SmtpSender:
 
     def _give_back(self, connection: _Connection) -> None:
         with self._lock:
-            if len(self._idle) < self.keep:
+            if not self._closed and len(self._idle) < self.keep:
                 self._idle.append((time.monotonic(), connection))
                 return
         _quit(connection)
 
     def close(self) -> None:
-        """Quit every idle connection."""
+        """Quit every idle connection, and those of sends still under way as they end."""
         with self._lock:
-            idle, self._idle = self._idle, []
+            idle, self._idle, self._closed = self._idle, [], True
         for _since, connection in idle:
             _quit(connection)
 

@@ -27,6 +27,8 @@ class Server:
         self.opened = self.closed = 0
         self.envelopes: list[Envelope] = []
         self.refuse_next_mail = self.cut_after_next_data = False
+        self.hold = asyncio.Event()  # answers DATA once set (set unless a test clears it)
+        self.hold.set()
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, options: list[str]) -> str:
@@ -39,6 +41,7 @@ class Server:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.envelopes.append(envelope)
+        await self.hold.wait()
         if self.cut_after_next_data:
             self.cut_after_next_data = False
             assert isinstance(server.transport, asyncio.Transport)
@@ -105,6 +108,22 @@ async def test_a_run_of_emails_goes_out_on_one_connection_closed_at_the_end(
 
     await mail.aclose()
     await _until(lambda: server.closed == server.opened)
+
+
+async def test_a_send_still_under_way_when_the_run_ends_quits_its_connection_after(
+        tmp_path: Path) -> None:
+    server = Server()
+    listening, port = await _serve(server)  # no idle timeout: only we close connections
+    mail = _mail(port, tmp_path)
+    server.hold.clear()
+    sending = asyncio.create_task(mail.send("ana@example.com", "Slow", "x"))
+    await _until(lambda: len(server.envelopes) == 1)  # the server has it, not answered yet
+    await mail.aclose()  # the run ends meanwhile
+    server.hold.set()
+    await sending
+    await _until(lambda: server.closed == server.opened == 1)  # not kept for nobody
+    listening.close()
+    await listening.wait_closed()
 
 
 @pytest.mark.parametrize("closing", ["its idle timeout", "a 421 to MAIL FROM"])
