@@ -112,11 +112,14 @@ async def test_what_is_sent_reads_back_as_it_was_written(
     subject = "Grüße — your budget for Café Ünïcode ✓ 🙂, a subject long enough to fold twice"
     body = "Hi José,\r\nFrom now on: your budget? 🙂\r\n" + "x" * 1500 + "\n.\nThanks"
     await mail.send(["José Núñez <jose@example.com>", '"Lima, Ana" <ana@example.com>'],
-                    subject, body, cc="Zoë <zoe@example.com>")
+                    subject, body, cc="Zoë <zoe@example.com>",
+                    reply_to='"Ventas, Équipe" <sales@example.com>')
     sent = handler.message()
     assert str(sent["From"]) == "Équipe Sluice <team@example.com>"
     assert str(sent["To"]) == 'José Núñez <jose@example.com>, "Lima, Ana" <ana@example.com>'
     assert str(sent["Cc"]) == "Zoë <zoe@example.com>"
+    assert [(a.display_name, a.addr_spec) for a in sent["Reply-To"].addresses] == [
+        ("Ventas, Équipe", "sales@example.com")]  # one address, its comma inside the name
     assert str(sent["Subject"]) == subject  # every space kept across the folded lines
     assert handler.envelopes[-1].rcpt_tos == ["jose@example.com", "ana@example.com",
                                               "zoe@example.com"]
