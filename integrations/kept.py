@@ -54,7 +54,7 @@ class KeptConnections:
             kept = self._kept.get(key)
             if kept is None or not await kept.connection.usable():
                 if kept is not None:
-                    self._close_later(self._kept.pop(key))
+                    self._retire(key, kept)
                 kept = self._kept[key] = _Kept(await open_())
                 self.opened += 1
             if kept.expiry is not None:
@@ -63,11 +63,22 @@ class KeptConnections:
             kept.users += 1
         return kept.connection, _once(lambda: self._release(key, kept))
 
+    def _retire(self, key: Hashable, kept: _Kept) -> None:
+        """Stop handing out `kept`; close it now if nobody uses it, else when its last user
+        is done (a server slow to answer may be busy with another run's call)."""
+        del self._kept[key]
+        if kept.users == 0:
+            self._close_later(kept)
+
     def _release(self, key: Hashable, kept: _Kept) -> None:
         kept.users -= 1
-        if kept.users == 0 and self._kept.get(key) is kept:
+        if kept.users > 0:
+            return
+        if self._kept.get(key) is kept:
             kept.expiry = asyncio.get_running_loop().call_later(self.idle_s, self._expire,
                                                                  key, kept)
+        else:  # retired while in use
+            self._close_later(kept)
 
     def _expire(self, key: Hashable, kept: _Kept) -> None:
         if kept.users == 0 and self._kept.get(key) is kept:
