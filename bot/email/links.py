@@ -24,6 +24,7 @@ from bot.conversation import AlreadyDecidedError, Decision, decide
 from bot.deps import BotDeps
 from bot.email.mirror import link_signature, mirror_thread
 from core.errors import InvalidInputError, NotFoundError
+from core.types import Button, Message
 
 _FIELDS = ("message", "action", "value", "for", "until")
 _VERBS = {"approve": "Approve the plan", "run_first": "Run the plan on its first items",
@@ -68,8 +69,7 @@ async def show_decision(request: web.Request) -> web.Response:
         message = await deps.store.get_message(fields["message"])
     except NotFoundError as exc:
         return _page(404, exc.message)
-    button = next((b for b in message.buttons
-                   if b.action == fields["action"] and b.value == fields["value"]), None)
+    button = _button(message, fields)
     if button is None:
         return _page(409, "This was decided already: see the latest email in the thread.")
     hidden = "".join(f'<input type="hidden" name="{name}" value="{html.escape(value)}">'
@@ -91,8 +91,7 @@ async def decide_by_link(request: web.Request) -> web.Response:
         return refused
     try:
         message = await deps.store.get_message(fields["message"])
-        button = next((b for b in message.buttons
-                       if b.action == fields["action"] and b.value == fields["value"]), None)
+        button = _button(message, fields)
         reply = await decide(deps, Decision(
             action=fields["action"], message_id=fields["message"], value=fields["value"],
             user=fields["for"], count=button.count if button else None))
@@ -100,6 +99,12 @@ async def decide_by_link(request: web.Request) -> web.Response:
         return _page(409, exc.message)
     await mirror_thread(deps, message.thread_id)
     return _page(200, reply.text)
+
+
+def _button(message: Message, fields: Mapping[str, str]) -> Button | None:
+    """The button of `message` the link stands for, or None once it was decided."""
+    return next((b for b in message.buttons
+                 if b.action == fields["action"] and b.value == fields["value"]), None)
 
 
 async def _title(deps: BotDeps, thread_id: str) -> str:
