@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from arq import ArqRedis
 
@@ -21,7 +21,7 @@ class Deps:
     store: Store
     redis: ArqRedis
     models: ModelClient
-    kept: KeptConnections = field(default_factory=lambda: KeptConnections(idle_s=0.0))
+    kept: KeptConnections
     runs_going: int = 0  # run_program jobs in progress in this worker
 
     @classmethod

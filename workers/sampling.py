@@ -104,7 +104,7 @@ class SandboxExecutor:
         self.settings = settings
         self.store = store
         self.models = models
-        self.kept = kept  # the worker's open connections (MCP servers)
+        self.kept = kept  # the worker's open connections (MCP servers, mail accounts)
 
     async def sample(self, program: str, *, thread_id: str | None, items: int) -> SampleRun:
         """Run `program` on the first `items` items of its loops, writes only previewed."""
