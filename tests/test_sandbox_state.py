@@ -60,8 +60,13 @@ each(rows[:3], visit, concurrency=4)
 def nested(row):
     return each([row["Name"], "again"], lambda name: sheet.rows(), concurrency=4)
 each(rows[3:], nested, concurrency=4)
-for n in range(2):
-    mail.send(to=f"n{n}@example.com")
+def advanced():
+    for n in range(2):
+        yield sheet.rows()[n]["Name"]
+for name in advanced():
+    mail.send(to=f"{name}@example.com")
+    each([name], lambda k: mail.send(to=k + "@example.com"))
+    mail.send(to="again@example.com")
 print(now().year)
 """
 
@@ -74,13 +79,19 @@ async def test_effect_paths_follow_the_program_not_completion_order() -> None:
         assert outcome.output == "2024\n"
     items = [f"each#1/item#{i}/call#{n}" for i in range(3) for n in (1, 2)]
     nested = [f"each#2/item#{i}/each#1/item#{j}/call#1" for i in range(2) for j in range(2)]
-    loop = ["for@10/iter#0/call#1", "for@10/iter#1/call#1"]
+    # A top-level loop's iterations are scopes of their own, each() inside them too; what
+    # advancing the loop's iterable asks for is the enclosing scope's (call#3, call#4).
+    loop = [f"for@13/iter#{n}/{tail}" for n in range(2)
+            for tail in ("call#1", "call#2", "each#1/item#0/call#1")]
     assert sorted(c.path for c in first.calls) == sorted(
-        ["call#1", "call#2", *items, *nested, *loop, "call#3"])
+        ["call#1", "call#2", *items, *nested, *loop, "call#3", "call#4", "call#5"])
     assert _by_path(first.calls) == _by_path(second.calls)
-    assert _by_path(first.calls)["each#1/item#2/call#2"] == (
+    paths = _by_path(first.calls)
+    assert paths["each#1/item#2/call#2"] == (
         "mail", "send", '[[],{"to":"person2@example.com"}]')
-    assert _by_path(first.calls)["call#3"] == ("runtime", "now", "[[],{}]")
+    assert paths["call#3"][1] == paths["call#4"][1] == "rows"
+    assert paths["for@13/iter#1/call#2"] == ("mail", "send", '[[],{"to":"again@example.com"}]')
+    assert paths["call#5"] == ("runtime", "now", "[[],{}]")
 
 
 def _by_path(calls: list[EffectCall]) -> dict[str, tuple[str, str, str]]:

@@ -14,7 +14,6 @@ the items' order and a failing item is recorded, not raised.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
 import time
@@ -50,30 +49,48 @@ class Scope:
 
 
 class Iteration:
-    """The current iteration of one instrumented `for` loop, as a thread's scope.
+    """The iterations of one instrumented top-level `for` loop, as the thread's scope for the
+    whole loop.
 
-    One object serves every iteration of the loop: its Scope (path prefix
-    `<loop>/iter#<index>/`) is built only when the iteration asks for an effect, so iterations
-    that ask for none cost no allocation.
+    `index` is the current iteration, or -1 while the loop's iterable is advanced, which happens
+    in the enclosing scope (`outer`). An iteration's counters start afresh when the index
+    changes, so a loop costs no allocation per iteration and only its main thread uses it.
     """
 
-    __slots__ = ("_scope", "head", "in_item", "index")
+    __slots__ = ("_at", "_calls", "_loops", "head", "in_item", "index", "outer")
 
-    def __init__(self, head: str, *, in_item: bool) -> None:
-        self.head = head
-        self.in_item = in_item
-        self.index = 0
-        self._scope: Scope | None = None
+    def __init__(self, head: str, outer: Scope | Iteration) -> None:
+        self.head = head  # `<loop>/iter#`
+        self.outer = outer
+        self.in_item: bool = outer.in_item
+        self.index = -1
+        self._at = -1  # the iteration the counters count for
+        self._calls = 0
+        self._loops = 0
 
-    def at(self, index: int) -> Iteration:
-        """This loop, now at iteration `index`."""
-        self.index, self._scope = index, None
-        return self
+    @property
+    def prefix(self) -> str:
+        return f"{self.head}{self.index}/" if self.index >= 0 else self.outer.prefix
 
-    def scope(self) -> Scope:
-        if self._scope is None:
-            self._scope = Scope(f"{self.head}{self.index}/", in_item=self.in_item)
-        return self._scope
+    def next_call(self) -> str:
+        """The path of the next call asked for in the current iteration."""
+        index = self.index
+        if index < 0:
+            return self.outer.next_call()
+        if index != self._at:
+            self._at, self._calls, self._loops = index, 0, 0
+        self._calls += 1
+        return f"{self.head}{index}/call#{self._calls}"
+
+    def next_loop(self) -> str:
+        """The path of the next each() loop started in the current iteration."""
+        index = self.index
+        if index < 0:
+            return self.outer.next_loop()
+        if index != self._at:
+            self._at, self._calls, self._loops = index, 0, 0
+        self._loops += 1
+        return f"{self.head}{index}/each#{self._loops}"
 
 
 def item_scope(loop: str, index: int) -> Scope:
@@ -88,26 +105,13 @@ class Scopes:
         self.top = Scope()
         self.local = threading.local()  # .scope: the thread's scope, when it entered one
 
-    def current(self) -> Scope:
+    def current(self) -> Scope | Iteration:
         """This thread's scope."""
-        scope: Scope | Iteration | None = getattr(self.local, "scope", None)
-        if scope is None:
-            return self.top
-        return scope.scope() if type(scope) is Iteration else scope  # type: ignore[return-value]
+        return getattr(self.local, "scope", None) or self.top
 
-    def set(self, scope: Scope) -> None:
+    def set(self, scope: Scope | Iteration) -> None:
         """Make `scope` this thread's scope."""
         self.local.scope = scope
-
-    @contextlib.contextmanager
-    def entered(self, scope: Scope) -> Iterator[None]:
-        """`scope` is this thread's scope inside the block."""
-        previous = self.current()
-        self.set(scope)
-        try:
-            yield
-        finally:
-            self.set(previous)
 
 
 class ThreadBudget:
@@ -140,7 +144,11 @@ class Progress:
 
     def tick(self, loop: str, done: int, failed: int, total: int | None,
              available: int | None = None) -> None:
-        """Report unless a report went out less than `_TICK_S` ago."""
+        """Report unless a report went out less than `_TICK_S` ago. Checked first without the
+        lock: each() items tick as they finish, and threads queueing on the lock for every item
+        took half the time of a resumed run's replayed items."""
+        if time.monotonic() - self.last < _TICK_S:
+            return
         with self._lock:
             now = time.monotonic()
             if now - self.last < _TICK_S:
@@ -184,8 +192,12 @@ class Batch:
         self.progress = progress
         self.record = record
         self.error: BaseException | None = None
-        self._changed = threading.Condition()
-        self._next = 0
+        self._changed = threading.Condition()  # helpers ending, the loop's error
+        # Taken and counted without the lock: next() on a list iterator or a count is atomic
+        # under the GIL, and items that finish at once queued on a lock for every item.
+        self._pending = iter(self.order)
+        self._dones = itertools.count(1)
+        self._fails = itertools.count(1)
         self._done = 0
         self._failed = 0
         self._helpers = 0
@@ -202,9 +214,9 @@ class Batch:
             raise
         if self.error is not None:
             raise self.error
-        if self.progress is not None:
-            self.progress.final(self.loop, self._done, self._failed, len(self.order),
-                                self.available)
+        if self.progress is not None:  # every item is done: the counts are final
+            done, failed = next(self._dones) - 1, next(self._fails) - 1
+            self.progress.final(self.loop, done, failed, len(self.order), self.available)
         return self.results
 
     def _start_helper(self, number: int, budget: ThreadBudget) -> None:
@@ -237,27 +249,30 @@ class Batch:
                 return
 
     def _take(self) -> int | None:
-        with self._changed:
-            if self.error is not None or self._next >= len(self.order):
-                return None
-            self._next += 1
-            return self.order[self._next - 1]
+        if self.error is not None:
+            return None
+        return next(self._pending, None)
 
     def _visit(self, index: int) -> None:
         item = self.items[index]
         ok = True
-        with self.scopes.entered(item_scope(self.loop, index)):
-            try:
-                self.results[index] = self.fn(item)
-            except Exception as exc:
-                ok = False
-                self.record(self.loop, index, item, exc)
-        with self._changed:
-            if ok:
-                self._done += 1
-            else:
-                self._failed += 1
-            done, failed = self._done, self._failed
+        scopes = self.scopes
+        outer = scopes.current()
+        scopes.set(item_scope(self.loop, index))
+        try:
+            self.results[index] = self.fn(item)
+        except Exception as exc:
+            ok = False
+            self.record(self.loop, index, item, exc)
+        finally:
+            scopes.set(outer)
+        # The counts a tick shows may be a moment old; the final ones are exact.
+        if ok:
+            self._done = done = next(self._dones)
+            failed = self._failed
+        else:
+            self._failed = failed = next(self._fails)
+            done = self._done
         if self.progress is not None:
             self.progress.tick(self.loop, done, failed, len(self.order), self.available)
 
@@ -279,25 +294,25 @@ def track(iterable: Iterable[Any], loop: str, *, scopes: Scopes,
     scope (the iterable itself is advanced in the loop's scope), with progress.
 
     Runs once per iteration of the program's loops, so it is kept to the bare minimum: the
-    thread's scope is set directly, an iteration's Scope is built only when it is used, and
-    progress is checked without taking its lock.
+    thread's scope is the loop's `Iteration` from start to end, which takes the index as an
+    attribute, and progress is checked without taking its lock.
     """
     outer = scopes.current()
-    local = scopes.local
-    iteration = Iteration(f"{outer.prefix}{loop}/iter#", in_item=outer.in_item)
+    iteration = Iteration(f"{outer.prefix}{loop}/iter#", outer)
     total = length(iterable)
+    clock = time.monotonic
     done = 0
+    scopes.set(iteration)
     try:
-        local.scope = outer
         for item in iterable:
-            local.scope = iteration.at(done)
+            iteration.index = done
             yield item
             done += 1
-            local.scope = outer
-            if time.monotonic() - progress.last >= _TICK_S:
+            iteration.index = -1
+            if clock() - progress.last >= _TICK_S:
                 progress.tick(loop, done, 0, total)
     finally:
-        local.scope = outer
+        scopes.set(outer)
         progress.final(loop, done, 0, total)
 
 
