@@ -342,6 +342,19 @@ def test_replay_frames_carry_recorded_results_in_frames_under_the_limit() -> Non
                       for i in range(300)}
 
 
+def test_replay_frames_split_what_is_over_the_frame_limit_in_bytes() -> None:
+    # The limit counts characters; an emoji is four bytes. A batch that is too large in UTF-8
+    # is split, and a single result that is too large alone is left to the parent.
+    emoji = "\U0001f600"
+    chars = MAX_FRAME // 4 // 2
+    results = {"call#1": f'"{emoji * chars}"', "call#2": f'"{emoji * chars}"',
+               "call#3": f'"{emoji * (MAX_FRAME // 4 + 1)}"', "call#4": '"ok"'}
+    frames = replay_frames(results, limit=MAX_FRAME)
+    assert all(len(frame) <= MAX_FRAME + 4 for frame in frames)
+    assert {path: len(value) for path, value in replayed_results(frames).items()} == {
+        "call#1": chars, "call#2": chars, "call#4": 2}
+
+
 def test_replay_paths_are_quoted_whatever_they_hold() -> None:
     # Paths are plain, but a path may hold anything a str can (a lone surrogate becomes "?").
     names = ['say "hi"', "back\\slash", "tab\tand\nline\x01", "née", "emoji 😀", "\u2028"]

@@ -60,47 +60,54 @@ def _sized(body: bytes) -> bytes:
 def replay_frames(results: Mapping[str, str], *, limit: int = MAX_FRAME // 2,
                   total: int = REPLAY_BYTES) -> list[bytes]:
     """"replay" frames holding `results` (JSON text by path, as the journal keeps them),
-    written as JSON without decoding them, each at most about `limit` bytes and `total` in all
-    (the child holds them until asked). A result larger than `limit`, and those beyond `total`,
-    are left out: their calls go to the parent, which answers them as before."""
+    written as JSON without decoding them, each at most about `limit` characters and `total` in
+    all (the child holds them until asked). A result larger than `limit`, and those beyond
+    `total`, are left out: their calls go to the parent, which answers them as before."""
     frames: list[bytes] = []
-    parts: list[str] = []
+    batch: dict[str, str] = {}
     size, exact = 0, True
     for path, result in results.items():
-        part, exact_part = _member(path, result)
-        if len(part) > limit:
+        part = len(path) + len(result) + 4  # quotes, colon, comma (paths are plain ASCII)
+        if part > limit:
             continue
-        total -= len(part)
+        total -= part
         if total < 0:
             break
-        if parts and size + len(part) > limit:
-            frames.append(_replay_frame(parts, exact))
-            parts, size, exact = [], 0, True
-        parts.append(part)
-        size += len(part) + 1
-        exact = exact and exact_part
-    if parts:
-        frames.append(_replay_frame(parts, exact))
+        if batch and size + part > limit:
+            frames += _replay_frames(batch, exact)
+            batch, size, exact = {}, 0, True
+        batch[path] = result
+        size += part
+        # A result orjson wrote ends with a newline (`_journal_json.dump_result`); None is
+        # `null` to both writers.
+        exact = exact and (result.endswith("\n") or result == "null")
+    if batch:
+        frames += _replay_frames(batch, exact)
     return frames
 
 
-def _member(name: str, text: str) -> tuple[str, bool]:
-    """`"name":text`, one member of a JSON object whose value is JSON text already, and whether
-    orjson wrote all of it (see `unpack`). The name is quoted by orjson (a resumed run's replay
-    frames quote one path per journaled call: a tenth of the standard library's time), or by
-    the standard library where orjson refuses it (a lone surrogate); a result orjson wrote ends
-    with a newline (`_journal_json.dump_result`), and None is `null` to both."""
+def _replay_frames(batch: dict[str, str], exact: bool) -> list[bytes]:
+    """A "replay" frame of `batch`, marked for orjson (a final newline) when orjson wrote all
+    of it; two or more when its UTF-8 exceeds MAX_FRAME (`limit` counts characters), and none
+    for a single result that does (its call goes to the parent, as a large one's does)."""
     try:
-        quoted, exact = orjson.dumps(name).decode(), text.endswith("\n") or text == "null"
-    except TypeError:  # orjson.JSONEncodeError
-        quoted, exact = json.dumps(name, ensure_ascii=False), False
-    return f"{quoted}:{text}", exact
-
-
-def _replay_frame(parts: list[str], exact: bool) -> bytes:
-    """A "replay" frame, marked for orjson (a final newline) when orjson wrote all of it."""
-    body = '{"op":"replay","results":{' + ",".join(parts) + ("}}\n" if exact else "}}")
-    return _sized(body.encode("utf-8", "replace"))
+        # Each result goes in as the JSON text it is (a Fragment): one C call for the frame,
+        # a quarter of quoting each path in Python.
+        body = orjson.dumps({"op": "replay", "results": {p: orjson.Fragment(r)
+                                                         for p, r in batch.items()}},
+                            option=orjson.OPT_APPEND_NEWLINE if exact else 0)
+    except TypeError:  # orjson.JSONEncodeError: a path it refuses (a lone surrogate)
+        members = (f"{json.dumps(p, ensure_ascii=False)}:{r}" for p, r in batch.items())
+        text = '{"op":"replay","results":{' + ",".join(members) + ("}}\n" if exact else "}}")
+        body = text.encode("utf-8", "replace")  # a lone surrogate becomes '?'
+    if len(body) <= MAX_FRAME:
+        return [_sized(body)]
+    if len(batch) == 1:
+        return []
+    paths = list(batch)
+    half = len(paths) // 2
+    return [*_replay_frames({p: batch[p] for p in paths[:half]}, exact),
+            *_replay_frames({p: batch[p] for p in paths[half:]}, exact)]
 
 
 def unpack(body: bytes) -> dict[str, Any]:
