@@ -97,13 +97,16 @@ class Found:
     result: Any = None  # what the action returned, when done
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class EffectCall:
     """One call from the sandboxed program, as it arrives at the worker.
 
     `args`/`kwargs` are still in wire form (see `integrations.wire`); `handle` is
     `(integration, resource_type, key)` when the call is on a resource handle, else None and
-    `integration` names the integration object the program called.
+    `integration` names the integration object the program called. Treat it as read-only (make
+    a new one to change it). It is not frozen: one is built per call, a resumed run's replayed
+    calls included, and a frozen dataclass sets each field through `object.__setattr__` (2.4 µs
+    a call against 0.8 µs here).
     """
 
     integration: str

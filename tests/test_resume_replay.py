@@ -68,7 +68,8 @@ async def run(engine: AsyncEngine, home: Path, program: str = PROGRAM
     try:
         outcome = await run_sandboxed(program, manifest=runner.catalog.manifest(),
                                       handler=runner.perform, limits=LIMITS,
-                                      replay=journal.done_results())
+                                      replay=journal.done_results(),
+                                      check_replayed=runner.check_replayed)
     finally:
         await journal.close()
     return outcome, runner

@@ -12,6 +12,7 @@ imports allow-listed modules.
 from __future__ import annotations
 
 import builtins
+import collections
 import contextlib
 import datetime as dt
 import itertools
@@ -67,7 +68,8 @@ class Runtime:
         self.channel = channel
         # Results of the calls a resumed run had done before, by path (see `call`).
         self._replay: dict[str, Any] = replay or {}
-        self._replayed: list[dict[str, Any]] = []  # answered here, not yet sent to be checked
+        # Answered here, not yet sent to be checked.
+        self._replayed: collections.deque[dict[str, Any]] = collections.deque()
         manifest = start.get("manifest") or {}
         self.integrations: dict[str, Any] = manifest.get("integrations") or {}
         self.resources: dict[str, Any] = manifest.get("resources") or {}
@@ -114,7 +116,7 @@ class Runtime:
             RunStopped: the worker stopped the run; every later call raises it too.
         """
         frame = {"op": "call", "integration": integration, "action": action,
-                 "args": wire.encode(list(args)), "kwargs": wire.encode(kwargs)}
+                 "args": wire.encode(args), "kwargs": wire.encode(kwargs)}
         if handle:  # absent is None: a frame without null is written and read by orjson
             frame["handle"] = list(handle)
         frame["path"] = path = self.scopes.current().next_call()
@@ -122,7 +124,7 @@ class Runtime:
             recorded = self._replay.pop(path, _MISSING)
             if recorded is not _MISSING:
                 self._note_replayed(frame)
-                return wire.decode(recorded, self.handle)
+                return recorded if type(recorded) is str else wire.decode(recorded, self.handle)
         reply = self.router.request(frame)
         if "error" in reply:
             self._raise(reply["error"] if isinstance(reply["error"], dict) else {})
@@ -130,19 +132,25 @@ class Runtime:
 
     def _note_replayed(self, frame: dict[str, Any]) -> None:
         """A call answered from the journal: the parent still checks it (the same call as
-        recorded, else the run stops) and counts it, from batches sent without waiting."""
-        with self._output:
-            self._replayed.append(frame)
-            if len(self._replayed) < _REPLAYED_BATCH:
-                return
+        recorded, else the run stops) and counts it, from batches sent without waiting. The
+        queue is a deque, appended to without the lock (threads of each() add at once); a full
+        batch is sent by one of them while the others go on, rather than queue on the lock."""
+        replayed = self._replayed
+        replayed.append(frame)
+        if len(replayed) < _REPLAYED_BATCH or not self._output.acquire(blocking=False):
+            return
+        try:
             writer = self._queue_replayed()
+        finally:
+            self._output.release()
         if writer:
             self.channel.write_queued()
 
     def _queue_replayed(self) -> bool:
         """Queue the replayed calls not sent yet (the caller holds `_output`); True when the
         caller is to write the channel's queue."""
-        calls, self._replayed = self._replayed, []
+        replayed = self._replayed
+        calls = [replayed.popleft() for _ in range(len(replayed))]  # later appends stay
         return bool(calls) and self._queue_calls(calls)
 
     def _queue_calls(self, calls: list[dict[str, Any]]) -> bool:

@@ -15,7 +15,7 @@ import contextlib
 import contextvars
 import hashlib
 import marshal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -208,6 +208,28 @@ class EffectRunner:
         if kind == "read" and call.integration == "ai":
             self._check_budget()
         return await self._live(call, kind, key, fingerprint)
+
+    def check_replayed(self, calls: Sequence[EffectCall]) -> list[EffectCall]:
+        """Calls the sandbox answered itself from `Journal.done_results` (`run_sandboxed`'s
+        `check_replayed`): each must be the call recorded at its path, else the run stops
+        (RunStopped); each is counted; their results are the program's already and are not
+        read again. Returns the calls with no done record at their path, for `perform`."""
+        unchecked: list[EffectCall] = []
+        for call in calls:
+            fingerprint = request_hash(call)
+            row = self.journal.loaded(call.path)
+            if row is not None and row[4] == "done" and row[3] == fingerprint:
+                self.counts.replayed += 1
+                self.counts.add(row[1], row[2])
+                continue
+            entry = self.journal.recorded(call.path)
+            if entry is None or entry.status != "done":
+                unchecked.append(call)
+                continue
+            self._check_same(call, entry, fingerprint)
+            self.counts.replayed += 1
+            self.counts.add(entry.kind, entry.call)
+        return unchecked
 
     def _replay_done(self, row: Row) -> Any:
         """A loaded effect done with the same request: the hot path of a resume, on the row as

@@ -179,7 +179,7 @@ async def _sandbox(deps: Deps, run: Run, plan: Plan, live: RunContext) -> Sandbo
         limits=SandboxLimits.from_settings(deps.settings), limit_items=run.limit_items,
         on_progress=live.on_progress, isolation=deps.settings.sandbox_isolation,
         state=state, seed=zlib.crc32(run.id.encode()), only_items=run.only_items,
-        replay=live.runner.journal.done_results())
+        replay=live.runner.journal.done_results(), check_replayed=live.runner.check_replayed)
 
 
 async def _finish(deps: Deps, live: RunContext, outcome: SandboxOutcome, plan: Plan) -> str:

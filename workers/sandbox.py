@@ -31,9 +31,10 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from core.errors import SandboxError, SluiceError
 from integrations.base import EffectCall
@@ -56,6 +57,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[EffectCall], Awaitable[Any]]
+# Checks calls the child answered from `replay`; returns those it cannot check (see run_sandboxed).
+ReplayCheck = Callable[[list[EffectCall]], list[EffectCall]]
 _STDERR_CAP = 64 * 1024
 _EXIT_GRACE_S = 2.0
 _STOP_GRACE_S = 5.0  # how long a stopped program has to end by itself before it is killed
@@ -154,11 +157,23 @@ class _Call(_CallBody):
     id: int
 
 
+class _ReplayedCall(TypedDict):
+    """A call in a "replayed" frame: validated as a dict, without a model per call (a resumed
+    run sends one per journaled call)."""
+
+    path: str
+    integration: str
+    action: str
+    args: NotRequired[list[Any]]
+    kwargs: NotRequired[dict[str, Any]]
+    handle: NotRequired[tuple[str, str, str] | None]
+
+
 class _Replayed(BaseModel):
     """Calls the child answered from the journal's results, for the handler to check."""
 
     op: Literal["replayed"]
-    calls: list[_CallBody]
+    calls: list[_ReplayedCall]
 
 
 class _Print(BaseModel):
@@ -221,6 +236,7 @@ async def run_sandboxed(
     seed: int = 0,
     only_items: dict[str, list[int]] | None = None,
     replay: Mapping[str, str] | None = None,
+    check_replayed: ReplayCheck | None = None,
 ) -> SandboxOutcome:
     """Run `program` in a confined child process and serve its integration calls with `handler`.
 
@@ -249,6 +265,10 @@ async def run_sandboxed(
             sends it to `handler` afterwards in a batch, without waiting: the handler checks it
             against the journal (a different call stops the run before any later call is
             performed) and counts it.
+        check_replayed: Does `handler`'s part for those calls in one go, as each batch arrives
+            and before anything after it is taken: checks and counts them, raises a SluiceError
+            named RunStopped to stop the run, and returns the calls it cannot check, which go
+            to `handler` as before. Without it, every replayed call goes to `handler`.
 
     Returns:
         The outcome; program errors and broken limits are reported in it, never raised.
@@ -267,7 +287,7 @@ async def run_sandboxed(
                   if v is not None})
     workdir = tempfile.mkdtemp(prefix="sluice-sandbox-")
     try:
-        session = _Session(handler, on_progress, limits)
+        session = _Session(handler, on_progress, limits, check_replayed)
         await session.spawn(level, workdir, python)
         outcome = await session.run([*replay_frames(replay or {}), pack(start)], level)
     finally:
@@ -288,8 +308,10 @@ class _Session:
         handler: Handler,
         on_progress: Callable[[ProgressTick], Awaitable[None]] | None,
         limits: SandboxLimits,
+        check_replayed: ReplayCheck | None = None,
     ) -> None:
         self.handler = handler
+        self.check_replayed = check_replayed
         self.on_progress = on_progress
         self.limits = limits
         self.output = _Output(limits.output_kb * 1024)
@@ -384,7 +406,7 @@ class _Session:
         elif isinstance(frame, _Replayed):
             self.calls += len(frame.calls)
             self.replayed += len(frame.calls)
-            self.tasks.add(asyncio.create_task(self._check_replayed(frame.calls)))
+            self._replayed([_effect_call(body) for body in frame.calls])
         elif isinstance(frame, _Print):
             self.output.add(frame.text)
         else:
@@ -402,21 +424,41 @@ class _Session:
         finally:  # not a done callback: that would cost every call another turn of the loop
             self.tasks.discard(asyncio.current_task())
 
-    async def _check_replayed(self, calls: list[_CallBody]) -> None:
+    def _replayed(self, calls: list[EffectCall]) -> None:
+        """Calls the child answered from the journal: `check_replayed` checks and counts them
+        here, before any later frame is taken; the rest go to the handler in a task."""
+        if self.stopped is not None:
+            return  # the child's next call gets the reason
+        if self.check_replayed is not None:
+            try:
+                calls = self.check_replayed(calls)
+            except SluiceError as exc:
+                if type(exc).__name__ == _STOPPED:
+                    self._stop({"type": _STOPPED, "message": exc.message})
+                    return
+                logger.warning("sandbox: checking replayed calls failed: %s", exc.message)
+            except Exception:  # the handler checks them instead: nothing goes unchecked
+                logger.warning("sandbox: checking replayed calls failed", exc_info=True)
+        if calls:
+            self.tasks.add(asyncio.create_task(self._check_replayed(calls)))
+
+    async def _check_replayed(self, calls: list[EffectCall]) -> None:
         """Hand the calls the child answered from the journal to the handler, which checks each
         against its record (a different call stops the run) and counts it; the answers are the
         child's already, so they are dropped. Later calls wait behind this task (tasks start in
         order), so a stop it causes comes before any of them is performed."""
         try:
-            for frame in calls:
-                await self._perform(frame, 0)
+            for call in calls:
+                await self._perform(call, 0)
                 if self.stopped is not None:
                     return  # the child's next call gets the reason
         finally:
             self.tasks.discard(asyncio.current_task())
 
     async def _answer(self, frame: _Call) -> None:
-        reply = await self._perform(frame, frame.id)
+        call = EffectCall(integration=frame.integration, action=frame.action, args=frame.args,
+                          kwargs=frame.kwargs, handle=frame.handle, path=frame.path)
+        reply = await self._perform(call, frame.id)
         try:
             data = pack(reply)
         except FrameError:
@@ -430,11 +472,9 @@ class _Session:
             data = pack({"id": frame.id, "error": {"type": "IntegrationError", "message": message}})
         await self._write(data)
 
-    async def _perform(self, frame: _CallBody, call_id: int) -> dict[str, Any]:
+    async def _perform(self, call: EffectCall, call_id: int) -> dict[str, Any]:
         if self.stopped is not None:
             return {"id": call_id, "error": self.stopped}
-        call = EffectCall(integration=frame.integration, action=frame.action, args=frame.args,
-                          kwargs=frame.kwargs, handle=frame.handle, path=frame.path)
         try:
             return {"id": call_id, "ok": await self.handler(call)}  # already wire-encoded
         except SluiceError as exc:
@@ -443,7 +483,7 @@ class _Session:
                 self._stop(error)
             return {"id": call_id, "error": error}
         except Exception as exc:
-            logger.warning("sandbox: %s.%s failed", frame.integration, frame.action, exc_info=True)
+            logger.warning("sandbox: %s.%s failed", call.integration, call.action, exc_info=True)
             message = f"integration failed: {type(exc).__name__}"  # its text may hold secrets
             return {"id": call_id, "error": {"type": "IntegrationError", "message": message}}
 
@@ -544,6 +584,12 @@ class _Session:
 
     def _stderr_tail(self) -> str:
         return bytes(self.stderr[-2000:]).decode(errors="replace")
+
+
+def _effect_call(body: _ReplayedCall) -> EffectCall:
+    return EffectCall(integration=body["integration"], action=body["action"],
+                      args=body.get("args") or [], kwargs=body.get("kwargs") or {},
+                      handle=body.get("handle"), path=body["path"])
 
 
 _LIMIT_ERRORS = {"MemoryError": "memory limit", "CpuLimitExceeded": "cpu limit"}

@@ -90,7 +90,8 @@ async def resume(engine: Any, folder: Path, items: int, *, in_child: bool) -> di
     cpu, start = cpu_seconds(), time.perf_counter()
     outcome = await run_sandboxed(program(items), manifest=MANIFEST, handler=runner.perform,
                                   limits=LIMITS,
-                                  replay=journal.done_results() if in_child else None)
+                                  replay=journal.done_results() if in_child else None,
+                                  check_replayed=runner.check_replayed)
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     await journal.close()
     if not outcome.ok or runner.counts.replayed != items or runner.counts.live:
