@@ -11,6 +11,7 @@ start-up is included in both.
 
 from __future__ import annotations
 
+import gc
 import tempfile
 import time
 from pathlib import Path
@@ -82,6 +83,8 @@ async def program_calls(items: int) -> list[EffectCall]:
 
 async def resume(engine: Any, folder: Path, items: int, *, in_child: bool) -> dict[str, Any]:
     """Load the journal (`load_s`), then resume the program over it (`seconds`, CPU)."""
+    gc.collect()
+    gc.freeze()  # as a worker does once warm (workers.settings._freeze_after)
     loading = time.perf_counter()
     journal = Journal(engine, "bench-replay-sandbox")
     await journal.load()

@@ -66,6 +66,11 @@ async def answer(call: EffectCall) -> str:
     return "active"
 
 
+def all_match(calls: list[EffectCall]) -> list[EffectCall]:
+    """The trivial check of replayed calls: every one is the call journaled at its path."""
+    return []
+
+
 def lookup(label: str) -> str:
     return "active"
 
@@ -129,10 +134,13 @@ def best_plain(program: str) -> tuple[float, str]:
 
 async def run_sandbox(program: str, *, isolation: str = "auto", python: str = sys.executable,
                       replay: dict[str, str] | None = None) -> tuple[float, SandboxOutcome]:
-    """Seconds from `run_sandboxed` called to returned, and its outcome (which must be ok)."""
+    """Seconds from `run_sandboxed` called to returned, and its outcome (which must be ok).
+    Calls answered from `replay` are checked as a resumed run's are, in batches, by a trivial
+    check (every one matches), as `answer` is a trivial handler."""
     start = time.perf_counter()
     outcome = await run_sandboxed(program, manifest=MANIFEST, handler=answer, limits=LIMITS,
-                                  isolation=isolation, python=python, replay=replay)
+                                  isolation=isolation, python=python, replay=replay,
+                                  check_replayed=all_match)
     elapsed = time.perf_counter() - start
     if not outcome.ok:
         raise RuntimeError(f"the sandboxed glue program failed: {outcome.error}")
@@ -189,7 +197,8 @@ def journaled(rows: int) -> dict[str, str]:
     """The glue program's calls as a resumed run's journal holds them (`run_sandboxed`'s
     `replay`): the child answers each itself, inside the program's process."""
     line = GLUE.splitlines().index("for row in rows:") + 1
-    return {f"for@{line}/iter#{i}/call#1": '"active"' for i in range(rows)}
+    # Each result as `_journal_json.dump_result` writes it (orjson's, with a final newline).
+    return {f"for@{line}/iter#{i}/call#1": '"active"\n' for i in range(rows)}
 
 
 def explain(figures: dict[str, Any]) -> list[str]:
