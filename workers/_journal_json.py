@@ -4,7 +4,8 @@ orjson writes JSON four to five times faster than the standard library, which th
 a result and once a fingerprint. It is used only where it says exactly what the standard library
 says (ARCHITECTURE.md, "Durable execution": a replayed result and a fingerprint must not lose what
 was asked or answered). orjson differs in three places, and those values go the standard way:
-- it writes NaN and ±Infinity as `null`, like None: output holding `null` is not used;
+- it writes NaN and ±Infinity as `null`, like None: output holding `null` is used only when it
+  reads back equal to the value (every `null` was None; NaN reads back as None, unequal);
 - it refuses integers beyond 64 bits, dict keys that are not strings and lone surrogates (a
   `TypeError`);
 - it writes some types the standard library refuses (dataclasses, datetimes, enums, UUIDs): the
@@ -35,8 +36,17 @@ def exact_json(value: Any, *, marked: bool = False) -> bytes | None:
     """`value` as compact JSON by orjson (ending with a newline if `marked`), or None where that
     would not be exact (see above)."""
     data = plain_json(value, marked=marked)
+    return data if data is not None and is_exact(data, value) else None
+
+
+def is_exact(data: bytes, value: Any) -> bool:
+    """Whether `data`, orjson's JSON of `value`, says exactly what it holds: it has no `null`,
+    or it reads back equal to `value`, so every `null` was None. A NaN or ±Infinity reads back
+    as None and compares unequal; so does a tuple holding a None (read back as a list), which
+    is then written the standard way, to the same JSON. Reading back costs a third of the
+    standard library's writing, and results with None in them are common (empty cells)."""
     # `find`, not `in`: for bytes it is about twice as fast (measured, Python 3.11).
-    return None if data is None or data.find(b"null") >= 0 else data
+    return data.find(b"null") < 0 or bool(orjson.loads(data) == value)
 
 
 def plain_json(value: Any, *, marked: bool = False) -> bytes | None:

@@ -117,7 +117,7 @@ class Runtime:
         """
         frame = {"op": "call", "integration": integration, "action": action,
                  "args": wire.encode(args), "kwargs": wire.encode(kwargs)}
-        if handle:  # absent is None: a frame without null is written and read by orjson
+        if handle:  # absent is None: a smaller frame
             frame["handle"] = list(handle)
         frame["path"] = path = self.scopes.current().next_call()
         if self._replay:

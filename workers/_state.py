@@ -29,7 +29,7 @@ from typing import Any
 
 from integrations import wire
 from integrations.base import Resource, Row
-from workers._journal_json import plain_json
+from workers._journal_json import is_exact, plain_json
 
 __all__ = ["MAX_STATE_BYTES", "decode_state", "encode_state", "summarize", "untagged_names"]
 
@@ -219,14 +219,14 @@ def _json_of(value: Any) -> tuple[str, int]:
 
     A value made of JSON types only (lists, dicts with string keys, strings, numbers, booleans,
     None: most variables) is its own encoded form, written by orjson in one pass when that is
-    exact (`workers._journal_json`: no null in it), else by the standard library without a
-    copy. Anything else goes through `encode_value`, and so do values nested more than 254
-    levels, which orjson refuses (`encode_value` refuses more than 100)."""
+    exact (`workers._journal_json.is_exact`), else by the standard library without a copy.
+    Anything else goes through `encode_value`, and so do values nested more than 254 levels,
+    which orjson refuses (`encode_value` refuses more than 100)."""
     data = plain_json(value)
     if data is None:
         text = _ENCODER.encode(encode_value(value))
-    elif data.find(b"null") < 0:
+    elif is_exact(data, value):
         return data.decode(), len(data)
-    else:  # None, or NaN or ±Infinity that orjson writes as null: the standard library's way
+    else:  # NaN or ±Infinity, which orjson writes as null: the standard library's way
         text = _ENCODER.encode(value)
     return text, len(text.encode("utf-8", "replace"))

@@ -130,7 +130,9 @@ def request_hash(call: EffectCall) -> str:
     `marshal_request_hash`, the fingerprint journals written before this one hold; the two hash
     inputs cannot be equal (a JSON array starts with `[`, marshal's tuple with `(`).
     """
-    data = exact_json((call.integration, call.action, call.handle or (), call.args, call.kwargs))
+    # A list, not a tuple: the same JSON, and it reads back equal where it holds a null.
+    data = exact_json([call.integration, call.action, list(call.handle or ()), call.args,
+                       call.kwargs])
     if data is None:
         return marshal_request_hash(call)
     return hashlib.blake2b(data, digest_size=16).hexdigest()

@@ -282,7 +282,7 @@ async def run_sandboxed(
     start = {"op": "start", "program": program, "manifest": manifest, "preview": preview,
              "output_bytes": limits.output_kb * 1024, "cpu_s": limits.cpu_s, "seed": seed,
              "state": dict(state or {})}
-    # Absent rather than null: a frame holding null is written by the standard library.
+    # Absent rather than null: a smaller frame.
     start.update({k: v for k, v in (("limit_items", limit_items), ("only_items", only_items))
                   if v is not None})
     workdir = tempfile.mkdtemp(prefix="sluice-sandbox-")
