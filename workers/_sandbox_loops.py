@@ -74,23 +74,23 @@ class Iteration:
 
     def next_call(self) -> str:
         """The path of the next call asked for in the current iteration."""
-        index = self.index
-        if index < 0:
+        if self.index < 0:
             return self.outer.next_call()
-        if index != self._at:
-            self._at, self._calls, self._loops = index, 0, 0
-        self._calls += 1
-        return f"{self.head}{index}/call#{self._calls}"
+        self._calls = self._counters()[0] + 1
+        return f"{self.head}{self.index}/call#{self._calls}"
 
     def next_loop(self) -> str:
         """The path of the next each() loop started in the current iteration."""
-        index = self.index
-        if index < 0:
+        if self.index < 0:
             return self.outer.next_loop()
-        if index != self._at:
-            self._at, self._calls, self._loops = index, 0, 0
-        self._loops += 1
-        return f"{self.head}{index}/each#{self._loops}"
+        self._loops = self._counters()[1] + 1
+        return f"{self.head}{self.index}/each#{self._loops}"
+
+    def _counters(self) -> tuple[int, int]:
+        """The current iteration's calls and loops so far (none when it has just begun)."""
+        if self.index != self._at:
+            self._at, self._calls, self._loops = self.index, 0, 0
+        return self._calls, self._loops
 
 
 def item_scope(loop: str, index: int) -> Scope:
