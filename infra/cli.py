@@ -174,11 +174,12 @@ def _run(coro: object, stack: LocalStack) -> int:
 def doctor() -> None:
     """Say what this machine gives Sluice: sandbox isolation, Redis, database, model."""
     from infra.redis import redis_server_binary
+    from workers._isolation import describe
     from workers.sandbox import detect_isolation
 
     settings = _settings()
     rows = [
-        ("sandbox isolation", detect_isolation(settings.sandbox_isolation)),
+        ("sandbox isolation", describe(detect_isolation(settings.sandbox_isolation))),
         ("redis", settings.redis_url or f"embedded ({redis_server_binary()})"),
         ("database", settings.effective_database_url),
         ("python", sys.version.split()[0]),

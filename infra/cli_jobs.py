@@ -18,6 +18,7 @@ from core.store import Store
 from core.text import duration_text
 from core.types import Run, RunState
 from infra.cli_database import run_with_database
+from workers._isolation import describe
 
 jobs_app = typer.Typer(help="List, follow, resume and cancel runs.", no_args_is_help=True)
 out = Console()
@@ -82,6 +83,9 @@ def show(run_id: str, follow: Annotated[bool, typer.Option(
     out.print(f"[bold]{run.id}[/bold]  {run.state}  ({_progress_text(run)}, "
               f"${run.spent_usd:.4f} spent, budget "
               f"{'none' if run.budget_usd is None else f'${run.budget_usd:.2f}'})")
+    if run.isolation:
+        tries = f"; attempt {run.attempts}" if run.attempts > 1 else ""
+        out.print(f"sandbox: {describe(run.isolation)}{tries}")
     if run.waiting_reason:
         out.print(f"waiting for a person: {run.waiting_reason}")
     if run.result is not None:

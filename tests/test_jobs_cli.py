@@ -103,6 +103,16 @@ async def _set_run(url: str, run_id: str, **values: Any) -> None:
     await engine.dispose()
 
 
+def test_show_says_how_the_run_was_confined_and_which_attempt_it_is(
+        env: dict[str, Any]) -> None:
+    asyncio.run(_set_run(env["SLUICE_DATABASE_URL"], env["queued"], state=RunState.RUNNING,
+                         isolation="rlimits", attempts=2))
+    shown = " ".join(sluice(env, "jobs", "show", env["queued"]).stdout.split())  # unwrapped
+    assert ("sandbox: rlimits (resource limits only: the program's process could reach the "
+            "network and the worker's files; install bubblewrap for more); attempt 2") in shown
+    assert "sandbox:" not in sluice(env, "jobs", "show", env["waiting"]).stdout  # not run yet
+
+
 def test_a_running_run_shows_its_time_and_the_time_left(env: dict[str, Any]) -> None:
     running = Progress(done=5, failed=1, total=24, elapsed_s=12.0)
     asyncio.run(_set_run(env["SLUICE_DATABASE_URL"], env["queued"], state=RunState.RUNNING,

@@ -32,6 +32,21 @@ from core.errors import SandboxError
 logger = logging.getLogger(__name__)
 
 LEVELS = ("bwrap", "unshare", "rlimits")
+# What each level means to the person reading `sluice doctor` or `sluice jobs show`.
+_MEANINGS = {
+    "bwrap": "no network; its own processes; a read-only view of the files, with the places "
+             "that may hold secrets emptied",
+    "unshare": "no network; its own processes; the worker's files, with the places that may "
+               "hold secrets emptied",
+    "rlimits": "resource limits only: the program's process could reach the network and the "
+               "worker's files; install bubblewrap for more",
+}
+
+
+def describe(level: str) -> str:
+    """`level` with what it confines, in a line."""
+    meaning = _MEANINGS.get(level)
+    return f"{level} ({meaning})" if meaning else level
 # Packages the child imports; only these are bound into a bwrap sandbox (not the project root,
 # which may hold a .env file).
 CHILD_PACKAGES = ("core", "integrations", "codegen", "workers")
