@@ -277,8 +277,10 @@ async def test_frames_written_a_byte_at_a_time_are_read_whole(tmp_path: Path) ->
     ([pack({"op": "ready"}), pack({"op": "print", "text": "cut"})[:9]], "ended inside a frame"),
     ([pack({"op": "ready"}), b"\x00\x00"], "ended inside a frame header"),
     ([pack({"op": "ready"}), pack({"op": "call", "id": "one"})], "invalid frame"),
+    ([pack({"op": "ready"}), pack({"op": "replayed", "calls": [{"path": ["x"]}]})],
+     "invalid frame"),
     ([pack({"op": "ready"}), (MAX_FRAME + 1).to_bytes(4, "big")], "above the"),
-], ids=["cut-body", "cut-header", "invalid-call", "oversized"])
+], ids=["cut-body", "cut-header", "invalid-call", "invalid-replayed", "oversized"])
 async def test_a_child_that_breaks_the_framing_gets_a_sandbox_error_that_says_how(
         tmp_path: Path, frames: list[bytes], says: str) -> None:
     outcome = await run_sandboxed("x = 1\n", manifest={}, handler=never_called, limits=LIMITS,
