@@ -10,11 +10,12 @@ the thread ("State outlives the process") come back as frames. A program that fa
 breaks a limit gives an unsuccessful `SandboxOutcome`; only a sandbox that cannot start raises.
 
 Frames (see `workers._channel`): the child sends "ready", "call" (id, path, integration, action,
-args, kwargs, handle), "print", "progress", then "done" (table, failures, variables and their
-summaries, unsaved) or "error" (type, message, line, traceback, failures). The parent sends
-"replay" frames (a resumed run's journaled results), "start" (program, manifest, preview,
-limit_items, only_items, output_bytes, cpu_s, seed, state: the saved variables as JSON
-text) and one reply per call: `{"id", "ok"}` or
+args, kwargs, handle), "replayed" (calls it answered from the journal's results, without an id,
+for the journal to check and count), "print", "progress", then "done" (table, failures,
+variables and their summaries, unsaved) or "error" (type, message, line, traceback, failures).
+The parent sends "replay" frames (a resumed run's journaled results), "start" (program,
+manifest, preview, limit_items, only_items, output_bytes, cpu_s, seed, state: the saved
+variables as JSON text) and one reply per call: `{"id", "ok"}` or
 `{"id", "error": {"type", "message"}}`; an error of type "RunStopped" stops the program.
 """
 
