@@ -32,10 +32,9 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NotRequired
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
-from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
+from pydantic import BaseModel, Field, ValidationError
 
 from core.errors import SandboxError, SluiceError
 from integrations.base import EffectCall
@@ -43,6 +42,18 @@ from workers import _isolation
 from workers._channel import FrameError, pack, replay_frames
 from workers._child_pipes import ChildPipes
 from workers._isolation import detect_isolation
+from workers._sandbox_frames import (
+    FRAMES,
+    Call,
+    Done,
+    End,
+    Error,
+    Print,
+    Progress,
+    Ready,
+    Replayed,
+    effect_call,
+)
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -137,89 +148,6 @@ class SandboxOutcome(BaseModel):
     variables: dict[str, str] = Field(default_factory=dict)
     summaries: dict[str, str] = Field(default_factory=dict)
     unsaved: list[dict[str, str]] = Field(default_factory=list)
-
-
-# Frames from the child, validated on arrival (STYLE.md rule 3).
-class _Ready(BaseModel):
-    op: Literal["ready"]
-
-
-class _CallBody(BaseModel):
-    path: str
-    integration: str
-    action: str
-    args: list[Any] = Field(default_factory=list)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    handle: tuple[str, str, str] | None = None
-
-
-class _Call(_CallBody):
-    op: Literal["call"]
-    id: int
-
-
-class _ReplayedCall(TypedDict):
-    """A call in a "replayed" frame: validated as a dict, without a model per call (a resumed
-    run sends one per journaled call)."""
-
-    path: str
-    integration: str
-    action: str
-    args: NotRequired[list[Any]]
-    kwargs: NotRequired[dict[str, Any]]
-    handle: NotRequired[tuple[str, str, str] | None]
-
-
-class _Replayed(BaseModel):
-    """Calls the child answered from the journal's results, for the handler to check."""
-
-    op: Literal["replayed"]
-    calls: list[_ReplayedCall]
-
-
-class _Print(BaseModel):
-    op: Literal["print"]
-    text: str
-
-
-class _Progress(BaseModel):
-    op: Literal["progress"]
-    loop: str
-    done: int
-    failed: int = 0
-    total: int | None = None
-    available: int | None = None
-
-
-class _Done(BaseModel):
-    op: Literal["done"]
-    table_csv: str | None = None
-    table_rows: int | None = None
-    failures: list[dict[str, Any]] = Field(default_factory=list)
-    variables: dict[str, str] = Field(default_factory=dict)  # JSON text, never parsed here
-    summaries: dict[str, str] = Field(default_factory=dict)
-    unsaved: list[dict[str, str]] = Field(default_factory=list)
-
-
-class _Error(BaseModel):
-    op: Literal["error"]
-    type: str
-    message: str
-    line: int | None = None
-    traceback: str = ""
-    failures: list[dict[str, Any]] = Field(default_factory=list)
-
-
-class _End:
-    """The child's output ended; `error` when its framing broke."""
-
-    def __init__(self, error: FrameError | None) -> None:
-        self.error = error
-
-
-_Frame = Annotated[_Ready | _Call | _Replayed | _Print | _Progress | _Done | _Error,
-                   Field(discriminator="op")]
-_FRAMES: TypeAdapter[_Frame] = TypeAdapter(_Frame)
 
 
 async def run_sandboxed(
@@ -321,12 +249,12 @@ class _Session:
         self.started = time.monotonic()
         self.ready = False
         self.ended = False
-        self.final: _Done | _Error | None = None
+        self.final: Done | Error | None = None
         self.final_seen = False  # the final frame arrived (and is queued)
         self.killed_reason: str | None = None
         self.protocol_error: str | None = None
         self.tasks: set[asyncio.Task[None]] = set()
-        self.events: asyncio.Queue[_Progress | _Done | _Error | _End] = asyncio.Queue()
+        self.events: asyncio.Queue[Progress | Done | Error | End] = asyncio.Queue()
         self.transport: asyncio.SubprocessTransport | None = None
         self.pipes: ChildPipes | None = None
         self.stopped: dict[str, str] | None = None  # the RunStopped error later calls get
@@ -381,11 +309,11 @@ class _Session:
             await self._write(data)
         while True:
             event = await self.events.get()
-            if isinstance(event, _End):
+            if isinstance(event, End):
                 if event.error is not None:
                     raise event.error
                 return
-            if isinstance(event, _Progress):
+            if isinstance(event, Progress):
                 await self._progress(event)
             else:
                 self.final = event
@@ -396,29 +324,29 @@ class _Session:
         if self.final_seen:
             return  # nothing counts after the final frame
         try:
-            frame = _FRAMES.validate_python(raw)
+            frame = FRAMES.validate_python(raw)
         except ValidationError as exc:
             raise FrameError(f"the sandbox sent an invalid frame: {exc.errors()[:1]}") from None
-        if isinstance(frame, _Ready):
+        if isinstance(frame, Ready):
             self.ready = True
-        elif isinstance(frame, _Call):
+        elif isinstance(frame, Call):
             self.calls += 1
             self.tasks.add(asyncio.create_task(self._call(frame)))
-        elif isinstance(frame, _Replayed):
+        elif isinstance(frame, Replayed):
             self.calls += len(frame.calls)
             self.replayed += len(frame.calls)
-            self._replayed([_effect_call(body) for body in frame.calls])
-        elif isinstance(frame, _Print):
+            self._replayed([effect_call(body) for body in frame.calls])
+        elif isinstance(frame, Print):
             self.output.add(frame.text)
         else:
-            self.final_seen = not isinstance(frame, _Progress)
+            self.final_seen = not isinstance(frame, Progress)
             self.events.put_nowait(frame)
 
     def _end(self, error: FrameError | None) -> None:
         """The child's output ended (cleanly, or with broken framing)."""
-        self.events.put_nowait(_End(error))
+        self.events.put_nowait(End(error))
 
-    async def _call(self, frame: _Call) -> None:
+    async def _call(self, frame: Call) -> None:
         """Serve one call in its own task and answer it by id."""
         try:
             await self._answer(frame)
@@ -456,7 +384,7 @@ class _Session:
         finally:
             self.tasks.discard(asyncio.current_task())
 
-    async def _answer(self, frame: _Call) -> None:
+    async def _answer(self, frame: Call) -> None:
         call = EffectCall(integration=frame.integration, action=frame.action, args=frame.args,
                           kwargs=frame.kwargs, handle=frame.handle, path=frame.path)
         reply = await self._perform(call, frame.id)
@@ -510,7 +438,7 @@ class _Session:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _progress(self, frame: _Progress) -> None:
+    async def _progress(self, frame: Progress) -> None:
         if self.on_progress is None:
             return
         await self.on_progress(ProgressTick(
@@ -543,8 +471,8 @@ class _Session:
 
     def _outcome(self, level: str, exit_code: int | None) -> SandboxOutcome:
         error = self._error(exit_code)
-        done = self.final if isinstance(self.final, _Done) else None
-        kept = done if done and error is None else _Done(op="done")  # nothing kept from a failure
+        done = self.final if isinstance(self.final, Done) else None
+        kept = done if done and error is None else Done(op="done")  # nothing kept from a failure
         failures = self.final.failures if self.final is not None else []
         return SandboxOutcome(
             ok=error is None, output=self.output.text(), output_truncated=self.output.truncated,
@@ -555,7 +483,7 @@ class _Session:
             variables=kept.variables, summaries=kept.summaries, unsaved=kept.unsaved)
 
     def _error(self, exit_code: int | None) -> dict[str, Any] | None:
-        if isinstance(self.final, _Error):
+        if isinstance(self.final, Error):
             message = self.final.message
             if self.final.type == "MemoryError":
                 message = f"the program needed more than its {self.limits.memory_mb} MiB of memory"
@@ -569,7 +497,7 @@ class _Session:
                                "wall-clock limit and was stopped"}
         if self.protocol_error is not None:
             return {"type": "SandboxError", "message": self.protocol_error, "line": None}
-        if isinstance(self.final, _Done):
+        if isinstance(self.final, Done):
             return None
         return {"type": "SandboxCrash", "line": None, "stderr": self._stderr_tail(),
                 "message": f"the program's process ended unexpectedly (exit code {exit_code})"}
@@ -577,20 +505,14 @@ class _Session:
     def _killed_reason(self, exit_code: int | None) -> str | None:
         if self.killed_reason is not None:
             return self.killed_reason
-        if isinstance(self.final, _Error):
+        if isinstance(self.final, Error):
             return _LIMIT_ERRORS.get(self.final.type)
-        if isinstance(self.final, _Done) or self.stopped is not None:
+        if isinstance(self.final, Done) or self.stopped is not None:
             return None
         return _reason_from_exit(exit_code, self._stderr_tail())
 
     def _stderr_tail(self) -> str:
         return bytes(self.stderr[-2000:]).decode(errors="replace")
-
-
-def _effect_call(body: _ReplayedCall) -> EffectCall:
-    return EffectCall(integration=body["integration"], action=body["action"],
-                      args=body.get("args") or [], kwargs=body.get("kwargs") or {},
-                      handle=body.get("handle"), path=body["path"])
 
 
 _LIMIT_ERRORS = {"MemoryError": "memory limit", "CpuLimitExceeded": "cpu limit"}
