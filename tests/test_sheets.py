@@ -72,6 +72,27 @@ async def test_id_column_gives_identity(sheets: LocalSheets) -> None:
         await leads.append({"id": "L-7", "Company": "Dup"})
 
 
+async def test_rows_are_found_by_id_after_ids_change_and_rows_are_added(
+        sheets: LocalSheets, folder: Path) -> None:
+    # Where each id is, is remembered between lookups; a row whose id changed is found by its
+    # new id, and its old id finds nothing, whatever was looked up before.
+    leads = await sheets.open("leads")
+    await leads.update("L-9", {"Stage": "lost"})
+    await leads.update("L-9", {"id": "L-10"})
+    await leads.preview_append({"id": "L-11", "Company": "Initech"})  # not added
+    with pytest.raises(IntegrationError, match="has no row 'L-9'"):
+        await leads.update("L-9", {"Stage": "won"})
+    with pytest.raises(IntegrationError, match="has no row 'L-11'"):
+        await leads.update("L-11", {"Stage": "won"})
+    await leads.append({"id": "L-12", "Company": "Hooli"})
+    assert (await leads.update("L-10", {"Stage": "won"}))["Company"] == "Globex"
+    assert (await leads.update("L-12", {"Stage": "new"}))["Company"] == "Hooli"
+    with pytest.raises(IntegrationError, match="already has a row with id 'L-10'"):
+        await leads.append({"id": "L-10", "Company": "Dup"})
+    assert (folder / "leads.csv").read_text().splitlines()[1:] == [
+        "L-7,Acme,new", "L-10,Globex,won", "L-12,Hooli,new"]
+
+
 async def test_update_by_row_and_by_id(sheets: LocalSheets, folder: Path) -> None:
     sheet = await sheets.open("signups")
     ana = (await sheet.rows())[0]

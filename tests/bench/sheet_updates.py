@@ -26,11 +26,14 @@ UPDATES = 400
 CONCURRENCY = 8
 
 
-async def updates_per_s(rows: int, concurrency: int, updates: int) -> float:
+async def updates_per_s(rows: int, concurrency: int, updates: int, *,
+                        ids: bool = False) -> float:
     """Updates per second of `updates` rows of a fresh sheet of `rows` rows, `concurrency` at
-    a time."""
+    a time; with `ids`, the sheet has an "ID" column, by which rows are found."""
     with tempfile.TemporaryDirectory(prefix="sluice-bench-sheet-") as folder:
         write_sheet(Path(folder) / "sheets", rows)  # the durability test's signups sheet
+        if ids:
+            add_id_column(Path(folder) / "sheets" / "signups.csv")
         sheet = await LocalSheets(Path(folder) / "sheets").open("signups")
         everyone = await sheet.rows()
         targets = everyone[::max(len(everyone) // updates, 1)][:updates]
@@ -54,9 +57,19 @@ async def run() -> list[Outcome]:
             rate = await updates_per_s(rows, concurrency, updates)
             figures[f"rows_{rows}_concurrency_{concurrency}_per_s"] = round(rate, 1)
             figures[f"rows_{rows}_concurrency_{concurrency}_ms"] = round(1000 / rate, 2)
+    rate = await updates_per_s(SIZES[-1], CONCURRENCY, UPDATES, ids=True)
+    figures[f"rows_{SIZES[-1]}_id_column_concurrency_{CONCURRENCY}_per_s"] = round(rate, 1)
     headline = f"rows_{SIZES[0]}_concurrency_{CONCURRENCY}_per_s"
     return [Outcome(
         name="sheet_updates", title="Local sheet updates (CSV, each on disk when it returns)",
         headline=headline, figures=figures,
         notes=[f"{UPDATES} updates per case ({UPDATES // 4} one at a time on "
-               f"{SIZES[-1]:,} rows); concurrency {CONCURRENCY} is each()'s items in flight."])]
+               f"{SIZES[-1]:,} rows); concurrency {CONCURRENCY} is each()'s items in flight; "
+               "id_column: the same sheet with an ID column, rows found by their id."])]
+
+
+def add_id_column(path: Path) -> None:
+    """Give the sheet at `path` a first column "ID" (S-000001, …)."""
+    lines = path.read_text().splitlines()
+    numbered = [f"S-{n:06d},{line}" for n, line in enumerate(lines[1:], 1)]
+    path.write_text("\n".join([f"ID,{lines[0]}", *numbered]) + "\n")
