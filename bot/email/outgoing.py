@@ -89,4 +89,4 @@ async def send(settings: Settings, mail: Outgoing) -> bytes:
             smtp.sendmail(settings.mail_from, [mail.to], data)
 
     await asyncio.to_thread(deliver)
-    return msg.as_bytes()
+    return data
