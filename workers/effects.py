@@ -221,34 +221,36 @@ class EffectRunner:
             fingerprint = request_hash(call)
             row = self.journal.loaded(call.path)
             if row is not None and row[4] == "done" and row[3] == fingerprint:
-                self.counts.replayed += 1
-                self.counts.add(row[1], row[2])
-                continue
-            entry = self.journal.recorded(call.path)
-            if entry is None or entry.status != "done":
+                self._count_replayed(row[1], row[2])
+            elif (entry := self.journal.recorded(call.path)) is not None \
+                    and entry.status == "done":
+                self._checked(call, entry, fingerprint)
+            else:
                 unchecked.append(call)
-                continue
-            self._check_same(call, entry, fingerprint)
-            self.counts.replayed += 1
-            self.counts.add(entry.kind, entry.call)
         return unchecked
 
     def _replay_done(self, row: Row) -> Any:
         """A loaded effect done with the same request: the hot path of a resume, on the row as
         loaded (path, kind, call, request_hash, status, result, ...). Any other case (failed,
         different, recorded since) goes through `_replay` and its checks."""
-        self.counts.replayed += 1
-        self.counts.add(row[1], row[2])
+        self._count_replayed(row[1], row[2])
         return None if row[5] is None else parse_result(row[5])
 
     def _replay(self, call: EffectCall, entry: JournalEntry, fingerprint: str) -> Any:
         """The recorded outcome of `call`, once its checks pass."""
-        self._check_same(call, entry, fingerprint)
-        self.counts.replayed += 1
-        self.counts.add(entry.kind, entry.call)
+        self._checked(call, entry, fingerprint)
         if entry.status == "failed":
             raise IntegrationError(entry.error or "the integration call failed")
         return entry.value()
+
+    def _checked(self, call: EffectCall, entry: JournalEntry, fingerprint: str) -> None:
+        """`entry` is the record of `call` (else the run stops): counted as replayed."""
+        self._check_same(call, entry, fingerprint)
+        self._count_replayed(entry.kind, entry.call)
+
+    def _count_replayed(self, kind: str, key: str) -> None:
+        self.counts.replayed += 1
+        self.counts.add(kind, key)
 
     async def _confirmed(self, entry: JournalEntry, key: str, result: Any) -> Any:
         """An unconfirmed write its integration shows done: journaled done, not done again."""
