@@ -124,7 +124,7 @@ class Runtime:
             recorded = self._replay.pop(path, _MISSING)
             if recorded is not _MISSING:
                 self._note_replayed(frame)
-                return recorded if type(recorded) is str else wire.decode(recorded, self.handle)
+                return wire.decode(recorded, self.handle)
         reply = self.router.request(frame)
         if "error" in reply:
             self._raise(reply["error"] if isinstance(reply["error"], dict) else {})
