@@ -16,6 +16,7 @@ import asyncio
 import builtins
 import datetime as dt
 import difflib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,12 @@ def _matches(cell: Any, wanted: Any) -> bool:
     if wanted is None or wanted == "":
         return cell is None
     return cell is not None and (cell == wanted or _csv_text(cell) == _csv_text(wanted))
+
+
+def _cell_text(wanted: Any) -> str | None:
+    """The CSV cell that `_matches` `wanted` (None: an empty cell). A CSV cell is text or
+    None, and text equal to a value is its `_csv_text`; "" matches only an empty cell."""
+    return None if wanted is None or wanted == "" else _csv_text(wanted)
 
 
 def read_rows(path: Path) -> builtins.list[Row]:
@@ -224,9 +231,13 @@ class Sheet(Resource):
         table = await self._load()
         columns = [(self._column(table, name), value) for name, value in equals.items()]
         wanted = [(col, _coerced(table, col, value)) for col, value in columns]
+        candidates: Iterable[int] | None = None
+        if wanted and table.csv_format is not None:
+            col, value = wanted[0]
+            candidates = table.rows_holding(col, _cell_text(value))
         return [
-            table.to_row(i) for i, cells in enumerate(table.rows)
-            if all(_matches(_cell(cells, col), value) for col, value in wanted)
+            table.to_row(i) for i in (range(len(table.rows)) if candidates is None else candidates)
+            if all(_matches(_cell(table.rows[i], col), value) for col, value in wanted)
         ]
 
     # Helpers (not actions).

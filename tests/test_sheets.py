@@ -182,6 +182,24 @@ async def test_find_and_unknown_column_message(sheets: LocalSheets) -> None:
     )
 
 
+async def test_find_sees_every_change_and_the_file_changed_by_someone_else(
+        sheets: LocalSheets, folder: Path) -> None:
+    sheet = await sheets.open("signups")
+    assert [r.id for r in await sheet.find(Budget=None)] == ["row-1"]
+    await sheet.update("row-1", {"Budget": 300})
+    await sheet.append({"Name": "Cy", "Email": "cy@example.com"})
+    await sheet.append({"Name": "Di", "Email": "di@example.com", "Budget": 5000.0})
+    assert [r.id for r in await sheet.find(Budget=None)] == ["row-3"]
+    assert [r.id for r in await sheet.find(Budget="")] == ["row-3"]
+    assert [r.id for r in await sheet.find(Budget=300)] == ["row-1"]
+    assert [r.id for r in await sheet.find(Budget=5000)] == ["row-2", "row-4"]
+    assert [r.id for r in await sheet.find(Budget=5000, Name="Di")] == ["row-4"]
+    assert await sheet.find(Budget=5000, Name="Cy") == []
+    assert await sheet.find(Name="Zed") == []
+    (folder / "signups.csv").write_text("Name,Email,Budget\nEd,ed@example.com,5000\n")
+    assert [r["Name"] for r in await sheet.find(Budget=5000)] == ["Ed"]
+
+
 async def test_xlsx_keeps_types_formulas_and_other_worksheets(
     sheets: LocalSheets, folder: Path
 ) -> None:

@@ -5,7 +5,8 @@ column the first update adds ("Date asked"), on rows spread over the whole sheet
 returns once the file holding it is on disk (fsync). One at a time, every update rewrites the
 file; from concurrent items (each() with concurrency 8), the updates that arrive while a write
 is under way share the next one (`integrations._sheet_state`). Figures: updates per second and
-milliseconds per update, for sheets of 2,000 and 20,000 rows.
+milliseconds per update, for sheets of 2,000 and 20,000 rows; and `Sheet.find` by a column's
+value per second on 20,000 rows.
 """
 
 from __future__ import annotations
@@ -59,13 +60,30 @@ async def run() -> list[Outcome]:
             figures[f"rows_{rows}_concurrency_{concurrency}_ms"] = round(1000 / rate, 2)
     rate = await updates_per_s(SIZES[-1], CONCURRENCY, UPDATES, ids=True)
     figures[f"rows_{SIZES[-1]}_id_column_concurrency_{CONCURRENCY}_per_s"] = round(rate, 1)
+    figures[f"rows_{SIZES[-1]}_finds_per_s"] = round(await finds_per_s(SIZES[-1], UPDATES), 1)
     headline = f"rows_{SIZES[0]}_concurrency_{CONCURRENCY}_per_s"
     return [Outcome(
         name="sheet_updates", title="Local sheet updates (CSV, each on disk when it returns)",
         headline=headline, figures=figures,
         notes=[f"{UPDATES} updates per case ({UPDATES // 4} one at a time on "
                f"{SIZES[-1]:,} rows); concurrency {CONCURRENCY} is each()'s items in flight; "
-               "id_column: the same sheet with an ID column, rows found by their id."])]
+               "id_column: the same sheet with an ID column, rows found by their id; finds: "
+               f"find(Email=...) of {UPDATES} rows, one at a time, on the unchanged sheet (a "
+               "program looking up one sheet's rows for each row of another)."])]
+
+
+async def finds_per_s(rows: int, finds: int) -> float:
+    """`Sheet.find` by email per second on a fresh sheet of `rows` rows, after a first one."""
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-sheet-") as folder:
+        write_sheet(Path(folder) / "sheets", rows)
+        sheet = await LocalSheets(Path(folder) / "sheets").open("signups")
+        await sheet.find(Email="p0@example.com")
+        start = time.perf_counter()
+        for n in range(finds):
+            found = await sheet.find(Email=f"p{n * (rows // finds)}@example.com")
+            if len(found) != 1:
+                raise RuntimeError(f"find by email found {len(found)} rows, not 1")
+        return finds / (time.perf_counter() - start)
 
 
 def add_id_column(path: Path) -> None:
