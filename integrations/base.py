@@ -17,9 +17,10 @@ import inspect
 import types
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, ParamSpec, TypeVar
 
-from integrations.kept import KeptConnections
+if TYPE_CHECKING:  # the sandbox imports this module: it must not load asyncio
+    from integrations.kept import KeptConnections
 
 Effect = Literal["read", "write"]
 P = ParamSpec("P")

@@ -371,3 +371,16 @@ def _public(holder: Any) -> list[tuple[str, Any]]:
                 except Exception:
                     continue
     return pairs
+
+
+def test_the_child_starts_without_the_workers_libraries() -> None:
+    """Every run and every sample run waits for the child to start: it imports no event loop,
+    sockets or heavy libraries until a program asks for one (asyncio alone took ~40 ms of a
+    ~90 ms import), and a program's reach through module attributes stays small."""
+    heavy = ("asyncio", "ssl", "socket", "pandas", "numpy", "pydantic", "sqlalchemy", "litellm",
+             "aiohttp")
+    probe = (f"import sys, workers.sandbox_child\n"
+             f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n")
+    loaded = subprocess.run([sys.executable, "-s", "-P", "-c", probe], capture_output=True,
+                            text=True, timeout=60, check=True)
+    assert loaded.stdout.strip() == "[]"
