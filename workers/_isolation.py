@@ -42,11 +42,6 @@ _MEANINGS = {
                "worker's files; install bubblewrap for more",
 }
 
-
-def describe(level: str) -> str:
-    """`level` with what it confines, in a line."""
-    meaning = _MEANINGS.get(level)
-    return f"{level} ({meaning})" if meaning else level
 # Packages the child imports; only these are bound into a bwrap sandbox (not the project root,
 # which may hold a .env file).
 CHILD_PACKAGES = ("core", "integrations", "codegen", "workers")
@@ -54,6 +49,12 @@ _HIDDEN = ("/root", "/home", "/work", "/run", "/var/run", "/srv", "/mnt", "/medi
 _UNSHARE = ("unshare", "--net", "--ipc", "--pid", "--fork", "--mount-proc", "--kill-child")
 _MIB = 1024 * 1024
 Rlimit = tuple[int, int, int]  # (resource, soft, hard)
+
+
+def describe(level: str) -> str:
+    """`level` with what it confines, in a line."""
+    meaning = _MEANINGS.get(level)
+    return f"{level} ({meaning})" if meaning else level
 
 
 def detect_isolation(preferred: str = "auto") -> str:
